@@ -1,0 +1,198 @@
+"""A lean HTTP/1.1 server protocol: asyncio + httptools, nothing else on the hot path.
+
+The audience port takes the crowd (and the attacks), so it avoids a framework: a
+request is parsed by httptools, routed by the application, and answered with
+pre-built bytes wherever possible. Long-lived responses (the Ogg stream, SSE) take the
+transport over and are written by the fan-out engine directly.
+
+Bounds: request heads over ``max_head_bytes`` get 431; bodies are not accepted (the
+audience port is read-only); one request is handled at a time per connection, and
+reading pauses while a blocking request waits, so pipelining cannot queue unbounded
+work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from urllib.parse import parse_qs
+
+import httptools
+
+from townhall.errors import TownhallError
+
+CORS = b"Access-Control-Allow-Origin: *\r\n"
+NO_STORE = "no-store"
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str] = field(default_factory=dict)
+    keep_alive: bool = True
+    peer: str = ""
+
+
+def response_bytes(
+    status: int,
+    body: bytes,
+    content_type: str,
+    cache_control: str = NO_STORE,
+    extra: tuple[tuple[str, str], ...] = (),
+) -> bytes:
+    """A complete response, built once so it can be written to many clients."""
+    phrase = HTTPStatus(status).phrase
+    head = [
+        f"HTTP/1.1 {status} {phrase}",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(body)}",
+        f"Cache-Control: {cache_control}",
+        *(f"{k}: {v}" for k, v in extra),
+    ]
+    return ("\r\n".join(head) + "\r\n").encode() + CORS + b"\r\n" + body
+
+
+def error_bytes(err: TownhallError) -> bytes:
+    extra: tuple[tuple[str, str], ...] = ()
+    retry = getattr(err, "retry_after_s", None)
+    if retry is not None:
+        extra = (("Retry-After", str(max(1, round(retry)))),)
+    body = json.dumps(err.to_json()).encode()
+    return response_bytes(err.status, body, "application/json", NO_STORE, extra)
+
+
+def stream_head(content_type: str, extra: tuple[tuple[str, str], ...] = ()) -> bytes:
+    """Head of an endless response. No length and no chunking: like Icecast, the
+    body runs until the connection closes, so every chunk is the same shared bytes."""
+    head = [
+        "HTTP/1.1 200 OK",
+        f"Content-Type: {content_type}",
+        "Cache-Control: no-store",
+        "Connection: close",
+        *(f"{k}: {v}" for k, v in extra),
+    ]
+    return ("\r\n".join(head) + "\r\n").encode() + CORS + b"\r\n"
+
+
+Reply = bytes | Awaitable[bytes] | None
+Handler = Callable[["HttpConnection", Request], Reply]
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection. ``handler`` returns the response bytes, an awaitable of
+    them (a blocking request), or None when it took the transport over (a stream)."""
+
+    max_head_bytes = 16 * 1024
+
+    def __init__(self, handler: Handler, on_lost: Callable[[HttpConnection], None]) -> None:
+        self.handler = handler
+        self.on_lost = on_lost
+        self.transport: asyncio.Transport | None = None
+        self.streaming = False
+        self._parser = httptools.HttpRequestParser(self)
+        self._url = b""
+        self._headers: dict[str, str] = {}
+        self._head_bytes = 0
+        self._task: asyncio.Task[None] | None = None
+
+    # -- asyncio.Protocol ----------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self.on_lost(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.streaming:
+            return  # a stream listener has nothing more to say; ignore, bounded
+        self._head_bytes += len(data)
+        if self._head_bytes > self.max_head_bytes:
+            return self._fail(431, "request head too large")
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(400, "upgrades are not supported on the audience port")
+        except httptools.HttpParserError as exc:
+            self._fail(400, f"malformed HTTP request: {exc}")
+
+    # -- httptools callbacks -------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = {}
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(self._headers) < 64:
+            self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_body(self, body: bytes) -> None:
+        pass  # the audience port takes no bodies; the head limit bounds what we read
+
+    def on_message_complete(self) -> None:
+        self._head_bytes = 0
+        try:
+            parsed = httptools.parse_url(self._url)
+        except httptools.HttpParserInvalidURLError:
+            return self._fail(400, "malformed request URL")
+        query = {k: v[-1] for k, v in parse_qs((parsed.query or b"").decode()).items()}
+        request = Request(
+            method=self._parser.get_method().decode(),
+            path=parsed.path.decode("utf-8", "replace"),
+            query=query,
+            headers=self._headers,
+            keep_alive=self._parser.should_keep_alive(),
+        )
+        self._dispatch(request)
+
+    # -- replies -------------------------------------------------------------------
+    def _dispatch(self, request: Request) -> None:
+        try:
+            reply = self.handler(self, request)
+        except TownhallError as err:
+            reply = error_bytes(err)
+        if reply is None:
+            return
+        if isinstance(reply, bytes):
+            return self.send(reply, request.keep_alive)
+        assert self.transport is not None
+        self.transport.pause_reading()
+        self._task = asyncio.ensure_future(self._await(reply, request.keep_alive))
+
+    async def _await(self, reply: Awaitable[bytes], keep_alive: bool) -> None:
+        try:
+            data = await reply
+        except TownhallError as err:
+            data = error_bytes(err)
+        self._task = None
+        self.send(data, keep_alive)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def send(self, data: bytes, keep_alive: bool = True) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+        if not keep_alive:
+            self.transport.close()
+
+    def take_over(self, head: bytes) -> asyncio.Transport:
+        """Turn this connection into a stream; the fan-out engine writes from now on."""
+        assert self.transport is not None
+        self.streaming = True
+        self.transport.write(head)
+        return self.transport
+
+    def _fail(self, status: int, detail: str) -> None:
+        err = TownhallError(detail)
+        err.status, err.code = status, HTTPStatus(status).name.lower()
+        if self.transport is not None:
+            self.transport.write(error_bytes(err))
+            self.transport.close()

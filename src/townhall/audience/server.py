@@ -1,0 +1,282 @@
+"""The audience server: routes, the flush loop, and the per-process channel table.
+
+Endpoints (all GET, all CORS-open, all errors JSON):
+
+    /live/{space}.ogg                 live Ogg/Opus push stream (RFC 7845)
+    /live/{space}/index.m3u8          LL-HLS playlist; _HLS_msn/_HLS_part block
+    /live/{space}/init.mp4            CMAF init segment
+    /live/{space}/p{msn}.{i}.m4s      partial segment; blocks if preload-hinted
+    /live/{space}/s{msn}.m4s          full segment
+    /events/{space}                   SSE room events, coalesced
+    /replay/{space}.ogg, /replay/{space}/...   the recording (see recorder.py)
+    /healthz, /metrics
+
+Caching (RFC 9111) is set for a CDN: parts, segments and the init segment never change
+(immutable, a year); a playlist answered to a blocking request names a fixed point so
+it may be cached briefly; a plain playlist request gets a max-age of one part.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from townhall.audience.channel import Channel, ChannelConfig
+from townhall.audience.feed import FeedMessage, RoomUpdate
+from townhall.audience.http import (
+    HttpConnection,
+    Reply,
+    Request,
+    response_bytes,
+    stream_head,
+)
+from townhall.errors import BadRequest, NotFound, TownhallError, Unavailable
+from townhall.media.hls import part_uri, segment_uri
+
+IMMUTABLE = "public, max-age=31536000, immutable"
+M3U8 = "application/vnd.apple.mpegurl"
+MP4 = "video/mp4"
+
+_LIVE = re.compile(r"^/live/([A-Za-z0-9_-]{1,64})(\.ogg|/index\.m3u8|/init\.mp4|/p(\d+)\.(\d+)\.m4s|/s(\d+)\.m4s)$")
+_EVENTS = re.compile(r"^/events/([A-Za-z0-9_-]{1,64})$")
+_REPLAY = re.compile(r"^/replay/([A-Za-z0-9_-]{1,64})(\.ogg|/index\.m3u8|/init\.mp4|/s\d+\.m4s)$")
+
+
+@dataclass(frozen=True)
+class AudienceConfig:
+    channel: ChannelConfig = ChannelConfig()
+    flush_tick_s: float = 0.02
+    # Subscribers written per slice before yielding to the loop, so a big pass never
+    # blocks new connections or blocking HLS requests for long.
+    pass_slice: int = 2_000
+    blocking_timeout_s: float = 6.0
+
+
+@dataclass
+class AudienceServer:
+    config: AudienceConfig = field(default_factory=AudienceConfig)
+    recordings_dir: Path | None = None
+    channels: dict[str, Channel] = field(default_factory=dict)
+    rng: random.Random = field(default_factory=random.Random)
+    _next_key: int = 0
+    _cache: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    connections: set[HttpConnection] = field(default_factory=set)
+
+    # -- feed ------------------------------------------------------------------------
+    def apply(self, msg: FeedMessage) -> None:
+        channel = self.channels.get(msg.space_id)
+        if channel is None:
+            channel = self.channels[msg.space_id] = Channel(msg.space_id, self.config.channel)
+        channel.apply(msg)
+        if channel.ended:
+            self._finish(channel)
+
+    def _finish(self, channel: Channel) -> None:
+        channel.ogg.close_all(channel.ogg.take_chunk())
+        channel.events.close_all(channel.events.take_chunk())
+
+    # -- serving ---------------------------------------------------------------------
+    def protocol(self) -> HttpConnection:
+        conn = HttpConnection(self.handle, self.connections.discard)
+        self.connections.add(conn)
+        return conn
+
+    async def serve(self, host: str, port: int, reuse_port: bool = False) -> asyncio.Server:
+        loop = asyncio.get_running_loop()
+        return await loop.create_server(
+            self.protocol, host, port, reuse_port=reuse_port, backlog=4096
+        )
+
+    def handle(self, conn: HttpConnection, req: Request) -> Reply:
+        if req.method == "OPTIONS":
+            return response_bytes(204, b"", "text/plain", extra=(("Access-Control-Allow-Methods", "GET"),))
+        if req.method not in ("GET", "HEAD"):
+            raise BadRequest(f"method {req.method} is not allowed on the audience port")
+        if m := _LIVE.match(req.path):
+            return self._live(conn, req, m)
+        if m := _EVENTS.match(req.path):
+            return self._events(conn, self._channel(m.group(1)))
+        if m := _REPLAY.match(req.path):
+            return self._replay(m.group(1), m.group(2))
+        if req.path == "/healthz":
+            return response_bytes(200, b'{"ok":true}', "application/json")
+        raise NotFound(f"no such audience resource: {req.path}")
+
+    def _channel(self, space_id: str) -> Channel:
+        channel = self.channels.get(space_id)
+        if channel is None:
+            raise NotFound(f"space {space_id!r} is not live on this server")
+        return channel
+
+    def _live(self, conn: HttpConnection, req: Request, m: re.Match[str]) -> Reply:
+        channel = self._channel(m.group(1))
+        kind = m.group(2)
+        if kind == ".ogg":
+            return self._ogg(conn, channel)
+        if kind == "/index.m3u8":
+            return self._playlist(channel, req)
+        if kind == "/init.mp4":
+            if channel.hls.init_segment is None:
+                raise NotFound("the init segment is not ready yet")
+            return self._cached(channel, "init.mp4", channel.hls.init_segment)
+        if m.group(3) is not None:
+            return self._part(channel, int(m.group(3)), int(m.group(4)))
+        return self._segment(channel, int(m.group(5)))
+
+    def _ogg(self, conn: HttpConnection, channel: Channel) -> None:
+        if channel.ended:
+            raise NotFound(f"space {channel.space_id!r} has ended; see /replay/{channel.space_id}.ogg")
+        if not channel.ogg.header:
+            raise Unavailable("the program has not started yet", 1.0 + self.rng.random())
+        channel.ogg.admit(self.rng)
+        key = self._key()
+        transport = conn.take_over(stream_head("audio/ogg", (("X-Content-Type-Options", "nosniff"),)))
+        channel.ogg.subscribe(key, transport, time.monotonic())
+        conn.on_lost = lambda c: (self.connections.discard(c), channel.ogg.unsubscribe(key))
+        return None
+
+    def _events(self, conn: HttpConnection, channel: Channel) -> None:
+        channel.events.admit(self.rng)
+        key = self._key()
+        transport = conn.take_over(stream_head("text/event-stream"))
+        channel.events.subscribe(key, transport, time.monotonic())
+        transport.write(f"event: room\ndata: {channel.last_room_json}\n\n".encode())
+        conn.on_lost = lambda c: (self.connections.discard(c), channel.events.unsubscribe(key))
+        return None
+
+    def _key(self) -> int:
+        self._next_key += 1
+        return self._next_key
+
+    # -- LL-HLS ----------------------------------------------------------------------
+    def _playlist(self, channel: Channel, req: Request) -> Reply:
+        msn, part = _int_param(req, "_HLS_msn"), _int_param(req, "_HLS_part")
+        channel.hls.check_blocking_request(msn, part)
+        if channel.hls.init_segment is None and not channel.ended:
+            raise Unavailable("the program has not started yet", 1.0 + self.rng.random())
+        if msn is None:
+            max_age = f"public, max-age={max(1, int(channel.hls.config.part_target_s))}"
+            return self._playlist_bytes(channel, max_age)
+        cache = "public, max-age=60"
+        if channel.hls.ready(msn, part):
+            return self._playlist_bytes(channel, cache)
+        return self._blocking(channel, msn, part, lambda: self._playlist_bytes(channel, cache))
+
+    def _playlist_bytes(self, channel: Channel, cache: str) -> bytes:
+        body = channel.hls.playlist()
+        key = (channel.space_id, f"pl:{cache}:{id(body)}")
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = self._cache[key] = response_bytes(200, body, M3U8, cache)
+            self._trim_cache()
+        return hit
+
+    def _part(self, channel: Channel, msn: int, index: int) -> Reply:
+        part = channel.hls.part(msn, index)
+        if part is not None:
+            return self._cached(channel, part_uri(msn, index), part.data)
+        if not channel.hls.part_is_future(msn, index):
+            raise NotFound(f"part {msn}.{index} is not in the live window")
+        # A preload-hinted request (8216bis 6.2.6): answer it the moment the part exists.
+        return self._blocking(channel, msn, index, lambda: self._part_now(channel, msn, index))
+
+    def _part_now(self, channel: Channel, msn: int, index: int) -> bytes:
+        part = channel.hls.part(msn, index)
+        if part is None:
+            raise NotFound(f"part {msn}.{index} was not produced (the space ended)")
+        return self._cached(channel, part_uri(msn, index), part.data)
+
+    def _segment(self, channel: Channel, msn: int) -> bytes:
+        seg = channel.hls.segment(msn)
+        if seg is None:
+            raise NotFound(f"segment {msn} is not in the live window")
+        return self._cached(channel, segment_uri(msn), seg.data)
+
+    def _cached(self, channel: Channel, uri: str, body: bytes) -> bytes:
+        key = (channel.space_id, uri)
+        hit = self._cache.get(key)
+        if hit is None:
+            ctype = MP4
+            hit = self._cache[key] = response_bytes(200, body, ctype, IMMUTABLE)
+            self._trim_cache()
+        return hit
+
+    def _trim_cache(self) -> None:
+        # Bounded: drop the oldest entries; they are rebuilt on demand if still live.
+        while len(self._cache) > 256 * max(1, len(self.channels)):
+            del self._cache[next(iter(self._cache))]
+
+    async def _wait_then(self, channel: Channel, msn: int, part: int | None, build) -> bytes:  # type: ignore[no-untyped-def]
+        fut = channel.wait_for(msn, part)
+        channel.waiting += 1
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), self.config.blocking_timeout_s)
+        except TimeoutError as exc:
+            raise Unavailable("the requested part was not produced in time", 1.0) from exc
+        finally:
+            channel.waiting -= 1
+        result: bytes = build()
+        return result
+
+    def _blocking(self, channel: Channel, msn: int, part: int | None, build) -> Awaitable[bytes]:  # type: ignore[no-untyped-def]
+        if channel.waiting >= channel.config.max_waiters:
+            raise Unavailable("too many blocking requests are waiting", 1.0 + self.rng.random())
+        return self._wait_then(channel, msn, part, build)
+
+    # -- replay ----------------------------------------------------------------------
+    def _replay(self, space_id: str, rest: str) -> bytes:
+        if self.recordings_dir is None:
+            raise NotFound("this server keeps no recordings")
+        name = f"{space_id}.ogg" if rest == ".ogg" else f"{space_id}/{rest.lstrip('/')}"
+        path = self.recordings_dir / name
+        if rest == "/index.m3u8":
+            path = self.recordings_dir / space_id / "vod.m3u8"
+        if not path.is_file():
+            raise NotFound(f"no replay for space {space_id!r} (yet)")
+        ctype = {".ogg": "audio/ogg", ".m3u8": M3U8}.get(path.suffix, MP4)
+        cache = "no-cache" if path.suffix == ".ogg" else "public, max-age=60"
+        return response_bytes(200, path.read_bytes(), ctype, cache)
+
+    # -- the flush loop --------------------------------------------------------------
+    async def run_flusher(self) -> None:
+        last: dict[tuple[str, str], float] = {}
+        while True:
+            await asyncio.sleep(self.config.flush_tick_s)
+            for channel in list(self.channels.values()):
+                for name, fanout in (("ogg", channel.ogg), ("events", channel.events)):
+                    key = (channel.space_id, name)
+                    now = time.monotonic()
+                    if fanout.due(last.get(key, 0.0), now):
+                        last[key] = now
+                        await self._pass(fanout, now)
+
+    async def _pass(self, fanout, now: float) -> None:  # type: ignore[no-untyped-def]
+        chunk = fanout.take_chunk()
+        keys = list(fanout.subscribers.items())
+        started = time.perf_counter()
+        for i in range(0, len(keys), self.config.pass_slice):
+            fanout.write_to(keys[i : i + self.config.pass_slice], chunk, now)
+            if i + self.config.pass_slice < len(keys):
+                await asyncio.sleep(0)
+        fanout.pass_took(time.perf_counter() - started)
+
+
+def _int_param(req: Request, name: str) -> int | None:
+    raw = req.query.get(name)
+    if raw is None:
+        return None
+    if not raw.isdigit() or len(raw) > 12:
+        raise BadRequest(f"{name} must be a non-negative integer, got {raw!r}")
+    return int(raw)
+
+
+def room_update(space_id: str, json_text: str) -> RoomUpdate:
+    return RoomUpdate(space_id, json_text, time.monotonic())
+
+
+__all__ = ["AudienceConfig", "AudienceServer", "TownhallError"]

@@ -1,0 +1,241 @@
+"""The LL-HLS packager: fMP4 fragments in; parts, segments and playlists out.
+
+Implements the server side of RFC 8216bis (HLS 2nd edition) low-latency mode:
+
+* every fMP4 fragment from the encoder is one Partial Segment (section 4.4.4.9,
+  EXT-X-PART). Audio-only parts are all INDEPENDENT=YES;
+* ``parts_per_segment`` parts make one Media Segment (EXTINF), whose bytes are the
+  concatenation of its parts, so a segment is never encoded twice;
+* the playlist advertises the next part with EXT-X-PRELOAD-HINT (4.4.5.3) and blocking
+  reload with EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES (4.4.3.8);
+* ``ready(msn, part)`` answers the blocking-reload question of section 6.2.5.2: does
+  the playlist now contain segment ``msn`` (and its part ``part``)?
+
+Pure and synchronous: the caller passes ``now`` (wall-clock seconds, used only for
+EXT-X-PROGRAM-DATE-TIME) and decides how to wait. The window is bounded: only the last
+``window_segments`` segments (and parts of the last few) are kept.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from townhall.errors import BadRequest
+
+
+@dataclass(frozen=True)
+class HlsConfig:
+    part_target_s: float = 0.5
+    parts_per_segment: int = 4
+    window_segments: int = 8
+    # Parts are listed only for recent segments (8216bis 4.4.4.9: remove parts older
+    # than three target durations from the live edge).
+    parts_window_segments: int = 2
+
+    @property
+    def segment_target_s(self) -> float:
+        return self.part_target_s * self.parts_per_segment
+
+
+@dataclass(frozen=True)
+class Part:
+    msn: int
+    index: int
+    data: bytes
+    duration_s: float
+
+
+@dataclass
+class Segment:
+    msn: int
+    started_at: float
+    parts: list[Part] = field(default_factory=list)
+    complete: bool = False
+    _data: bytes | None = None
+
+    @property
+    def duration_s(self) -> float:
+        return sum(p.duration_s for p in self.parts)
+
+    @property
+    def data(self) -> bytes:
+        if self._data is None or not self.complete:
+            self._data = b"".join(p.data for p in self.parts)
+        return self._data
+
+
+@dataclass(frozen=True)
+class PartAdded:
+    part: Part
+
+
+@dataclass(frozen=True)
+class SegmentCompleted:
+    segment: Segment
+
+
+HlsEvent = PartAdded | SegmentCompleted
+
+
+def part_uri(msn: int, index: int) -> str:
+    return f"p{msn}.{index}.m4s"
+
+
+def segment_uri(msn: int) -> str:
+    return f"s{msn}.m4s"
+
+
+def _pdt(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class HlsPackager:
+    def __init__(self, config: HlsConfig | None = None) -> None:
+        self.config = config or HlsConfig()
+        self.init_segment: bytes | None = None
+        self.segments: deque[Segment] = deque()
+        self.ended = False
+        self._next_msn = 0
+        self._playlist: bytes | None = None
+
+    # -- input -------------------------------------------------------------------
+    def add_part(self, data: bytes, duration_s: float, now: float) -> list[HlsEvent]:
+        if self.ended:
+            raise RuntimeError("packager has ended")
+        current = self._open_segment(now)
+        part = Part(current.msn, len(current.parts), data, duration_s)
+        current.parts.append(part)
+        events: list[HlsEvent] = [PartAdded(part)]
+        if len(current.parts) >= self.config.parts_per_segment:
+            events.append(self._complete(current))
+        self._playlist = None
+        return events
+
+    def end(self) -> list[HlsEvent]:
+        """Close the last (possibly short) segment and mark the playlist ended."""
+        events: list[HlsEvent] = []
+        if self.segments and not self.segments[-1].complete:
+            last = self.segments[-1]
+            if last.parts:
+                events.append(self._complete(last))
+            else:
+                self.segments.pop()
+        self.ended = True
+        self._playlist = None
+        return events
+
+    def _open_segment(self, now: float) -> Segment:
+        if not self.segments or self.segments[-1].complete:
+            self.segments.append(Segment(self._next_msn, now))
+            self._next_msn += 1
+            while len(self.segments) > self.config.window_segments:
+                self.segments.popleft()
+        return self.segments[-1]
+
+    def _complete(self, segment: Segment) -> SegmentCompleted:
+        segment.complete = True
+        return SegmentCompleted(segment)
+
+    # -- lookups -----------------------------------------------------------------
+    def _segment(self, msn: int) -> Segment | None:
+        if not self.segments:
+            return None
+        i = msn - self.segments[0].msn
+        return self.segments[i] if 0 <= i < len(self.segments) else None
+
+    def part(self, msn: int, index: int) -> Part | None:
+        seg = self._segment(msn)
+        return seg.parts[index] if seg and 0 <= index < len(seg.parts) else None
+
+    def segment(self, msn: int) -> Segment | None:
+        seg = self._segment(msn)
+        return seg if seg and seg.complete else None
+
+    @property
+    def next_part(self) -> tuple[int, int]:
+        """The (msn, index) of the part that will be produced next: the preload hint."""
+        if not self.segments or self.segments[-1].complete:
+            return self._next_msn, 0
+        last = self.segments[-1]
+        return last.msn, len(last.parts)
+
+    def ready(self, msn: int, part: int | None) -> bool:
+        """8216bis 6.2.5.2: does the playlist contain segment ``msn`` / its part ``part``?"""
+        if self.ended:
+            return True
+        nmsn, npart = self.next_part
+        if part is None:
+            return msn < nmsn
+        return (msn, part) < (nmsn, npart)
+
+    def check_blocking_request(self, msn: int | None, part: int | None) -> None:
+        if part is not None and msn is None:
+            raise BadRequest("_HLS_part requires _HLS_msn")
+        if msn is None:
+            return
+        if msn < 0 or (part is not None and part < 0):
+            raise BadRequest("_HLS_msn and _HLS_part must be non-negative")
+        # 6.2.5.2: a request more than two segments ahead of the last one is a 400.
+        if msn > self.next_part[0] + 2:
+            raise BadRequest(f"_HLS_msn={msn} is too far ahead of the live edge")
+
+    def part_is_future(self, msn: int, index: int) -> bool:
+        """True when ``(msn, index)`` has not been produced yet and may still be."""
+        return not self.ended and (msn, index) >= self.next_part and msn <= self.next_part[0] + 1
+
+    # -- playlist ----------------------------------------------------------------
+    def playlist(self) -> bytes:
+        if self._playlist is None:
+            self._playlist = self._render().encode()
+        return self._playlist
+
+    def _render(self) -> str:
+        c = self.config
+        target = math.ceil(max([c.segment_target_s] + [s.duration_s for s in self.segments]))
+        lines = [
+            "#EXTM3U",
+            "#EXT-X-VERSION:9",
+            f"#EXT-X-TARGETDURATION:{target}",
+            f"#EXT-X-PART-INF:PART-TARGET={c.part_target_s:.3f}",
+            "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,"
+            f"PART-HOLD-BACK={3 * c.part_target_s:.3f}",
+            f"#EXT-X-MEDIA-SEQUENCE:{self.segments[0].msn if self.segments else 0}",
+            '#EXT-X-MAP:URI="init.mp4"',
+        ]
+        parts_from = self._next_msn - c.parts_window_segments
+        for seg in self.segments:
+            lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{_pdt(seg.started_at)}")
+            if seg.msn >= parts_from:
+                lines += [
+                    f'#EXT-X-PART:DURATION={p.duration_s:.3f},URI="{part_uri(p.msn, p.index)}",'
+                    "INDEPENDENT=YES"
+                    for p in seg.parts
+                ]
+            if seg.complete:
+                lines += [f"#EXTINF:{seg.duration_s:.3f},", segment_uri(seg.msn)]
+        if self.ended:
+            lines.append("#EXT-X-ENDLIST")
+        else:
+            msn, index = self.next_part
+            lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="{part_uri(msn, index)}"')
+        return "\n".join(lines) + "\n"
+
+
+def vod_playlist(durations_s: list[float], target_s: float) -> str:
+    """A complete VOD playlist for a recording (8216bis 4.4.3.5, PLAYLIST-TYPE:VOD)."""
+    target = math.ceil(max([target_s, *durations_s]))
+    lines = [
+        "#EXTM3U",
+        "#EXT-X-VERSION:7",
+        f"#EXT-X-TARGETDURATION:{target}",
+        "#EXT-X-PLAYLIST-TYPE:VOD",
+        "#EXT-X-MEDIA-SEQUENCE:0",
+        '#EXT-X-MAP:URI="init.mp4"',
+    ]
+    for msn, duration in enumerate(durations_s):
+        lines += [f"#EXTINF:{duration:.3f},", segment_uri(msn)]
+    lines.append("#EXT-X-ENDLIST")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,206 @@
+"""The stage of one Space: members in, program out, on a 20 ms clock.
+
+Each tick takes at most one frame from every member's inbox, mixes once, pushes each
+member's mix-minus back over WebRTC, encodes the program once, and hands the encoded
+bytes to the audience plane and the recorder. The clock is deadline-based: a member who
+sends nothing contributes nothing that tick, and the program keeps time regardless.
+If the process stalls, the clock catches up by running the missed ticks back to back,
+up to ``max_catch_up_s``; past that it resynchronises rather than bursting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiortc import RTCPeerConnection, RTCSessionDescription
+
+from townhall.audience.feed import (
+    ChannelEnded,
+    FeedMessage,
+    HlsInit,
+    HlsPart,
+    OggHeader,
+    OggPages,
+)
+from townhall.errors import BadRequest, Conflict
+from townhall.media.mixer import FRAME_MS, SAMPLE_RATE_HZ, Pcm, mix
+from townhall.media.program import EncoderConfig, Packaged, ProgramEncoder
+from townhall.recorder import Recorder
+from townhall.stage.ice import rtc_configuration
+from townhall.stage.member import MemberConfig, StageMember
+
+log = logging.getLogger(__name__)
+
+TICK_S = FRAME_MS / 1000
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    encoder: EncoderConfig = EncoderConfig()
+    member: MemberConfig = MemberConfig()
+    max_catch_up_s: float = 0.2
+    max_offer_bytes: int = 64 * 1024
+
+
+# Decides, per tick, whether a member's audio may reach the program (the room's rules:
+# mic check passed, not muted, still on stage).
+ProgramGate = Callable[[str], bool]
+Publish = Callable[[FeedMessage], None]
+
+
+@dataclass
+class StageRuntime:
+    space_id: str
+    publish: Publish
+    recorder: Recorder | None
+    config: StageConfig = field(default_factory=StageConfig)
+    gate: ProgramGate = lambda _pid: True
+    members: dict[str, StageMember] = field(default_factory=dict)
+    ticks: int = 0
+    clock_slips: int = 0
+    on_program: Callable[[Pcm], None] | None = None
+    _encoder: ProgramEncoder | None = None
+    _headers_sent: bool = False
+    _init_sent: bool = False
+    _task: asyncio.Task[None] | None = None
+    ended: bool = False
+
+    def __post_init__(self) -> None:
+        self._encoder = ProgramEncoder(self.config.encoder)
+
+    # -- lifecycle -----------------------------------------------------------------
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"stage-{self.space_id}")
+
+    async def end(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        assert self._encoder is not None
+        self._emit(self._encoder.close(), time.time())
+        self.publish(ChannelEnded(self.space_id, time.time()))
+        if self.recorder is not None:
+            self.recorder.finish()
+        await asyncio.gather(*(m.close() for m in self.members.values()))
+        self.members.clear()
+
+    # -- the clock -----------------------------------------------------------------
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time()
+        while True:
+            self.tick()
+            deadline += TICK_S
+            delay = deadline - loop.time()
+            if delay < -self.config.max_catch_up_s:
+                self.clock_slips += 1
+                log.warning("stage %s clock slipped %.0f ms; resyncing", self.space_id, -delay * 1e3)
+                deadline = loop.time()
+            await asyncio.sleep(max(0.0, delay))
+
+    def tick(self) -> None:
+        taken = {pid: m.take_frame() for pid, m in self.members.items()}
+        frames = {pid: f for pid, f in taken.items() if f is not None and self.gate(pid)}
+        result = mix(frames, listeners=tuple(self.members))
+        for pid, member in self.members.items():
+            member.outbound.push(result.mix_minus[pid])
+        if self.on_program is not None:
+            self.on_program(result.program)
+        assert self._encoder is not None
+        self._emit(self._encoder.encode(result.program), time.time())
+        self.ticks += 1
+
+    def _emit(self, out: Packaged, now: float) -> None:
+        assert self._encoder is not None
+        if not self._headers_sent and self._encoder.ogg_header and out.ogg_pages:
+            self._headers_sent = True
+            self.publish(OggHeader(self.space_id, self._encoder.ogg_header))
+            if self.recorder is not None:
+                self.recorder.write_ogg(self._encoder.ogg_header, now)
+        if out.ogg_pages:
+            data = b"".join(p.data for p in out.ogg_pages)
+            self.publish(OggPages(self.space_id, data, time.monotonic()))
+            if self.recorder is not None:
+                self.recorder.write_ogg(data, now)
+        for frag in out.fragments:
+            self._emit_part(frag.data, frag.sample_count / SAMPLE_RATE_HZ, now)
+
+    def _emit_part(self, data: bytes, duration_s: float, now: float) -> None:
+        assert self._encoder is not None
+        init = self._encoder.init_segment
+        if init is not None and not self._init_sent:
+            self._init_sent = True
+            self.publish(HlsInit(self.space_id, init))
+            if self.recorder is not None:
+                self.recorder.write_init(init)
+        self.publish(HlsPart(self.space_id, data, duration_s, now))
+        if self.recorder is not None:
+            self.recorder.write_part(data, duration_s, now)
+
+    # -- signalling ----------------------------------------------------------------
+    async def connect(self, participant_id: str, name: str, sdp: str, kind: str) -> RTCSessionDescription:
+        """Answer a member's SDP offer. A reconnect replaces the old connection."""
+        if self.ended:
+            raise Conflict("the space has ended; the stage is closed")
+        _validate_offer(sdp, kind, self.config.max_offer_bytes)
+        old = self.members.pop(participant_id, None)
+        if old is not None:
+            await old.close()
+        pc = RTCPeerConnection(rtc_configuration())
+        member = StageMember(participant_id, name, pc, self.config.member)
+        self._wire(member)
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+            if not any(t.kind == "audio" for t in pc.getTransceivers()):
+                raise BadRequest("the SDP offer has no audio section")
+            pc.addTrack(member.outbound)
+            await pc.setLocalDescription(await pc.createAnswer())
+        except BadRequest:
+            await pc.close()
+            raise
+        except Exception as exc:  # aiortc raises ValueError and friends on a bad offer
+            await pc.close()
+            raise BadRequest(f"could not accept the SDP offer: {exc}") from exc
+        self.members[participant_id] = member
+        return pc.localDescription
+
+    def _wire(self, member: StageMember) -> None:
+        @member.pc.on("track")
+        def on_track(track) -> None:  # type: ignore[no-untyped-def]
+            if track.kind == "audio" and member.reader is None:
+                member.reader = asyncio.create_task(member.read(track))
+
+        @member.pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if member.pc.connectionState in ("failed", "closed"):
+                await self.disconnect(member.participant_id, member)
+
+    async def disconnect(self, participant_id: str, only: StageMember | None = None) -> None:
+        member = self.members.get(participant_id)
+        if member is None or (only is not None and member is not only):
+            return
+        del self.members[participant_id]
+        await member.close()
+
+    def status(self) -> list[dict[str, object]]:
+        now = time.monotonic()
+        return [m.status(now) for m in self.members.values()]
+
+
+def _validate_offer(sdp: str, kind: str, max_bytes: int) -> None:
+    if kind != "offer":
+        raise BadRequest(f"expected an SDP of type 'offer', got {kind!r}")
+    if len(sdp.encode()) > max_bytes:
+        raise BadRequest(f"the SDP offer is over {max_bytes} bytes")
+    if not sdp.startswith("v=0") or "m=audio" not in sdp:
+        raise BadRequest("malformed SDP offer: it must start with v=0 and contain m=audio")

@@ -1,0 +1,81 @@
+"""The durable store: spaces and their lifecycle, in SQLite (nothing to install).
+
+Small, synchronous queries on a local file: each one takes microseconds, so the
+control plane calls them inline. A multi-node deployment swaps this for a shared
+database behind the same methods.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from townhall.errors import NotFound
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS spaces (
+  id TEXT PRIMARY KEY,
+  title TEXT NOT NULL,
+  description TEXT NOT NULL DEFAULT '',
+  state TEXT NOT NULL,
+  host_id TEXT NOT NULL,
+  scheduled_at REAL,
+  created_at REAL NOT NULL,
+  started_at REAL,
+  ended_at REAL
+);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class SpaceRecord:
+    id: str
+    title: str
+    description: str
+    state: str
+    host_id: str
+    scheduled_at: float | None
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+
+    def setting(self, key: str, default: str) -> str:
+        """Read a setting, storing ``default`` the first time (the admin key, the secret)."""
+        self._db.execute("INSERT OR IGNORE INTO settings VALUES (?, ?)", (key, default))
+        row = self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return str(row[0])
+
+    def create_space(self, title: str, description: str, scheduled_at: float | None) -> SpaceRecord:
+        space_id = secrets.token_urlsafe(8).replace("-", "x").replace("_", "y")
+        self._db.execute(
+            "INSERT INTO spaces (id, title, description, state, host_id, scheduled_at, created_at)"
+            " VALUES (?, ?, ?, 'scheduled', ?, ?, ?)",
+            (space_id, title, description, secrets.token_urlsafe(9), scheduled_at, time.time()),
+        )
+        return self.space(space_id)
+
+    def space(self, space_id: str) -> SpaceRecord:
+        row = self._db.execute("SELECT * FROM spaces WHERE id = ?", (space_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"unknown space {space_id!r}")
+        return SpaceRecord(*row)
+
+    def set_state(self, space_id: str, state: str, at: float) -> None:
+        column = {"live": "started_at", "ended": "ended_at"}[state]
+        self._db.execute(f"UPDATE spaces SET state = ?, {column} = ? WHERE id = ?", (state, at, space_id))
+
+    def spaces(self, limit: int = 100) -> list[SpaceRecord]:
+        rows = self._db.execute("SELECT * FROM spaces ORDER BY created_at DESC LIMIT ?", (limit,))
+        return [SpaceRecord(*r) for r in rows]

@@ -1,0 +1,61 @@
+"""Signed, expiring grants (JWT, HS256 via PyJWT).
+
+A token carries the Space, the role, the participant id, a display name and the
+expiry, so any node (an edge included) can verify it without a database lookup.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+
+import jwt
+
+from townhall.errors import Forbidden, Unauthorized
+
+ROLES = ("host", "cohost", "speaker", "listener")
+
+
+@dataclass(frozen=True)
+class Grant:
+    space_id: str
+    role: str
+    participant_id: str
+    name: str
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class TokenIssuer:
+    secret: str
+    default_ttl_s: float = 24 * 3600
+
+    def issue(
+        self, space_id: str, role: str, name: str, participant_id: str | None = None,
+        ttl_s: float | None = None, now: float | None = None,
+    ) -> str:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}")
+        now = time.time() if now is None else now
+        claims = {
+            "space": space_id,
+            "role": role,
+            "sub": participant_id or secrets.token_urlsafe(9),
+            "name": name,
+            "exp": int(now + (ttl_s or self.default_ttl_s)),
+        }
+        return jwt.encode(claims, self.secret, algorithm="HS256")
+
+    def verify(self, token: str, space_id: str) -> Grant:
+        try:
+            claims = jwt.decode(token, self.secret, algorithms=["HS256"], options={"require": ["exp"]})
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthorized("the token has expired") from exc
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"invalid token: {exc}") from exc
+        if claims.get("space") != space_id:
+            raise Forbidden("the token is for another space")
+        if claims.get("role") not in ROLES:
+            raise Unauthorized("the token carries no valid role")
+        return Grant(space_id, claims["role"], str(claims["sub"]), str(claims.get("name", "")), claims["exp"])
