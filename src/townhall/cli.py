@@ -32,6 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     _space_parser(sub)
     _speak_parser(sub)
     _listen_parser(sub)
+    from townhall.bench.cli import register as register_bench
+    from townhall.loadtest.cli import register as register_loadtest
+
+    register_loadtest(sub)
+    register_bench(sub)
     return p
 
 

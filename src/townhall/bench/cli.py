@@ -1,0 +1,9 @@
+"""`townhall bench`: registered by townhall.cli. (Filled in by the benchmark.)"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    pass
