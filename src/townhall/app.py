@@ -1,8 +1,7 @@
-"""The townhall process: the store, the stages, the audience server, wired together.
+"""The townhall process: the store, the live Spaces, the audience server, wired together.
 
 This is the only place that knows every component. The control API calls into it; the
-stage publishes into the audience server through ``publish``, which is where audience
-worker processes would be fed when there are several.
+stage publishes into the audience plane through ``publish``.
 """
 
 from __future__ import annotations
@@ -11,19 +10,40 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from townhall.audience.feed import FeedMessage
 from townhall.audience.server import AudienceServer
 from townhall.config import ServerConfig
-from townhall.errors import Conflict, Forbidden
+from townhall.errors import BadRequest, Conflict, Forbidden
+from townhall.live import LiveSpace
+from townhall.ratelimit import RateLimiter
 from townhall.recorder import Recorder
+from townhall.room.events import RoomEvent
+from townhall.room.state import Role, Room, SpaceState
 from townhall.stage.runtime import StageRuntime
 from townhall.store import SpaceRecord, Store
 from townhall.tokens import Grant, TokenIssuer
 
 log = logging.getLogger(__name__)
+
+# Commands a participant may send about the room: name -> (Room method, takes a target).
+COMMANDS: dict[str, tuple[str, bool]] = {
+    "raise_hand": ("raise_hand", False),
+    "lower_hand": ("lower_hand", False),
+    "invite": ("invite", True),
+    "withdraw_invitation": ("withdraw_invitation", True),
+    "accept_invitation": ("accept_invitation", False),
+    "decline_invitation": ("decline_invitation", False),
+    "move_to_audience": ("move_to_audience", True),
+    "mute": ("mute", True),
+    "unmute": ("unmute", True),
+    "remove": ("remove", True),
+    "add_cohost": ("add_cohost", True),
+    "leave": ("leave", False),
+}
 
 
 @dataclass
@@ -33,7 +53,10 @@ class Townhall:
     issuer: TokenIssuer = field(init=False)
     admin_key: str = field(init=False)
     audience: AudienceServer = field(init=False)
-    stages: dict[str, StageRuntime] = field(default_factory=dict)
+    spaces: dict[str, LiveSpace] = field(default_factory=dict)
+    feed_sinks: list[Callable[[FeedMessage], None]] = field(default_factory=list)
+    actions_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(rate_per_s=2.0, burst=10))
+    signin_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(rate_per_s=5.0, burst=50))
 
     def __post_init__(self) -> None:
         self.store = Store(self.config.db_path)
@@ -41,6 +64,7 @@ class Townhall:
         self.issuer = TokenIssuer(self.store.setting("token_secret", secrets.token_urlsafe(32)))
         self.config.recordings_dir.mkdir(parents=True, exist_ok=True)
         self.audience = AudienceServer(self.config.audience, self.config.recordings_dir)
+        self.feed_sinks.append(self.audience.apply)
 
     # -- admin ---------------------------------------------------------------------
     def check_admin(self, key: str) -> None:
@@ -49,6 +73,7 @@ class Townhall:
 
     def create_space(self, title: str, description: str, scheduled_at: float | None) -> dict[str, object]:
         space = self.store.create_space(title, description, scheduled_at)
+        self.space(space.id)
         host_token = self.issuer.issue(space.id, "host", "Host", participant_id=space.host_id)
         speaker_token = self.issuer.issue(space.id, "speaker", "Speaker")
         return {
@@ -63,6 +88,7 @@ class Townhall:
 
     def describe(self, space: SpaceRecord) -> dict[str, object]:
         audience = self.config.audience_url
+        ended = space.state == "ended"
         return {
             "id": space.id,
             "title": space.title,
@@ -80,57 +106,114 @@ class Townhall:
             "replay": {
                 "ogg": f"{audience}/replay/{space.id}.ogg",
                 "hls": f"{audience}/replay/{space.id}/index.m3u8",
-            }
-            if space.state == "ended"
-            else None,
+            } if ended else None,
         }
 
+    # -- the room ------------------------------------------------------------------
+    def space(self, space_id: str) -> LiveSpace:
+        live = self.spaces.get(space_id)
+        if live is None:
+            record = self.store.space(space_id)
+            room = Room(record.id, record.host_id, record.title,
+                        description=record.description, scheduled_at=record.scheduled_at)
+            if record.state != "scheduled":
+                # Held by no process any more (a restart): the room is over.
+                room.join(record.host_id, "Host", Role.HOST, time.time())
+                room.start(record.host_id, time.time())
+                room.end(record.host_id, time.time())
+            live = self.spaces[space_id] = LiveSpace(room, self.publish)
+        return live
+
+    def join(self, grant: Grant) -> LiveSpace:
+        live = self.space(grant.space_id)
+        if live.room.role_of(grant.participant_id) is None:
+            live.apply(live.room.join(grant.participant_id, grant.name, Role(grant.role), time.time()))
+        return live
+
+    def command(self, grant: Grant, name: str, target: str | None) -> list[RoomEvent]:
+        if name not in COMMANDS:
+            raise BadRequest(f"unknown command {name!r}; known: {', '.join(COMMANDS)}")
+        method, takes_target = COMMANDS[name]
+        if takes_target and not target:
+            raise BadRequest(f"command {name!r} needs a 'target' participant id")
+        self.actions_limiter.take(grant.participant_id, time.monotonic(), "room actions")
+        live = self.join(grant)
+        call = getattr(live.room, method)
+        now = time.time()
+        events = call(grant.participant_id, target, now) if takes_target else call(grant.participant_id, now)
+        return live.apply(events)
+
+    def react(self, grant: Grant, emoji: str) -> list[RoomEvent]:
+        self.actions_limiter.take(grant.participant_id, time.monotonic(), "reactions")
+        live = self.join(grant)
+        return live.apply(live.room.react(grant.participant_id, emoji, time.time()))
+
+    def sign_in_listener(self, space_id: str, name: str, address: str) -> dict[str, str]:
+        self.signin_limiter.take(address, time.monotonic(), "sign-ins from this address")
+        live = self.space(space_id)
+        if live.room.state is SpaceState.ENDED:
+            raise Conflict("the space has ended; the replay is available")
+        token = self.issuer.issue(space_id, "listener", name)
+        grant = self.issuer.verify(token, space_id)
+        return {"token": token, "session_id": grant.participant_id}
+
+    def heartbeat(self, grant: Grant) -> dict[str, int]:
+        live = self.space(grant.space_id)
+        now = time.monotonic()
+        live.counter.heartbeat(grant.participant_id, now)
+        return {"listening_now": live.counter.listening_now(now), "total_tuned_in": live.counter.total_tuned_in()}
+
     # -- lifecycle -----------------------------------------------------------------
-    def start_space(self, grant: Grant) -> SpaceRecord:
-        space = self.store.space(grant.space_id)
-        if grant.role != "host":
-            raise Forbidden("only the host can start the space")
-        if space.state != "scheduled":
-            raise Conflict(f"the space is {space.state}; it cannot be started")
+    async def start_space(self, grant: Grant) -> SpaceRecord:
+        live = self.join(grant)
+        live.apply(live.room.start(grant.participant_id, time.time()))
         recorder = Recorder(
-            self.config.recordings_dir, space.id, self.config.audience.channel.hls, self.config.recorder
+            self.config.recordings_dir, live.space_id, self.config.audience.channel.hls, self.config.recorder
         )
-        stage = StageRuntime(space.id, self.publish, recorder, self.config.stage)
+        stage = StageRuntime(live.space_id, self.publish, recorder, self.config.stage, gate=live.room.in_program)
         stage.start()
-        self.stages[space.id] = stage
-        self.store.set_state(space.id, "live", time.time())
-        log.info("space %s started", space.id)
-        return self.store.space(space.id)
+        live.stage = stage
+        live.start_monitor()
+        self.store.set_state(live.space_id, "live", time.time())
+        log.info("space %s started", live.space_id)
+        return self.store.space(live.space_id)
 
     async def end_space(self, grant: Grant) -> SpaceRecord:
-        space = self.store.space(grant.space_id)
-        if grant.role != "host":
-            raise Forbidden("only the host can end the space")
-        if space.state != "live":
-            raise Conflict(f"the space is {space.state}; only a live space can be ended")
-        stage = self.stages.pop(space.id)
-        await stage.end()
-        self.store.set_state(space.id, "ended", time.time())
-        log.info("space %s ended; replay written", space.id)
-        return self.store.space(space.id)
+        live = self.join(grant)
+        live.apply(live.room.end(grant.participant_id, time.time()))
+        await self._close_stage(live)
+        self.store.set_state(live.space_id, "ended", time.time())
+        log.info("space %s ended; replay written", live.space_id)
+        return self.store.space(live.space_id)
 
-    def live_stage(self, space_id: str) -> StageRuntime:
-        space = self.store.space(space_id)
-        stage = self.stages.get(space_id)
-        if stage is None:
-            raise Conflict(f"the space is {space.state}; the stage is not open")
-        return stage
+    async def _close_stage(self, live: LiveSpace) -> None:
+        stage, live.stage = live.stage, None
+        await live.stop_monitor()
+        if stage is not None:
+            await stage.end()
 
-    def require_moderator(self, grant: Grant) -> None:
-        if grant.role not in ("host", "cohost"):
+    async def connect_stage(self, grant: Grant, sdp: str, kind: str) -> tuple[str, str]:
+        live = self.join(grant)
+        if live.stage is None:
+            raise Conflict(f"the space is {live.room.state.value}; the stage is not open")
+        if not live.room.may_publish(grant.participant_id):
+            raise Forbidden("only people on stage can send audio; raise a hand to be brought up")
+        answer = await live.stage.connect(grant.participant_id, grant.name, sdp, kind)
+        return answer.sdp, answer.type
+
+    def require_moderator(self, grant: Grant) -> LiveSpace:
+        live = self.join(grant)
+        role = live.room.role_of(grant.participant_id)
+        if role not in (Role.HOST, Role.COHOST):
             raise Forbidden(f"a {grant.role} cannot do this; the host or a co-host can")
-
-    def require_stage_role(self, grant: Grant) -> None:
-        if grant.role == "listener":
-            raise Forbidden("a listener cannot publish audio; raise a hand to be brought up")
+        return live
 
     def publish(self, msg: FeedMessage) -> None:
-        self.audience.apply(msg)
+        for sink in self.feed_sinks:
+            sink(msg)
 
     async def shutdown(self) -> None:
-        await asyncio.gather(*(s.end() for s in self.stages.values()), return_exceptions=True)
+        live = [s for s in self.spaces.values() if s.stage is not None]
+        await asyncio.gather(*(self._close_stage(s) for s in live), return_exceptions=True)
+        for s in live:
+            self.store.set_state(s.space_id, "ended", time.time())

@@ -9,7 +9,7 @@ the bytes: request collapsing inside the origin.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from townhall.audience.fanout import Fanout, FanoutConfig
 from townhall.audience.feed import (
@@ -28,9 +28,11 @@ WaitKey = tuple[int, int | None]  # (msn, part) of a blocking request
 
 @dataclass(frozen=True)
 class ChannelConfig:
-    fanout: FanoutConfig = FanoutConfig()
-    events: FanoutConfig = FanoutConfig(flush_interval_s=0.25, join_burst_s=0.0)
-    hls: HlsConfig = HlsConfig()
+    fanout: FanoutConfig = field(default_factory=FanoutConfig)
+    events: FanoutConfig = field(
+        default_factory=lambda: FanoutConfig(flush_interval_s=0.25, join_burst_s=0.0)
+    )
+    hls: HlsConfig = field(default_factory=HlsConfig)
     max_waiters: int = 200_000
 
 
@@ -43,11 +45,18 @@ class Channel:
         self.events.header = b"retry: 2000\n\n"
         self.hls = HlsPackager(config.hls)
         self.ended = False
+        # When this process saw the end (monotonic); the server drops the channel later.
+        self.ended_at: float | None = None
         self.last_room_json = "{}"
+        # The playlist response per Cache-Control value, kept with the body it was built
+        # from: the body's identity says whether it is still current.
+        self.playlist_replies: dict[str, tuple[bytes, bytes]] = {}
         self._waiters: dict[WaitKey, asyncio.Future[None]] = {}
         self.waiting = 0
 
     def apply(self, msg: FeedMessage) -> None:
+        if self.ended:
+            return  # nothing after the end may reach listeners (or raise into the stage)
         match msg:
             case OggHeader(data=data):
                 self.ogg.header = data

@@ -8,7 +8,9 @@ Design, in the order that matters under load:
 2. **Bounded per-subscriber buffers.** A subscriber whose transport buffer is above
    ``max_listener_buffer_bytes`` is skipped for this chunk (it rejoins at the live edge
    on the next page, which Ogg players resynchronise on). One that stays above it for
-   ``stall_cutoff_s`` is cut off. Nobody's backlog can delay anyone else or grow memory.
+   ``stall_cutoff_s`` is cut off with ``abort()``: ``close()`` would wait for a buffer
+   that a stalled reader never drains. Nobody's backlog can delay anyone else or grow
+   memory.
 3. **Coalescing instead of falling behind.** The adapter reports how long each pass
    took. When a pass takes longer than the flush interval, the next interval grows to a
    multiple of the pass time, so the engine makes fewer, larger writes: latency grows
@@ -38,6 +40,7 @@ class Sink(Protocol):
     def write(self, data: bytes) -> None: ...
     def get_write_buffer_size(self) -> int: ...
     def close(self) -> None: ...
+    def abort(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class Fanout:
     _pending: list[_Page] = field(default_factory=list)
     _recent: deque[_Page] = field(default_factory=deque)
     _join_bytes: bytes | None = None
+    _join_header: bytes = b""
     last_pass_s: float = 0.0
 
     def __post_init__(self) -> None:
@@ -103,7 +107,8 @@ class Fanout:
         self._recent.extend(pages)
         if pages:
             edge = pages[-1].at
-            while self._recent and edge - self._recent[0].at > self.config.join_burst_s:
+            # ">=" so that join_burst_s=0 keeps nothing (the SSE stream sends a snapshot).
+            while self._recent and edge - self._recent[0].at >= self.config.join_burst_s:
                 self._recent.popleft()
             self._join_bytes = None
         return b"".join(p.data for p in pages)
@@ -135,7 +140,8 @@ class Fanout:
                 elif now - sub.over_since >= self.config.stall_cutoff_s:
                     stalled.append(key)
                 continue
-            sub.over_since = None
+            if sub.over_since is not None:
+                sub.over_since = None
             sub.sink.write(chunk)
             written += 1
         for key in stalled:
@@ -149,7 +155,10 @@ class Fanout:
         base, cap = self.config.flush_interval_s, self.config.max_flush_interval_s
         # Grow at once, shrink slowly, so one quiet pass does not undo coalescing.
         target = max(base, min(cap, wanted))
-        self.interval_s = target if target > self.interval_s else 0.8 * self.interval_s + 0.2 * target
+        if target >= self.interval_s:
+            self.interval_s = target
+        else:
+            self.interval_s = 0.8 * self.interval_s + 0.2 * target
 
     # -- listener side -----------------------------------------------------------
     @property
@@ -170,7 +179,9 @@ class Fanout:
 
     def join_bytes(self) -> bytes:
         """Header plus a short burst from the live edge, built once per page."""
-        if self._join_bytes is None:
+        # The header is a plain attribute the channel may set late; rebuild if it changed.
+        if self._join_bytes is None or self._join_header is not self.header:
+            self._join_header = self.header
             self._join_bytes = self.header + b"".join(p.data for p in self._recent)
         return self._join_bytes
 
@@ -184,10 +195,15 @@ class Fanout:
     def cut_off(self, key: int) -> None:
         sub = self.subscribers.pop(key, None)
         if sub is not None:
-            sub.sink.close()
+            sub.sink.abort()
 
     def close_all(self, final: bytes = b"") -> None:
+        """End of the channel: flush the last chunk to those keeping up, abort the rest."""
+        limit = self.config.max_listener_buffer_bytes
         for sub in self.subscribers.values():
+            if sub.sink.get_write_buffer_size() > limit:
+                sub.sink.abort()
+                continue
             if final:
                 sub.sink.write(final)
             sub.sink.close()

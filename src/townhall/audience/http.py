@@ -161,24 +161,30 @@ class HttpConnection(asyncio.Protocol):
             reply = error_bytes(err)
         if reply is None:
             return
+        head_only = request.method == "HEAD"
         if isinstance(reply, bytes):
-            return self.send(reply, request.keep_alive)
+            return self.send(reply, request.keep_alive, head_only)
         assert self.transport is not None
         self.transport.pause_reading()
-        self._task = asyncio.ensure_future(self._await(reply, request.keep_alive))
+        self._task = asyncio.ensure_future(self._await(reply, request.keep_alive, head_only))
 
-    async def _await(self, reply: Awaitable[bytes], keep_alive: bool) -> None:
+    async def _await(self, reply: Awaitable[bytes], keep_alive: bool, head_only: bool) -> None:
         try:
             data = await reply
         except TownhallError as err:
             data = error_bytes(err)
         self._task = None
-        self.send(data, keep_alive)
+        self.send(data, keep_alive, head_only)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 
-    def send(self, data: bytes, keep_alive: bool = True) -> None:
+    def send(self, data: bytes, keep_alive: bool = True, head_only: bool = False) -> None:
         assert self.transport is not None
+        if self.transport.is_closing():
+            return  # the client left while its blocking request waited
+        if head_only:
+            # RFC 9110 9.3.2: the same head as GET, no body (the length still says it).
+            data = data[: data.find(b"\r\n\r\n") + 4]
         self.transport.write(data)
         if not keep_alive:
             self.transport.close()

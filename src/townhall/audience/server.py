@@ -14,19 +14,29 @@ Endpoints (all GET, all CORS-open, all errors JSON):
 Caching (RFC 9111) is set for a CDN: parts, segments and the init segment never change
 (immutable, a year); a playlist answered to a blocking request names a fixed point so
 it may be cached briefly; a plain playlist request gets a max-age of one part.
+
+Every cacheable response (init, part, segment, playlist version) is built once as
+complete bytes and written as-is to every client asking for it, including all the
+blocking requests one part wakes up. ``builds`` counts those builds.
+
+Channels that ended are kept ``ended_grace_s`` (players fetch the final playlist with
+ENDLIST and the last parts), then dropped with their cached responses.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import random
 import re
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from townhall.audience.channel import Channel, ChannelConfig
+from townhall.audience.fanout import Fanout
 from townhall.audience.feed import FeedMessage, RoomUpdate
 from townhall.audience.http import (
     HttpConnection,
@@ -42,19 +52,23 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 M3U8 = "application/vnd.apple.mpegurl"
 MP4 = "video/mp4"
 
-_LIVE = re.compile(r"^/live/([A-Za-z0-9_-]{1,64})(\.ogg|/index\.m3u8|/init\.mp4|/p(\d+)\.(\d+)\.m4s|/s(\d+)\.m4s)$")
+_LIVE = re.compile(
+    r"^/live/([A-Za-z0-9_-]{1,64})"
+    r"(\.ogg|/index\.m3u8|/init\.mp4|/p(\d+)\.(\d+)\.m4s|/s(\d+)\.m4s)$"
+)
 _EVENTS = re.compile(r"^/events/([A-Za-z0-9_-]{1,64})$")
 _REPLAY = re.compile(r"^/replay/([A-Za-z0-9_-]{1,64})(\.ogg|/index\.m3u8|/init\.mp4|/s\d+\.m4s)$")
 
 
 @dataclass(frozen=True)
 class AudienceConfig:
-    channel: ChannelConfig = ChannelConfig()
+    channel: ChannelConfig = field(default_factory=ChannelConfig)
     flush_tick_s: float = 0.02
     # Subscribers written per slice before yielding to the loop, so a big pass never
     # blocks new connections or blocking HLS requests for long.
     pass_slice: int = 2_000
     blocking_timeout_s: float = 6.0
+    ended_grace_s: float = 60.0
 
 
 @dataclass
@@ -66,6 +80,8 @@ class AudienceServer:
     _next_key: int = 0
     _cache: dict[tuple[str, str], bytes] = field(default_factory=dict)
     connections: set[HttpConnection] = field(default_factory=set)
+    builds: int = 0  # cacheable responses built (each served to any number of requests)
+    _flushed_at: dict[tuple[str, str], float] = field(default_factory=dict)
 
     # -- feed ------------------------------------------------------------------------
     def apply(self, msg: FeedMessage) -> None:
@@ -77,8 +93,21 @@ class AudienceServer:
             self._finish(channel)
 
     def _finish(self, channel: Channel) -> None:
-        channel.ogg.close_all(channel.ogg.take_chunk())
-        channel.events.close_all(channel.events.take_chunk())
+        if channel.ended_at is None:
+            channel.ended_at = time.monotonic()
+            channel.ogg.close_all(channel.ogg.take_chunk())
+            channel.events.close_all(channel.events.take_chunk())
+
+    def drop_ended(self, now: float) -> None:
+        """Bounded memory: forget channels that ended more than ``ended_grace_s`` ago."""
+        grace = self.config.ended_grace_s
+        for space_id, channel in list(self.channels.items()):
+            if channel.ended_at is not None and now - channel.ended_at >= grace:
+                del self.channels[space_id]
+                for key in [k for k in self._cache if k[0] == space_id]:
+                    del self._cache[key]
+                for key in [k for k in self._flushed_at if k[0] == space_id]:
+                    del self._flushed_at[key]
 
     # -- serving ---------------------------------------------------------------------
     def protocol(self) -> HttpConnection:
@@ -94,17 +123,21 @@ class AudienceServer:
 
     def handle(self, conn: HttpConnection, req: Request) -> Reply:
         if req.method == "OPTIONS":
-            return response_bytes(204, b"", "text/plain", extra=(("Access-Control-Allow-Methods", "GET"),))
+            allow = (("Access-Control-Allow-Methods", "GET"),)
+            return response_bytes(204, b"", "text/plain", extra=allow)
         if req.method not in ("GET", "HEAD"):
             raise BadRequest(f"method {req.method} is not allowed on the audience port")
         if m := _LIVE.match(req.path):
             return self._live(conn, req, m)
         if m := _EVENTS.match(req.path):
-            return self._events(conn, self._channel(m.group(1)))
+            self._events(conn, self._channel(m.group(1)))
+            return None  # the connection is a stream now
         if m := _REPLAY.match(req.path):
             return self._replay(m.group(1), m.group(2))
         if req.path == "/healthz":
-            return response_bytes(200, b'{"ok":true}', "application/json")
+            # The pid tells which of several audience workers on one port answered.
+            body = json.dumps({"ok": True, "pid": os.getpid()}).encode()
+            return response_bytes(200, body, "application/json")
         raise NotFound(f"no such audience resource: {req.path}")
 
     def _channel(self, space_id: str) -> Channel:
@@ -117,7 +150,10 @@ class AudienceServer:
         channel = self._channel(m.group(1))
         kind = m.group(2)
         if kind == ".ogg":
-            return self._ogg(conn, channel)
+            if req.method == "HEAD":
+                return _OGG_HEAD
+            self._ogg(conn, channel)
+            return None  # the connection is a stream now
         if kind == "/index.m3u8":
             return self._playlist(channel, req)
         if kind == "/init.mp4":
@@ -130,15 +166,15 @@ class AudienceServer:
 
     def _ogg(self, conn: HttpConnection, channel: Channel) -> None:
         if channel.ended:
-            raise NotFound(f"space {channel.space_id!r} has ended; see /replay/{channel.space_id}.ogg")
+            replay = f"/replay/{channel.space_id}.ogg"
+            raise NotFound(f"space {channel.space_id!r} has ended; see {replay}")
         if not channel.ogg.header:
             raise Unavailable("the program has not started yet", 1.0 + self.rng.random())
         channel.ogg.admit(self.rng)
         key = self._key()
-        transport = conn.take_over(stream_head("audio/ogg", (("X-Content-Type-Options", "nosniff"),)))
+        transport = conn.take_over(_OGG_HEAD)
         channel.ogg.subscribe(key, transport, time.monotonic())
-        conn.on_lost = lambda c: (self.connections.discard(c), channel.ogg.unsubscribe(key))
-        return None
+        conn.on_lost = self._unsubscriber(channel.ogg, key)
 
     def _events(self, conn: HttpConnection, channel: Channel) -> None:
         channel.events.admit(self.rng)
@@ -146,8 +182,14 @@ class AudienceServer:
         transport = conn.take_over(stream_head("text/event-stream"))
         channel.events.subscribe(key, transport, time.monotonic())
         transport.write(f"event: room\ndata: {channel.last_room_json}\n\n".encode())
-        conn.on_lost = lambda c: (self.connections.discard(c), channel.events.unsubscribe(key))
-        return None
+        conn.on_lost = self._unsubscriber(channel.events, key)
+
+    def _unsubscriber(self, fanout: Fanout, key: int) -> Callable[[HttpConnection], None]:
+        def lost(conn: HttpConnection) -> None:
+            self.connections.discard(conn)
+            fanout.unsubscribe(key)
+
+        return lost
 
     def _key(self) -> int:
         self._next_key += 1
@@ -168,19 +210,22 @@ class AudienceServer:
         return self._blocking(channel, msn, part, lambda: self._playlist_bytes(channel, cache))
 
     def _playlist_bytes(self, channel: Channel, cache: str) -> bytes:
+        # Keyed by the body's identity, not id(): a freed body's id can be reused by a
+        # newer playlist, which would then be answered with stale bytes.
         body = channel.hls.playlist()
-        key = (channel.space_id, f"pl:{cache}:{id(body)}")
-        hit = self._cache.get(key)
-        if hit is None:
-            hit = self._cache[key] = response_bytes(200, body, M3U8, cache)
-            self._trim_cache()
-        return hit
+        built = channel.playlist_replies.get(cache)
+        if built is None or built[0] is not body:
+            self.builds += 1
+            built = channel.playlist_replies[cache] = (body, response_bytes(200, body, M3U8, cache))
+        return built[1]
 
     def _part(self, channel: Channel, msn: int, index: int) -> Reply:
         part = channel.hls.part(msn, index)
         if part is not None:
             return self._cached(channel, part_uri(msn, index), part.data)
-        if not channel.hls.part_is_future(msn, index):
+        future = channel.hls.part_is_future(msn, index)
+        # A part index past the segment's length is never produced; do not hold it.
+        if not future or index >= channel.hls.config.parts_per_segment:
             raise NotFound(f"part {msn}.{index} is not in the live window")
         # A preload-hinted request (8216bis 6.2.6): answer it the moment the part exists.
         return self._blocking(channel, msn, index, lambda: self._part_now(channel, msn, index))
@@ -201,8 +246,8 @@ class AudienceServer:
         key = (channel.space_id, uri)
         hit = self._cache.get(key)
         if hit is None:
-            ctype = MP4
-            hit = self._cache[key] = response_bytes(200, body, ctype, IMMUTABLE)
+            self.builds += 1
+            hit = self._cache[key] = response_bytes(200, body, MP4, IMMUTABLE)
             self._trim_cache()
         return hit
 
@@ -211,7 +256,9 @@ class AudienceServer:
         while len(self._cache) > 256 * max(1, len(self.channels)):
             del self._cache[next(iter(self._cache))]
 
-    async def _wait_then(self, channel: Channel, msn: int, part: int | None, build) -> bytes:  # type: ignore[no-untyped-def]
+    async def _wait_then(
+        self, channel: Channel, msn: int, part: int | None, build: Callable[[], bytes]
+    ) -> bytes:
         fut = channel.wait_for(msn, part)
         channel.waiting += 1
         try:
@@ -220,10 +267,11 @@ class AudienceServer:
             raise Unavailable("the requested part was not produced in time", 1.0) from exc
         finally:
             channel.waiting -= 1
-        result: bytes = build()
-        return result
+        return build()
 
-    def _blocking(self, channel: Channel, msn: int, part: int | None, build) -> Awaitable[bytes]:  # type: ignore[no-untyped-def]
+    def _blocking(
+        self, channel: Channel, msn: int, part: int | None, build: Callable[[], bytes]
+    ) -> Awaitable[bytes]:
         if channel.waiting >= channel.config.max_waiters:
             raise Unavailable("too many blocking requests are waiting", 1.0 + self.rng.random())
         return self._wait_then(channel, msn, part, build)
@@ -244,26 +292,37 @@ class AudienceServer:
 
     # -- the flush loop --------------------------------------------------------------
     async def run_flusher(self) -> None:
-        last: dict[tuple[str, str], float] = {}
         while True:
             await asyncio.sleep(self.config.flush_tick_s)
-            for channel in list(self.channels.values()):
-                for name, fanout in (("ogg", channel.ogg), ("events", channel.events)):
-                    key = (channel.space_id, name)
-                    now = time.monotonic()
-                    if fanout.due(last.get(key, 0.0), now):
-                        last[key] = now
-                        await self._pass(fanout, now)
+            await self.flush_due()
+            self.drop_ended(time.monotonic())
 
-    async def _pass(self, fanout, now: float) -> None:  # type: ignore[no-untyped-def]
+    async def flush_due(self) -> None:
+        for channel in list(self.channels.values()):
+            for name, fanout in (("ogg", channel.ogg), ("events", channel.events)):
+                key = (channel.space_id, name)
+                now = time.monotonic()
+                if fanout.due(self._flushed_at.get(key, 0.0), now):
+                    self._flushed_at[key] = now
+                    await self._pass(fanout, now)
+
+    async def _pass(self, fanout: Fanout, now: float) -> None:
+        """One flush, in slices so the loop still accepts and answers between them."""
         chunk = fanout.take_chunk()
-        keys = list(fanout.subscribers.items())
-        started = time.perf_counter()
-        for i in range(0, len(keys), self.config.pass_slice):
-            fanout.write_to(keys[i : i + self.config.pass_slice], chunk, now)
-            if i + self.config.pass_slice < len(keys):
+        subs = list(fanout.subscribers.items())
+        step = self.config.pass_slice
+        busy = 0.0
+        for i in range(0, len(subs), step):
+            started = time.perf_counter()
+            fanout.write_to(subs[i : i + step], chunk, now)
+            # Only the engine's own time counts: coalescing cannot shrink other work.
+            busy += time.perf_counter() - started
+            if i + step < len(subs):
                 await asyncio.sleep(0)
-        fanout.pass_took(time.perf_counter() - started)
+        fanout.pass_took(busy)
+
+
+_OGG_HEAD = stream_head("audio/ogg", (("X-Content-Type-Options", "nosniff"),))
 
 
 def _int_param(req: Request, name: str) -> int | None:

@@ -474,6 +474,10 @@ class Room:
         participant = self._participants.get(pid)
         return participant.role if participant else None
 
+    def name_of(self, pid: str) -> str:
+        participant = self._participants.get(pid)
+        return participant.name if participant is not None else ""
+
     def is_removed(self, pid: str) -> bool:
         return pid in self._removed
 

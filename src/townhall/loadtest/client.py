@@ -1,0 +1,155 @@
+"""A lean HTTP/1.1 client connection: asyncio Protocol + httptools, one request at a time.
+
+Thousands of these share one event loop, so there are no streams, no per-chunk
+coroutine wake-ups and no copies: the response body goes to a callback as it arrives
+(the Ogg stream), or is collected until the message completes (playlists and parts).
+
+Errors, drawn at the one boundary where they are translated::
+
+    ClientError              the listener gives up on this connection
+     ├── Refused (503)       carries retry_after_s, the caller backs off and retries
+     └── ConnectionDropped   reset, closed early, malformed response or timed out
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httptools
+
+from townhall.loadtest.wire import Target, get_request
+from townhall.peers.backoff import parse_retry_after
+
+BodySink = Callable[[bytes], None]
+
+
+class ClientError(Exception):
+    pass
+
+
+class Refused(ClientError):
+    def __init__(self, retry_after_s: float | None) -> None:
+        super().__init__(f"503, retry after {retry_after_s}")
+        self.retry_after_s = retry_after_s
+
+
+class ConnectionDropped(ClientError):
+    pass
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+class HttpClientConnection(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._headers: dict[str, str] = {}
+        self._chunks: list[bytes] = []
+        self._sink: BodySink | None = None
+        self._head: asyncio.Future[int] | None = None
+        self._done: asyncio.Future[None] | None = None
+        self.closed = False
+
+    # -- asyncio.Protocol -------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(ConnectionDropped(f"malformed response: {exc}"))
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._done is not None and not self._done.done() and self._sink is not None:
+            # A body without a length (the Ogg stream) ends with the connection.
+            self._done.set_exception(ConnectionDropped("stream closed by the server"))
+        self._fail(ConnectionDropped(f"connection lost: {exc or 'closed'}"))
+
+    # -- httptools callbacks ----------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        if self._head is not None and not self._head.done():
+            self._head.set_result(self._parser.get_status_code())
+
+    def on_body(self, body: bytes) -> None:
+        if self._sink is not None:
+            self._sink(body)
+        else:
+            self._chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    # -- requests ---------------------------------------------------------------------
+    def _send(self, target: Target, path: str, sink: BodySink | None) -> None:
+        if self.closed or self.transport is None:
+            raise ConnectionDropped("connection already closed")
+        loop = asyncio.get_running_loop()
+        self._headers, self._chunks, self._sink = {}, [], sink
+        self._head, self._done = loop.create_future(), loop.create_future()
+        self.transport.write(get_request(target, path))
+
+    async def get(self, target: Target, path: str) -> Response:
+        """A whole response (a playlist or a part); raises Refused on 503."""
+        self._send(target, path, None)
+        assert self._head is not None and self._done is not None
+        status = await self._head
+        await self._done
+        body = b"".join(self._chunks)
+        self._raise_for_refusal(status)
+        return Response(status, self._headers, body)
+
+    async def stream(self, target: Target, path: str, sink: BodySink) -> asyncio.Future[None]:
+        """Start an endless GET; returns once the head is in, with a future for its end."""
+        self._send(target, path, None)
+        assert self._head is not None and self._done is not None
+        status = await self._head
+        self._raise_for_refusal(status)
+        if status != 200:
+            await self._done
+            raise ConnectionDropped(f"GET {path}: status {status}")
+        # Bytes parsed with the head were already collected; hand them on in order.
+        for chunk in self._chunks:
+            sink(chunk)
+        self._sink = sink
+        return self._done
+
+    def _raise_for_refusal(self, status: int) -> None:
+        if status == 503:
+            raise Refused(parse_retry_after(self._headers.get("retry-after")))
+
+    def _fail(self, exc: ClientError) -> None:
+        for fut in (self._head, self._done):
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+                fut.exception()  # mark retrieved: a dropped idle connection is not a bug
+
+    def close(self) -> None:
+        if self.transport is not None:
+            with contextlib.suppress(Exception):
+                self.transport.abort()
+
+
+async def connect(target: Target, timeout_s: float) -> HttpClientConnection:
+    loop = asyncio.get_running_loop()
+    try:
+        _, conn = await asyncio.wait_for(
+            loop.create_connection(HttpClientConnection, target.host, target.port), timeout_s
+        )
+    except (OSError, TimeoutError) as exc:
+        raise ConnectionDropped(f"connect: {exc.__class__.__name__}: {exc}") from exc
+    return conn

@@ -1,0 +1,200 @@
+"""The two kinds of simulated listener, as thin asyncio adapters around ListenerRecord.
+
+* Ogg: one endless GET; Ogg page headers are parsed as bytes arrive (RFC 3533) so each
+  page gets its arrival time and granule position (RFC 7845 section 4: 48 kHz).
+* LL-HLS: blocking playlist reloads on the preload hint (RFC 8216bis 6.2.5.2), each new
+  part fetched once on the same keep-alive connection; a part's media time is its
+  ``tfdt`` decode time.
+
+Both start when told, stop at ``end_at`` and honour 503 + Retry-After (and refused
+connects) with ``Backoff``: capped exponential backoff with full jitter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from townhall.loadtest.client import (
+    ClientError,
+    ConnectionDropped,
+    HttpClientConnection,
+    Refused,
+    connect,
+)
+from townhall.loadtest.stats import ListenerRecord
+from townhall.loadtest.wire import Target, decode_time, timescale
+from townhall.media.ogg import parse_pages
+from townhall.peers.backoff import Backoff
+from townhall.peers.listen import parse_playlist
+
+OPUS_GRANULE_RATE_HZ = 48_000  # RFC 7845 section 4: granule positions count 48 kHz samples
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ListenerPlan:
+    target: Target  # the Ogg URL, or the playlist URL for LL-HLS
+    end_at: float  # monotonic
+    backoff: Backoff
+    request_timeout_s: float = 10.0
+
+
+class GaveUp(Exception):
+    """Retries ran out or would outlast the run."""
+
+
+async def with_backoff(
+    plan: ListenerPlan, rng: random.Random, rec: ListenerRecord, attempt_once: Callable[[], Awaitable[T]]
+) -> T:
+    for attempt in range(plan.backoff.max_attempts):
+        try:
+            return await attempt_once()
+        except Refused as exc:
+            delay = plan.backoff.delay(attempt, exc.retry_after_s, rng)
+        except ConnectionDropped:
+            delay = plan.backoff.delay(attempt, None, rng)
+        if time.monotonic() + delay >= plan.end_at:
+            break
+        rec.retries += 1
+        await asyncio.sleep(delay)
+    raise GaveUp(f"still refused after {rec.retries} retries")
+
+
+def _left(plan: ListenerPlan) -> float:
+    return plan.end_at - time.monotonic()
+
+
+# -- Ogg ----------------------------------------------------------------------------------
+class OggPageClock:
+    """Splits the stream into pages and stamps each media page with its arrival."""
+
+    def __init__(self, rec: ListenerRecord) -> None:
+        self.rec = rec
+        self._tail = b""
+
+    def feed(self, data: bytes) -> None:
+        now = time.monotonic()
+        self.rec.bytes_received += len(data)
+        pages, self._tail = parse_pages(self._tail + data)
+        for page in pages:
+            if page.is_header or page.granule < 0:
+                continue  # headers are not audio; granule -1 means no packet ends here
+            if self.rec.first_media_at is None:
+                self.rec.first_media_at = now
+            self.rec.arrivals.append((now, page.granule / OPUS_GRANULE_RATE_HZ))
+
+
+async def listen_ogg(plan: ListenerPlan, rng: random.Random, rec: ListenerRecord) -> None:
+    rec.skip_join_burst = True
+    clock = OggPageClock(rec)
+    opened: list[HttpClientConnection] = []
+
+    async def open_stream() -> asyncio.Future[None]:
+        conn = await connect(plan.target, min(plan.request_timeout_s, _left(plan)))
+        opened.append(conn)
+        try:
+            return await asyncio.wait_for(
+                conn.stream(plan.target, plan.target.path, clock.feed), plan.request_timeout_s
+            )
+        except TimeoutError as exc:
+            conn.close()
+            raise ConnectionDropped("no response head in time") from exc
+        except ClientError:
+            conn.close()
+            raise
+
+    try:
+        ended = await with_backoff(plan, rng, rec, open_stream)
+        rec.connected = True
+        await asyncio.wait_for(ended, max(0.0, _left(plan)))
+    except TimeoutError:
+        pass  # the run is over: the normal end of an endless stream
+    except (ClientError, GaveUp, ValueError) as exc:
+        rec.failure = _reason(exc)
+    finally:
+        for conn in opened:
+            conn.close()
+        rec.ended_at = time.monotonic()
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, GaveUp):
+        return "refused"
+    if isinstance(exc, ValueError):
+        return "bad media"  # lost Ogg sync, or an fMP4 part without a decode time
+    return "dropped" if "lost" in str(exc) or "closed" in str(exc) else str(exc)[:60]
+
+
+# -- LL-HLS -------------------------------------------------------------------------------
+class HlsSession:
+    """One keep-alive connection for one listener; reconnects if the server closed it."""
+
+    def __init__(self, plan: ListenerPlan, rng: random.Random, rec: ListenerRecord) -> None:
+        self.plan, self.rng, self.rec = plan, rng, rec
+        self.conn: HttpClientConnection | None = None
+        self.base = plan.target.path.rsplit("/", 1)[0] + "/"
+
+    async def get(self, path: str) -> bytes:
+        async def once() -> bytes:
+            if self.conn is None or self.conn.closed:
+                self.conn = await connect(self.plan.target, self.plan.request_timeout_s)
+            resp = await asyncio.wait_for(self.conn.get(self.plan.target, path), _left(self.plan))
+            if resp.status != 200:
+                raise ValueError(f"GET {path}: status {resp.status}")
+            self.rec.bytes_received += len(resp.body)
+            return resp.body
+
+        return await with_backoff(self.plan, self.rng, self.rec, once)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
+async def listen_hls(plan: ListenerPlan, rng: random.Random, rec: ListenerRecord) -> None:
+    session = HlsSession(plan, rng, rec)
+    try:
+        await _follow_playlist(session, plan, rec)
+    except TimeoutError:
+        pass
+    except (ClientError, GaveUp, ValueError) as exc:
+        rec.failure = _reason(exc) if not str(exc).startswith("GET") else str(exc)[:60]
+    finally:
+        session.close()
+        rec.ended_at = time.monotonic()
+
+
+async def _follow_playlist(session: HlsSession, plan: ListenerPlan, rec: ListenerRecord) -> None:
+    view = parse_playlist((await session.get(plan.target.path)).decode())
+    rec.connected = True
+    if view.init_uri is None:
+        raise ValueError("playlist has no EXT-X-MAP")
+    scale = timescale(await session.get(session.base + view.init_uri)) or OPUS_GRANULE_RATE_HZ
+    fetched = set(view.part_uris[:-1])  # join at the live edge, like a player
+    while _left(plan) > 0:
+        for uri in view.part_uris:
+            if uri not in fetched:
+                fetched.add(uri)
+                await _fetch_part(session, uri, scale, rec)
+        fetched &= set(view.part_uris)  # bounded by the playlist window
+        if view.ended or view.hint is None:
+            return
+        msn, part = view.hint
+        reload = f"{plan.target.path}?_HLS_msn={msn}&_HLS_part={part}"
+        view = parse_playlist((await session.get(reload)).decode())
+
+
+async def _fetch_part(session: HlsSession, uri: str, scale: int, rec: ListenerRecord) -> None:
+    body = await session.get(session.base + uri)
+    now = time.monotonic()
+    media = decode_time(body)
+    if media is None:
+        raise ValueError(f"part {uri} has no tfdt")
+    if rec.first_media_at is None:
+        rec.first_media_at = now
+    rec.arrivals.append((now, media / scale))

@@ -1,0 +1,152 @@
+"""What a crowd experienced, reduced to mergeable numbers. Pure.
+
+Every listener keeps the arrival of each media unit (an Ogg page or an LL-HLS part)
+as ``(arrival_s, media_s)``: when it arrived on the listener's monotonic clock, and
+where it sits on the program's media clock (granule / 48 kHz for Ogg, RFC 7845
+section 4; the fragment's ``tfdt`` decode time for an fMP4 part).
+
+Lateness of a unit is ``arrival_s - (t0 + media_s)``, with ``t0`` chosen per listener
+so that the best-delivered unit has lateness 0. It is what a player with a perfectly
+sized jitter buffer would have to absorb, and needs no clock shared with the server.
+The Ogg join burst (pages already old when the listener connected, sent with the
+headers as pre-roll) is excluded: its pages arrive together on purpose.
+
+A stall is a gap of more than ``stall_gap_s`` with no media, including the gap from
+the last unit to the end of the listener's run.
+
+Distributions are ``Histogram``s of whole milliseconds, so workers in other processes
+can send them to the parent and they merge exactly.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+Arrival = tuple[float, float]  # (arrival_s, media_s)
+
+
+@dataclass
+class Histogram:
+    """Counts of values in whole milliseconds (rounded); percentiles by nearest rank."""
+
+    counts: Counter[int] = field(default_factory=Counter)
+
+    def add(self, seconds: float) -> None:
+        self.counts[round(seconds * 1000)] += 1
+
+    def extend(self, values: Iterable[float]) -> None:
+        for v in values:
+            self.add(v)
+
+    def merge(self, other: Histogram) -> None:
+        self.counts.update(other.counts)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def percentile(self, q: float) -> float | None:
+        """The smallest value with at least ``q``% of the values at or below it."""
+        total = self.total
+        if total == 0:
+            return None
+        rank = max(1, -(-q * total // 100))  # ceil without floats drifting
+        seen = 0
+        for ms in sorted(self.counts):
+            seen += self.counts[ms]
+            if seen >= rank:
+                return ms / 1000
+        raise AssertionError("unreachable: rank <= total")
+
+    def max(self) -> float | None:
+        return max(self.counts) / 1000 if self.counts else None
+
+
+def lateness(arrivals: Sequence[Arrival]) -> list[float]:
+    """Lateness of each unit relative to the listener's best-delivered unit."""
+    if not arrivals:
+        return []
+    offsets = [at - media for at, media in arrivals]
+    best = min(offsets)
+    return [o - best for o in offsets]
+
+
+def after_join_burst(arrivals: Sequence[Arrival]) -> Sequence[Arrival]:
+    """Drop the units that arrived with the first media bytes (the pre-roll)."""
+    if not arrivals:
+        return arrivals
+    first = arrivals[0][0]
+    return [a for a in arrivals if a[0] > first]
+
+
+def stalls(arrival_times: Sequence[float], end_s: float, gap_s: float) -> int:
+    """Gaps longer than ``gap_s`` between units, and from the last unit to ``end_s``."""
+    if not arrival_times:
+        return 0
+    edges = [*arrival_times, max(end_s, arrival_times[-1])]
+    return sum(1 for a, b in zip(edges, edges[1:], strict=False) if b - a > gap_s)
+
+
+@dataclass
+class ListenerRecord:
+    """One listener's run, as its client adapter saw it (monotonic seconds)."""
+
+    kind: str
+    started_at: float
+    connected: bool = False
+    failure: str | None = None
+    retries: int = 0
+    first_media_at: float | None = None
+    ended_at: float = 0.0
+    bytes_received: int = 0
+    arrivals: list[Arrival] = field(default_factory=list)
+    skip_join_burst: bool = False
+
+
+@dataclass
+class Tally:
+    """Mergeable totals for one kind of listener (``ogg`` or ``hls``)."""
+
+    listeners: int = 0
+    connected: int = 0
+    failed: int = 0
+    with_media: int = 0
+    retries: int = 0
+    stalls: int = 0
+    bytes_received: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+    first_audio: Histogram = field(default_factory=Histogram)
+    lateness: Histogram = field(default_factory=Histogram)
+
+    def add(self, rec: ListenerRecord, stall_gap_s: float) -> None:
+        self.listeners += 1
+        self.connected += rec.connected
+        self.retries += rec.retries
+        self.bytes_received += rec.bytes_received
+        if rec.failure is not None:
+            self.failed += 1
+            self.failures[rec.failure] += 1
+        if rec.first_media_at is not None:
+            self.with_media += 1
+            self.first_audio.add(rec.first_media_at - rec.started_at)
+        units = after_join_burst(rec.arrivals) if rec.skip_join_burst else rec.arrivals
+        self.lateness.extend(lateness(units))
+        self.stalls += stalls([a for a, _ in rec.arrivals], rec.ended_at, stall_gap_s)
+
+    def merge(self, other: Tally) -> None:
+        for name in ("listeners", "connected", "failed", "with_media", "retries", "stalls",
+                     "bytes_received"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.failures.update(other.failures)
+        self.first_audio.merge(other.first_audio)
+        self.lateness.merge(other.lateness)
+
+
+def merge_tallies(parts: Iterable[dict[str, Tally]]) -> dict[str, Tally]:
+    out: dict[str, Tally] = {}
+    for part in parts:
+        for kind, tally in part.items():
+            out.setdefault(kind, Tally()).merge(tally)
+    return out

@@ -1,0 +1,134 @@
+"""One load-generating process: a slice of the crowd on one uvloop event loop.
+
+Reports to the parent over a multiprocessing queue: a ``Progress`` every second and
+one ``Finished`` with its tallies (histograms, so the parent merges them exactly).
+Listener records are reduced to the tally as each listener ends, so memory stays
+proportional to the listeners still running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import resource
+import time
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+import uvloop
+
+from townhall.loadtest.listeners import ListenerPlan, listen_hls, listen_ogg
+from townhall.loadtest.stats import ListenerRecord, Tally
+from townhall.loadtest.wire import parse_target, playlist_url
+from townhall.peers.backoff import Backoff
+
+PROGRESS_INTERVAL_S = 1.0
+
+
+class Mix(str, Enum):
+    OGG = "ogg"
+    HLS = "hls"
+    MIXED = "mixed"
+
+    def kind_of(self, listener: int) -> str:
+        if self is Mix.MIXED:
+            return "hls" if listener % 2 else "ogg"
+        return self.value
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    worker: int
+    ogg_url: str
+    listeners: list[tuple[int, float]]  # (listener index, arrival offset in seconds)
+    mix: Mix
+    start_at: float  # monotonic; CLOCK_MONOTONIC is shared by all processes on Linux
+    end_at: float
+    seed: int
+    stall_gap_s: float = 1.5
+    backoff: Backoff = Backoff()
+
+
+@dataclass(frozen=True)
+class Progress:
+    worker: int
+    connected: int
+    failed: int
+    active: int
+    bytes_received: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    worker: int
+    tallies: dict[str, Tally]
+
+
+class Outbox(Protocol):
+    def put(self, item: object) -> None: ...
+
+
+def raise_open_files_limit() -> int:
+    """Lift the soft RLIMIT_NOFILE to the hard limit: each listener holds a socket."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def worker_main(plan: WorkerPlan, outbox: Outbox) -> None:
+    raise_open_files_limit()
+    tallies = uvloop.run(Swarm(plan, outbox).run())
+    outbox.put(Finished(plan.worker, tallies))
+
+
+class Swarm:
+    def __init__(self, plan: WorkerPlan, outbox: Outbox) -> None:
+        self.plan, self.outbox = plan, outbox
+        self.tallies: dict[str, Tally] = {}
+        self.running: set[int] = set()
+        self.records: dict[int, ListenerRecord] = {}
+
+    async def run(self) -> dict[str, Tally]:
+        reporter = asyncio.create_task(self._report_progress())
+        try:
+            await asyncio.gather(*(self._listener(i, offset) for i, offset in self.plan.listeners))
+        finally:
+            reporter.cancel()
+        self._send_progress()
+        return self.tallies
+
+    async def _listener(self, index: int, offset_s: float) -> None:
+        await asyncio.sleep(max(0.0, self.plan.start_at + offset_s - time.monotonic()))
+        kind = self.plan.mix.kind_of(index)
+        rec = self.records[index] = ListenerRecord(kind, started_at=time.monotonic())
+        rng = random.Random(self.plan.seed * 1_000_003 + index)
+        try:
+            await (listen_hls if kind == "hls" else listen_ogg)(self._listener_plan(kind), rng, rec)
+        finally:
+            del self.records[index]
+            self.tallies.setdefault(kind, Tally()).add(rec, self.plan.stall_gap_s)
+
+    def _listener_plan(self, kind: str) -> ListenerPlan:
+        url = playlist_url(self.plan.ogg_url) if kind == "hls" else self.plan.ogg_url
+        return ListenerPlan(parse_target(url), self.plan.end_at, self.plan.backoff)
+
+    async def _report_progress(self) -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_INTERVAL_S)
+            self._send_progress()
+
+    def _send_progress(self) -> None:
+        live = list(self.records.values())
+        done = self.tallies.values()
+        self.outbox.put(
+            Progress(
+                worker=self.plan.worker,
+                connected=sum(r.connected for r in live) + sum(t.connected for t in done),
+                failed=sum(t.failed for t in done),
+                active=sum(r.connected for r in live),
+                bytes_received=sum(r.bytes_received for r in live)
+                + sum(t.bytes_received for t in done),
+            )
+        )
