@@ -55,8 +55,12 @@ class Townhall:
     audience: AudienceServer = field(init=False)
     spaces: dict[str, LiveSpace] = field(default_factory=dict)
     feed_sinks: list[Callable[[FeedMessage], None]] = field(default_factory=list)
-    actions_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(rate_per_s=2.0, burst=10))
-    signin_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(rate_per_s=5.0, burst=50))
+    actions_limiter: RateLimiter = field(
+        default_factory=lambda: RateLimiter(rate_per_s=2.0, burst=10)
+    )
+    signin_limiter: RateLimiter = field(
+        default_factory=lambda: RateLimiter(rate_per_s=5.0, burst=50)
+    )
 
     def __post_init__(self) -> None:
         self.store = Store(self.config.db_path)
@@ -71,7 +75,9 @@ class Townhall:
         if not secrets.compare_digest(key.encode(), self.admin_key.encode()):
             raise Forbidden("a valid admin key is required to create spaces")
 
-    def create_space(self, title: str, description: str, scheduled_at: float | None) -> dict[str, object]:
+    def create_space(
+        self, title: str, description: str, scheduled_at: float | None
+    ) -> dict[str, object]:
         space = self.store.create_space(title, description, scheduled_at)
         self.space(space.id)
         host_token = self.issuer.issue(space.id, "host", "Host", participant_id=space.host_id)
@@ -106,7 +112,9 @@ class Townhall:
             "replay": {
                 "ogg": f"{audience}/replay/{space.id}.ogg",
                 "hls": f"{audience}/replay/{space.id}/index.m3u8",
-            } if ended else None,
+            }
+            if ended
+            else None,
         }
 
     # -- the room ------------------------------------------------------------------
@@ -114,8 +122,13 @@ class Townhall:
         live = self.spaces.get(space_id)
         if live is None:
             record = self.store.space(space_id)
-            room = Room(record.id, record.host_id, record.title,
-                        description=record.description, scheduled_at=record.scheduled_at)
+            room = Room(
+                record.id,
+                record.host_id,
+                record.title,
+                description=record.description,
+                scheduled_at=record.scheduled_at,
+            )
             if record.state != "scheduled":
                 # Held by no process any more (a restart): the room is over.
                 room.join(record.host_id, "Host", Role.HOST, time.time())
@@ -127,7 +140,9 @@ class Townhall:
     def join(self, grant: Grant) -> LiveSpace:
         live = self.space(grant.space_id)
         if live.room.role_of(grant.participant_id) is None:
-            live.apply(live.room.join(grant.participant_id, grant.name, Role(grant.role), time.time()))
+            live.apply(
+                live.room.join(grant.participant_id, grant.name, Role(grant.role), time.time())
+            )
         return live
 
     def command(self, grant: Grant, name: str, target: str | None) -> list[RoomEvent]:
@@ -140,7 +155,11 @@ class Townhall:
         live = self.join(grant)
         call = getattr(live.room, method)
         now = time.time()
-        events = call(grant.participant_id, target, now) if takes_target else call(grant.participant_id, now)
+        events = (
+            call(grant.participant_id, target, now)
+            if takes_target
+            else call(grant.participant_id, now)
+        )
         return live.apply(events)
 
     def react(self, grant: Grant, emoji: str) -> list[RoomEvent]:
@@ -161,16 +180,24 @@ class Townhall:
         live = self.space(grant.space_id)
         now = time.monotonic()
         live.counter.heartbeat(grant.participant_id, now)
-        return {"listening_now": live.counter.listening_now(now), "total_tuned_in": live.counter.total_tuned_in()}
+        return {
+            "listening_now": live.counter.listening_now(now),
+            "total_tuned_in": live.counter.total_tuned_in(),
+        }
 
     # -- lifecycle -----------------------------------------------------------------
     async def start_space(self, grant: Grant) -> SpaceRecord:
         live = self.join(grant)
         live.apply(live.room.start(grant.participant_id, time.time()))
         recorder = Recorder(
-            self.config.recordings_dir, live.space_id, self.config.audience.channel.hls, self.config.recorder
+            self.config.recordings_dir,
+            live.space_id,
+            self.config.audience.channel.hls,
+            self.config.recorder,
         )
-        stage = StageRuntime(live.space_id, self.publish, recorder, self.config.stage, gate=live.room.in_program)
+        stage = StageRuntime(
+            live.space_id, self.publish, recorder, self.config.stage, gate=live.room.in_program
+        )
         stage.start()
         live.stage = stage
         live.start_monitor()

@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = sub.add_parser("serve", help="run the server (control API + web UI, and audience)")
     s.add_argument("--host")
     s.add_argument("--control-port", type=int)
@@ -54,7 +54,11 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
     config = from_env(ServerConfig())
-    flags = {k: v for k, v in vars(args).items() if k in ServerConfig.__dataclass_fields__ and v is not None}
+    flags = {
+        k: v
+        for k, v in vars(args).items()
+        if k in ServerConfig.__dataclass_fields__ and v is not None
+    }
     return replace(config, **flags)
 
 
@@ -65,7 +69,7 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _space_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _space_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = sub.add_parser("space", help="create and inspect spaces")
     ssub = s.add_subparsers()
     c = ssub.add_parser("create", help="create a space; prints its links")
@@ -73,7 +77,11 @@ def _space_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     c.add_argument("--description", default="")
     c.add_argument("--server", default=os.environ.get("TOWNHALL_URL", "http://127.0.0.1:8000"))
     c.add_argument("--admin-key", default=os.environ.get("TOWNHALL_ADMIN_KEY"))
-    c.add_argument("--data-dir", type=Path, default=Path(os.environ.get("TOWNHALL_DATA_DIR", "./townhall-data")))
+    c.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("TOWNHALL_DATA_DIR", "./townhall-data")),
+    )
     c.set_defaults(run=_space_create)
 
 
@@ -84,7 +92,9 @@ def _admin_key(args: argparse.Namespace) -> str:
 
     db = args.data_dir / "townhall.sqlite3"
     if not db.exists():
-        raise SystemExit(f"no admin key: pass --admin-key or run from the server's directory ({db} missing)")
+        raise SystemExit(
+            f"no admin key: pass --admin-key or run from the server's directory ({db} missing)"
+        )
     return Store(db).setting("admin_key", "")
 
 
@@ -98,7 +108,7 @@ def _space_create(args: argparse.Namespace) -> int:
     return 0 if resp.status_code == 201 else 1
 
 
-def _speak_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _speak_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = sub.add_parser("speak", help="join a stage over WebRTC and send a tone or a file")
     s.add_argument("link", help="a host or speaker link")
     src = s.add_mutually_exclusive_group(required=True)
@@ -120,8 +130,10 @@ def _speak(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         if args.start:
-            httpx.post(f"{link.control_url}/api/spaces/{link.space_id}/start",
-                       headers={"Authorization": f"Bearer {link.token}"}).raise_for_status()
+            httpx.post(
+                f"{link.control_url}/api/spaces/{link.space_id}/start",
+                headers={"Authorization": f"Bearer {link.token}"},
+            ).raise_for_status()
         speaker = Speaker(link, source)
         await speaker.join()
         print(f"on stage in space {link.space_id}", file=sys.stderr)
@@ -148,7 +160,7 @@ def _write_wav(path: Path, pcm: object) -> None:
         w.writeframes(np.asarray(pcm, dtype=np.int16).tobytes())
 
 
-def _listen_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _listen_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = sub.add_parser("listen", help="record what a listener hears")
     s.add_argument("url", help="an audience URL: .../live/{space}.ogg or .../index.m3u8")
     s.add_argument("--seconds", type=float, default=10.0)

@@ -46,8 +46,16 @@ class ServerConfig:
         return self.data_dir / "recordings"
 
 
-_SCALARS = {"host", "control_port", "audience_port", "data_dir", "public_control_url",
-            "public_audience_url", "max_body_bytes", "audience_workers"}
+_SCALARS = {
+    "host",
+    "control_port",
+    "audience_port",
+    "data_dir",
+    "public_control_url",
+    "public_audience_url",
+    "max_body_bytes",
+    "audience_workers",
+}
 
 
 def from_env(base: ServerConfig, env: dict[str, str] | None = None) -> ServerConfig:

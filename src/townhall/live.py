@@ -64,7 +64,9 @@ class LiveSpace:
             if isinstance(event, SpeakerMovedToAudience | ParticipantRemoved) and self.stage:
                 pid = event.participant_id
                 asyncio.get_running_loop().create_task(self.stage.disconnect(pid))
-            self._tell_watchers({"type": "event", "event": type(event).__name__, **_event_json(event)})
+            self._tell_watchers(
+                {"type": "event", "event": type(event).__name__, **_event_json(event)}
+            )
         if events:
             self._tell_watchers({"type": "room", "room": self.snapshot()})
         return events
@@ -76,7 +78,9 @@ class LiveSpace:
     # -- the monitor: mic checks, meters, coalesced audience updates -----------------
     def start_monitor(self) -> None:
         if self._monitor is None:
-            self._monitor = asyncio.create_task(self._run_monitor(), name=f"monitor-{self.space_id}")
+            self._monitor = asyncio.create_task(
+                self._run_monitor(), name=f"monitor-{self.space_id}"
+            )
 
     async def stop_monitor(self) -> None:
         if self._monitor is not None:
@@ -137,8 +141,16 @@ class LiveSpace:
     def public_snapshot(self) -> dict[str, object]:
         """Only what listeners need: no hand queue, no pending invitations."""
         snap = self.snapshot()
-        keys = ("state", "title", "description", "stage", "speaking", "listening_now",
-                "total_tuned_in", "reaction_tallies")
+        keys = (
+            "state",
+            "title",
+            "description",
+            "stage",
+            "speaking",
+            "listening_now",
+            "total_tuned_in",
+            "reaction_tallies",
+        )
         return {k: snap[k] for k in keys}
 
     def _publish_update(self, force: bool = False) -> None:

@@ -11,6 +11,7 @@ import uvicorn
 import uvloop
 
 from townhall.app import Townhall
+from townhall.audience.workers import serve_audience
 from townhall.config import ServerConfig
 from townhall.control.api import create_app
 from townhall.stage.ice import allow_loopback_candidates
@@ -22,11 +23,19 @@ async def run(config: ServerConfig, ready: asyncio.Event | None = None) -> None:
     allow_loopback_candidates()
     th = Townhall(config)
     control = uvicorn.Server(
-        uvicorn.Config(create_app(th), host=config.host, port=config.control_port,
-                       loop="none", lifespan="off", log_level="warning", access_log=False)
+        uvicorn.Config(
+            create_app(th),
+            host=config.host,
+            port=config.control_port,
+            loop="none",
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+        )
     )
-    audience = await th.audience.serve(config.host, config.audience_port)
-    flusher = asyncio.create_task(th.audience.run_flusher(), name="audience-flusher")
+    stop_audience = await serve_audience(
+        th.audience, th.feed_sinks, config.host, config.audience_port, config.audience_workers
+    )
     control_task = asyncio.create_task(control.serve(), name="control")
     while not control.started and not control_task.done():
         await asyncio.sleep(0.01)
@@ -38,18 +47,22 @@ async def run(config: ServerConfig, ready: asyncio.Event | None = None) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    await asyncio.wait([control_task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait(
+        [control_task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
+    )
     await th.shutdown()
     control.should_exit = True
-    flusher.cancel()
-    audience.close()
+    await stop_audience()
     with contextlib.suppress(asyncio.CancelledError):
         await control_task
 
 
 def _announce(th: Townhall) -> None:
     c = th.config
-    print(f"townhall control API and web UI: {c.control_url}  (OpenAPI: {c.control_url}/docs)", flush=True)
+    print(
+        f"townhall control API and web UI: {c.control_url}  (OpenAPI: {c.control_url}/docs)",
+        flush=True,
+    )
     print(f"townhall audience endpoints:     {c.audience_url}", flush=True)
     print(f"data directory:                  {c.data_dir.resolve()}", flush=True)
     print(f"admin key:                       {th.admin_key}", flush=True)
@@ -57,7 +70,9 @@ def _announce(th: Townhall) -> None:
 
 
 def main(config: ServerConfig) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     for noisy in ("aioice", "aiortc"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     uvloop.run(run(config))

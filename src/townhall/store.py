@@ -74,7 +74,9 @@ class Store:
 
     def set_state(self, space_id: str, state: str, at: float) -> None:
         column = {"live": "started_at", "ended": "ended_at"}[state]
-        self._db.execute(f"UPDATE spaces SET state = ?, {column} = ? WHERE id = ?", (state, at, space_id))
+        self._db.execute(
+            f"UPDATE spaces SET state = ?, {column} = ? WHERE id = ?", (state, at, space_id)
+        )
 
     def spaces(self, limit: int = 100) -> list[SpaceRecord]:
         rows = self._db.execute("SELECT * FROM spaces ORDER BY created_at DESC LIMIT ?", (limit,))

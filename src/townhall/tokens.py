@@ -32,8 +32,13 @@ class TokenIssuer:
     default_ttl_s: float = 24 * 3600
 
     def issue(
-        self, space_id: str, role: str, name: str, participant_id: str | None = None,
-        ttl_s: float | None = None, now: float | None = None,
+        self,
+        space_id: str,
+        role: str,
+        name: str,
+        participant_id: str | None = None,
+        ttl_s: float | None = None,
+        now: float | None = None,
     ) -> str:
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}")
@@ -49,7 +54,9 @@ class TokenIssuer:
 
     def verify(self, token: str, space_id: str) -> Grant:
         try:
-            claims = jwt.decode(token, self.secret, algorithms=["HS256"], options={"require": ["exp"]})
+            claims = jwt.decode(
+                token, self.secret, algorithms=["HS256"], options={"require": ["exp"]}
+            )
         except jwt.ExpiredSignatureError as exc:
             raise Unauthorized("the token has expired") from exc
         except jwt.PyJWTError as exc:
@@ -58,4 +65,6 @@ class TokenIssuer:
             raise Forbidden("the token is for another space")
         if claims.get("role") not in ROLES:
             raise Unauthorized("the token carries no valid role")
-        return Grant(space_id, claims["role"], str(claims["sub"]), str(claims.get("name", "")), claims["exp"])
+        return Grant(
+            space_id, claims["role"], str(claims["sub"]), str(claims.get("name", "")), claims["exp"]
+        )

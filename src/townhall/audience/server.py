@@ -26,10 +26,12 @@ ENDLIST and the last parts), then dropped with their cached responses.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
 import re
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -69,6 +71,11 @@ class AudienceConfig:
     pass_slice: int = 2_000
     blocking_timeout_s: float = 6.0
     ended_grace_s: float = 60.0
+    # Kernel send buffer of a stream listener. Left alone, Linux grows it to megabytes,
+    # so a stalled reader would hide there for minutes before the engine could see it.
+    stream_sndbuf_bytes: int = 32 * 1024
+    # Feed bytes queued for one worker process before it is dropped (workers.py).
+    max_worker_backlog_bytes: int = 8 * 1024 * 1024
 
 
 @dataclass
@@ -173,6 +180,7 @@ class AudienceServer:
         channel.ogg.admit(self.rng)
         key = self._key()
         transport = conn.take_over(_OGG_HEAD)
+        self._bound_kernel_buffer(transport)
         channel.ogg.subscribe(key, transport, time.monotonic())
         conn.on_lost = self._unsubscriber(channel.ogg, key)
 
@@ -180,9 +188,18 @@ class AudienceServer:
         channel.events.admit(self.rng)
         key = self._key()
         transport = conn.take_over(stream_head("text/event-stream"))
+        self._bound_kernel_buffer(transport)
         channel.events.subscribe(key, transport, time.monotonic())
         transport.write(f"event: room\ndata: {channel.last_room_json}\n\n".encode())
         conn.on_lost = self._unsubscriber(channel.events, key)
+
+    def _bound_kernel_buffer(self, transport: asyncio.Transport) -> None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None and self.config.stream_sndbuf_bytes > 0:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.stream_sndbuf_bytes
+                )
 
     def _unsubscriber(self, fanout: Fanout, key: int) -> Callable[[HttpConnection], None]:
         def lost(conn: HttpConnection) -> None:

@@ -69,20 +69,25 @@ def create_app(th: Townhall) -> FastAPI:
 def _spaces_router(th: Townhall) -> APIRouter:
     r = APIRouter(prefix="/api")
 
-    def grant_for(space_id: str, token: Annotated[str, Depends(bearer)]) -> Grant:
+    async def grant_for(space_id: str, token: Annotated[str, Depends(bearer)]) -> Grant:
         th.store.space(space_id)  # 404 for an unknown space before any token question
         return th.issuer.verify(token, space_id)
 
     Auth = Annotated[Grant, Depends(grant_for)]
 
     @r.post("/spaces", status_code=201)
-    def create_space(body: CreateSpace, key: Annotated[str, Depends(bearer)]) -> dict[str, object]:
+    async def create_space(
+        body: CreateSpace, key: Annotated[str, Depends(bearer)]
+    ) -> dict[str, object]:
         th.check_admin(key)
         return th.create_space(body.title, body.description, body.scheduled_at)
 
     @r.get("/spaces/{space_id}")
-    def get_space(space_id: str) -> dict[str, object]:
-        return {**th.describe(th.store.space(space_id)), "room": th.space(space_id).public_snapshot()}
+    async def get_space(space_id: str) -> dict[str, object]:
+        return {
+            **th.describe(th.store.space(space_id)),
+            "room": th.space(space_id).public_snapshot(),
+        }
 
     @r.post("/spaces/{space_id}/start")
     async def start(grant: Auth) -> dict[str, object]:
@@ -93,31 +98,34 @@ def _spaces_router(th: Townhall) -> APIRouter:
         return th.describe(await th.end_space(grant))
 
     @r.post("/spaces/{space_id}/invite", status_code=201)
-    def invite(body: Invite, grant: Auth) -> dict[str, str]:
+    async def invite(body: Invite, grant: Auth) -> dict[str, str]:
         th.require_moderator(grant)
         token = th.issuer.issue(grant.space_id, body.role, body.name)
         return {"token": token, "link": th.link(grant.space_id, "speak", token)}
 
     @r.post("/spaces/{space_id}/listeners", status_code=201)
-    def sign_in(space_id: str, body: SignIn, request: Request) -> dict[str, str]:
+    async def sign_in(space_id: str, body: SignIn, request: Request) -> dict[str, str]:
         address = request.client.host if request.client else "unknown"
         return th.sign_in_listener(th.store.space(space_id).id, body.name, address)
 
     @r.post("/spaces/{space_id}/heartbeat")
-    def heartbeat(grant: Auth) -> dict[str, int]:
+    async def heartbeat(grant: Auth) -> dict[str, int]:
         return th.heartbeat(grant)
 
     @r.get("/spaces/{space_id}/room")
-    def room(grant: Auth) -> dict[str, object]:
+    async def room(grant: Auth) -> dict[str, object]:
         return th.join(grant).snapshot()
 
     @r.post("/spaces/{space_id}/commands")
-    def command(body: Command, grant: Auth) -> dict[str, object]:
+    async def command(body: Command, grant: Auth) -> dict[str, object]:
         events = th.command(grant, body.command, body.target)
-        return {"events": [type(e).__name__ for e in events], "room": th.space(grant.space_id).snapshot()}
+        return {
+            "events": [type(e).__name__ for e in events],
+            "room": th.space(grant.space_id).snapshot(),
+        }
 
     @r.post("/spaces/{space_id}/reactions")
-    def react(body: Reaction, grant: Auth) -> dict[str, object]:
+    async def react(body: Reaction, grant: Auth) -> dict[str, object]:
         th.react(grant, body.emoji)
         return {"reaction_tallies": th.space(grant.space_id).room.reaction_tallies()}
 
@@ -127,7 +135,7 @@ def _spaces_router(th: Townhall) -> APIRouter:
         return {"sdp": sdp, "type": kind}
 
     @r.get("/spaces/{space_id}/stage")
-    def stage_status(grant: Auth) -> dict[str, object]:
+    async def stage_status(grant: Auth) -> dict[str, object]:
         return {"members": th.require_moderator(grant).stage_status()}
 
     return r

@@ -17,7 +17,9 @@ def hls_js_path() -> Path | None:
     """hls.js comes from the npm registry (package.json), never committed as a build."""
     candidates = [os.environ.get("TOWNHALL_HLS_JS", "")]
     root = Path(__file__).resolve()
-    candidates += [str(p / "node_modules/hls.js/dist/hls.min.js") for p in [Path.cwd(), *root.parents]]
+    candidates += [
+        str(p / "node_modules/hls.js/dist/hls.min.js") for p in [Path.cwd(), *root.parents]
+    ]
     return next((Path(c) for c in candidates if c and Path(c).is_file()), None)
 
 
@@ -27,23 +29,23 @@ def _page(name: str) -> HTMLResponse:
 
 def install_pages(app: FastAPI, th: Townhall) -> None:
     @app.get("/", include_in_schema=False)
-    def index() -> HTMLResponse:
+    async def index() -> HTMLResponse:
         return _page("index.html")
 
     @app.get("/s/{space_id}", include_in_schema=False)
-    def listen_page(space_id: str) -> HTMLResponse:
+    async def listen_page(space_id: str) -> HTMLResponse:
         th.store.space(space_id)
         return _page("listen.html")
 
     @app.get("/s/{space_id}/{role_page}", include_in_schema=False)
-    def stage_page(space_id: str, role_page: str) -> HTMLResponse:
+    async def stage_page(space_id: str, role_page: str) -> HTMLResponse:
         th.store.space(space_id)
         if role_page not in ("host", "speak"):
             return JSONResponse({"error": "not_found", "detail": f"no page {role_page!r}"}, 404)  # type: ignore[return-value]
         return _page("stage.html")
 
     @app.get("/static/{name}", include_in_schema=False)
-    def static(name: str) -> FileResponse:
+    async def static(name: str) -> FileResponse:
         if name == "hls.min.js" and (path := hls_js_path()) is not None:
             return FileResponse(path, media_type="text/javascript")
         path = WEB / name
@@ -52,5 +54,5 @@ def install_pages(app: FastAPI, th: Townhall) -> None:
         return FileResponse(path)
 
     @app.get("/api/config", include_in_schema=False)
-    def client_config() -> dict[str, str]:
+    async def client_config() -> dict[str, str]:
         return {"audience_url": th.config.audience_url}

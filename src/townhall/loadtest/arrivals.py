@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import math
 import random
-from enum import Enum
+from enum import StrEnum
 
 
-class Arrival(str, Enum):
+class Arrival(StrEnum):
     RAMP = "ramp"
     FLASH = "flash"
     BURST = "burst"

@@ -49,7 +49,10 @@ class GaveUp(Exception):
 
 
 async def with_backoff(
-    plan: ListenerPlan, rng: random.Random, rec: ListenerRecord, attempt_once: Callable[[], Awaitable[T]]
+    plan: ListenerPlan,
+    rng: random.Random,
+    rec: ListenerRecord,
+    attempt_once: Callable[[], Awaitable[T]],
 ) -> T:
     for attempt in range(plan.backoff.max_attempts):
         try:

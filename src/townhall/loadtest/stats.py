@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 Arrival = tuple[float, float]  # (arrival_s, media_s)
 
@@ -86,7 +87,7 @@ def stalls(arrival_times: Sequence[float], end_s: float, gap_s: float) -> int:
     if not arrival_times:
         return 0
     edges = [*arrival_times, max(end_s, arrival_times[-1])]
-    return sum(1 for a, b in zip(edges, edges[1:], strict=False) if b - a > gap_s)
+    return sum(1 for a, b in pairwise(edges) if b - a > gap_s)
 
 
 @dataclass
@@ -136,8 +137,15 @@ class Tally:
         self.stalls += stalls([a for a, _ in rec.arrivals], rec.ended_at, stall_gap_s)
 
     def merge(self, other: Tally) -> None:
-        for name in ("listeners", "connected", "failed", "with_media", "retries", "stalls",
-                     "bytes_received"):
+        for name in (
+            "listeners",
+            "connected",
+            "failed",
+            "with_media",
+            "retries",
+            "stalls",
+            "bytes_received",
+        ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.failures.update(other.failures)
         self.first_audio.merge(other.first_audio)

@@ -12,8 +12,8 @@ import asyncio
 import random
 import resource
 import time
-from dataclasses import dataclass
-from enum import Enum
+from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 
 import uvloop
@@ -26,7 +26,7 @@ from townhall.peers.backoff import Backoff
 PROGRESS_INTERVAL_S = 1.0
 
 
-class Mix(str, Enum):
+class Mix(StrEnum):
     OGG = "ogg"
     HLS = "hls"
     MIXED = "mixed"
@@ -47,7 +47,7 @@ class WorkerPlan:
     end_at: float
     seed: int
     stall_gap_s: float = 1.5
-    backoff: Backoff = Backoff()
+    backoff: Backoff = field(default_factory=Backoff)
 
 
 @dataclass(frozen=True)

@@ -200,8 +200,7 @@ class HlsPackager:
             "#EXT-X-VERSION:9",
             f"#EXT-X-TARGETDURATION:{target}",
             f"#EXT-X-PART-INF:PART-TARGET={c.part_target_s:.3f}",
-            "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,"
-            f"PART-HOLD-BACK={3 * c.part_target_s:.3f}",
+            f"#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={3 * c.part_target_s:.3f}",
             f"#EXT-X-MEDIA-SEQUENCE:{self.segments[0].msn if self.segments else 0}",
             '#EXT-X-MAP:URI="init.mp4"',
         ]

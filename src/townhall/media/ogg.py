@@ -54,7 +54,7 @@ class OggPageSplitter:
 
     def feed(self, data: bytes) -> list[OggPage]:
         pages, self._tail = parse_pages(self._tail + data)
-        media = []
+        media: list[OggPage] = []
         for page in pages:
             (self.header_pages if page.is_header else media).append(page)
         return media

@@ -83,7 +83,9 @@ class ProgramEncoder:
         }
 
     def encode(self, pcm: Pcm) -> Packaged:
-        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, FRAME_SAMPLES), format="s16", layout="mono")
+        frame = av.AudioFrame.from_ndarray(
+            pcm.reshape(1, FRAME_SAMPLES), format="s16", layout="mono"
+        )
         frame.sample_rate = SAMPLE_RATE_HZ
         frame.pts = self._pts
         frame.time_base = _TIME_BASE

@@ -18,5 +18,7 @@ def parse_stage_link(link: str) -> StageLink:
     parts = [p for p in url.path.split("/") if p]
     token = parse_qs(url.fragment).get("t", [""])[0]
     if url.scheme not in ("http", "https") or len(parts) < 2 or parts[0] != "s" or not token:
-        raise ValueError(f"not a townhall stage link (want {{server}}/s/{{space}}/speak#t=TOKEN): {link}")
+        raise ValueError(
+            f"not a townhall stage link (want {{server}}/s/{{space}}/speak#t=TOKEN): {link}"
+        )
     return StageLink(f"{url.scheme}://{url.netloc}", parts[1], unquote(token))

@@ -144,7 +144,9 @@ async def listen_hls(url: str, seconds: float, backoff: Backoff | None = None) -
             if view.ended or view.hint is None:
                 break
             msn, part = view.hint
-            view = await _playlist(client, f"{url}?_HLS_msn={msn}&_HLS_part={part}", backoff or Backoff(), rng, rec)
+            view = await _playlist(
+                client, f"{url}?_HLS_msn={msn}&_HLS_part={part}", backoff or Backoff(), rng, rec
+            )
     return rec
 
 
@@ -162,7 +164,7 @@ async def _playlist(
 def remux_to_ogg(fmp4: bytes) -> bytes:
     """Copy the Opus packets from fMP4 into an Ogg file (no re-encoding)."""
     out = io.BytesIO()
-    with av.open(io.BytesIO(fmp4)) as src, av.open(out, "w", format="ogg") as dst:
+    with av.open(io.BytesIO(fmp4), "r") as src, av.open(out, "w", format="ogg") as dst:
         in_stream = src.streams.audio[0]
         out_stream = dst.add_stream_from_template(in_stream)
         for packet in src.demux(in_stream):

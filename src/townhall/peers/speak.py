@@ -11,6 +11,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+import av
 import httpx
 import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
@@ -84,6 +85,7 @@ class Speaker:
             except MediaStreamError:
                 return
             now = time.monotonic()
+            assert isinstance(frame, av.AudioFrame)
             for pcm in assembler.push(frame):
                 self.heard.add(now, pcm)
 

@@ -77,7 +77,7 @@ class PacedPcmTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, source: "PcmSource") -> None:
+    def __init__(self, source: PcmSource) -> None:
         super().__init__()
         self.source = source
         self._start: float | None = None

@@ -9,6 +9,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+import av
 import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
@@ -89,6 +90,7 @@ class StageMember:
             except MediaStreamError:
                 return
             now = time.monotonic()
+            assert isinstance(frame, av.AudioFrame)
             for pcm in assembler.push(frame):
                 self.accept(pcm, now)
 

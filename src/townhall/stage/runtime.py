@@ -41,8 +41,8 @@ TICK_S = FRAME_MS / 1000
 
 @dataclass(frozen=True)
 class StageConfig:
-    encoder: EncoderConfig = EncoderConfig()
-    member: MemberConfig = MemberConfig()
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    member: MemberConfig = field(default_factory=MemberConfig)
     max_catch_up_s: float = 0.2
     max_offer_bytes: int = 64 * 1024
 
@@ -104,7 +104,9 @@ class StageRuntime:
             delay = deadline - loop.time()
             if delay < -self.config.max_catch_up_s:
                 self.clock_slips += 1
-                log.warning("stage %s clock slipped %.0f ms; resyncing", self.space_id, -delay * 1e3)
+                log.warning(
+                    "stage %s clock slipped %.0f ms; resyncing", self.space_id, -delay * 1e3
+                )
                 deadline = loop.time()
             await asyncio.sleep(max(0.0, delay))
 
@@ -148,7 +150,9 @@ class StageRuntime:
             self.recorder.write_part(data, duration_s, now)
 
     # -- signalling ----------------------------------------------------------------
-    async def connect(self, participant_id: str, name: str, sdp: str, kind: str) -> RTCSessionDescription:
+    async def connect(
+        self, participant_id: str, name: str, sdp: str, kind: str
+    ) -> RTCSessionDescription:
         """Answer a member's SDP offer. A reconnect replaces the old connection."""
         if self.ended:
             raise Conflict("the space has ended; the stage is closed")

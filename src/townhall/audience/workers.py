@@ -1,0 +1,257 @@
+"""Audience worker processes: several processes serve one audience port.
+
+One event loop writes about 100k chunks a second (FIELD-NOTES.md), so past that the
+audience runs in N processes sharing the port with SO_REUSEPORT; the kernel spreads
+new connections across them. The main process keeps the stage and the control API.
+
+The stage's feed is pickled once per message and written to every worker over its own
+unix socket: one write per worker per message, nothing parsed twice. Each worker
+applies the messages to its own ``AudienceServer``, exactly as the main process does
+with no workers.
+
+A worker whose socket backlog passes ``max_worker_backlog_bytes`` has fallen behind;
+it is dropped with a log line (its socket closed, so it ends its listeners and exits).
+The stage never waits for a worker.
+
+Framing on the socket: a 4-byte big-endian length, then the pickled ``FeedMessage``.
+The worker answers one byte, ``R``, once it listens on the port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import pickle
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+
+import uvloop
+
+from townhall.audience.feed import FeedMessage
+from townhall.audience.server import AudienceConfig, AudienceServer
+
+log = logging.getLogger(__name__)
+
+_LENGTH = struct.Struct(">I")
+_READY = b"R"
+# Our own process writes these frames; the bound only guards against a broken stream.
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+
+FeedSink = Callable[[FeedMessage], None]
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker process needs; picklable, sent once at spawn."""
+
+    audience: AudienceConfig
+    recordings_dir: Path | None
+    host: str
+    port: int
+
+
+def encode_frame(msg: FeedMessage) -> bytes:
+    body = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+    return _LENGTH.pack(len(body)) + body
+
+
+class FrameDecoder:
+    """Bytes in, feed messages out; pure, so partial reads are easy to test."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[FeedMessage]:
+        self._buf += data
+        out: list[FeedMessage] = []
+        while len(self._buf) >= _LENGTH.size:
+            (size,) = _LENGTH.unpack_from(self._buf)
+            if size > MAX_FRAME_BYTES:
+                raise ValueError(f"feed frame of {size} bytes is over the limit")
+            if len(self._buf) < _LENGTH.size + size:
+                break
+            out.append(pickle.loads(self._buf[_LENGTH.size : _LENGTH.size + size]))
+            del self._buf[: _LENGTH.size + size]
+        return out
+
+
+# -- the worker process -------------------------------------------------------------
+class _FeedReader(asyncio.Protocol):
+    def __init__(self, apply: FeedSink, closed: asyncio.Future[None]) -> None:
+        self._apply = apply
+        self._closed = closed
+        self._decoder = FrameDecoder()
+
+    def data_received(self, data: bytes) -> None:
+        for msg in self._decoder.feed(data):
+            self._apply(msg)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+
+def worker_main(spec: WorkerSpec, feed: socket.socket) -> None:
+    """Entry point of a worker process."""
+    uvloop.run(_serve_worker(spec, feed))
+
+
+async def _serve_worker(spec: WorkerSpec, feed: socket.socket) -> None:
+    server = AudienceServer(spec.audience, spec.recordings_dir)
+    listener = await server.serve(spec.host, spec.port, reuse_port=True)
+    flusher = asyncio.create_task(server.run_flusher(), name="audience-flusher")
+    loop = asyncio.get_running_loop()
+    closed: asyncio.Future[None] = loop.create_future()
+    feed.setblocking(False)
+    transport, _ = await loop.create_unix_connection(
+        lambda: _FeedReader(server.apply, closed), sock=feed
+    )
+    transport.write(_READY)
+    await closed  # the main process went away or dropped us
+    listener.close()
+    flusher.cancel()
+    for channel in server.channels.values():
+        channel.ogg.close_all()
+        channel.events.close_all()
+
+
+# -- the main process -----------------------------------------------------------------
+class _WorkerLink(asyncio.Protocol):
+    """The main process's end of one worker's feed socket."""
+
+    def __init__(self, on_lost: Callable[[_WorkerLink], None]) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._on_lost = on_lost
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        if _READY in data and not self.ready.done():
+            self.ready.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError("audience worker exited before ready"))
+        self._on_lost(self)
+
+
+@dataclass
+class WorkerPool:
+    """N audience worker processes on one port, fed by ``publish``."""
+
+    spec: WorkerSpec
+    count: int
+    start_timeout_s: float = 30.0
+    links: list[_WorkerLink] = field(default_factory=list)
+    processes: list[BaseProcess] = field(default_factory=list)
+    dropped: int = 0
+
+    @property
+    def port(self) -> int:
+        return self.spec.port
+
+    async def start(self) -> None:
+        reservation = self._reserve_port()
+        try:
+            for _ in range(self.count):
+                await self._spawn()
+            ready = [link.ready for link in self.links]
+            await asyncio.wait_for(asyncio.gather(*ready), self.start_timeout_s)
+        finally:
+            if reservation is not None:
+                reservation.close()
+
+    def _reserve_port(self) -> socket.socket | None:
+        """Port 0 means "any": bind one (not listening) so every worker gets the same."""
+        if self.spec.port != 0:
+            return None
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((self.spec.host, 0))
+        self.spec = WorkerSpec(
+            self.spec.audience, self.spec.recordings_dir, self.spec.host, sock.getsockname()[1]
+        )
+        return sock
+
+    async def _spawn(self) -> None:
+        # spawn, not fork: the main process runs an event loop and threads.
+        ctx = multiprocessing.get_context("spawn")
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        proc = ctx.Process(target=worker_main, args=(self.spec, theirs), daemon=True)
+        proc.start()
+        theirs.close()
+        ours.setblocking(False)
+        loop = asyncio.get_running_loop()
+        _, link = await loop.create_unix_connection(lambda: _WorkerLink(self._lost), sock=ours)
+        self.links.append(link)
+        self.processes.append(proc)
+
+    def publish(self, msg: FeedMessage) -> None:
+        """Called by the stage; never blocks. One pickle, one write per worker."""
+        frame = encode_frame(msg)
+        limit = self.spec.audience.max_worker_backlog_bytes
+        for link in list(self.links):
+            assert link.transport is not None
+            if link.transport.get_write_buffer_size() > limit:
+                self._drop(link)
+                continue
+            link.transport.write(frame)
+
+    def _drop(self, link: _WorkerLink) -> None:
+        self.dropped += 1
+        log.error("audience worker fell behind its feed by over %d bytes; dropping it",
+                  self.spec.audience.max_worker_backlog_bytes)  # fmt: skip
+        assert link.transport is not None
+        link.transport.abort()
+        self._lost(link)
+
+    def _lost(self, link: _WorkerLink) -> None:
+        if link in self.links:
+            self.links.remove(link)
+            log.warning("audience worker feed closed; %d workers left", len(self.links))
+
+    async def close(self) -> None:
+        for link in list(self.links):
+            if link.transport is not None:
+                link.transport.close()
+        for proc in self.processes:
+            await asyncio.to_thread(proc.join, 5.0)
+            if proc.is_alive():
+                proc.terminate()
+
+
+async def serve_audience(
+    server: AudienceServer, sinks: list[FeedSink], host: str, port: int, workers: int
+) -> Callable[[], Awaitable[None]]:
+    """Start the audience plane in this process (workers=0) or in worker processes.
+
+    With workers, the feed goes to the pool instead of ``server.apply``. Returns
+    the coroutine function that stops it.
+    """
+    if workers <= 0:
+        listener = await server.serve(host, port)
+        flusher = asyncio.create_task(server.run_flusher(), name="audience-flusher")
+
+        async def stop_local() -> None:
+            flusher.cancel()
+            listener.close()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+
+        return stop_local
+    pool = WorkerPool(WorkerSpec(server.config, server.recordings_dir, host, port), workers)
+    await pool.start()
+    # Replace only the in-process audience; other sinks (if any) keep their place.
+    if server.apply in sinks:
+        sinks.remove(server.apply)
+    sinks.append(pool.publish)
+    log.info("%d audience workers serve port %d", workers, pool.port)
+    return pool.close

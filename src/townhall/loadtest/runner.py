@@ -1,0 +1,190 @@
+"""The parent process: checks the target, spreads the crowd over workers, shows
+progress, samples the server, enforces the time bounds and builds the report.
+
+Bounds: every listener stops at ``duration_s`` after the start; a watchdog terminates
+any worker still running ``WATCHDOG_GRACE_S`` later, so a run never outlives its budget.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import queue
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TextIO
+
+from townhall.loadtest.arrivals import Arrival, deal, schedule
+from townhall.loadtest.probe import ServerSampler, listening_pids
+from townhall.loadtest.report import Report
+from townhall.loadtest.stats import Tally, merge_tallies
+from townhall.loadtest.wire import all_loopback, parse_target
+from townhall.loadtest.worker import (
+    Finished,
+    Mix,
+    Progress,
+    WorkerPlan,
+    raise_open_files_limit,
+    worker_main,
+)
+
+MAX_SOCKETS_PER_PROCESS = 15_000  # this sandbox caps open files at about 20k a process
+START_DELAY_S = 1.0  # lets every worker fork and start its loop before the first arrival
+WATCHDOG_GRACE_S = 15.0
+
+
+class RemoteTargetRefused(SystemExit):
+    pass
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    url: str
+    listeners: int
+    arrival: Arrival = Arrival.FLASH
+    over_s: float = 5.0
+    duration_s: float = 30.0
+    mix: Mix = Mix.OGG
+    processes: int | None = None
+    seed: int = 0
+    stall_gap_s: float = 1.5
+    server_pid: int | None = None
+    allow_remote: bool = False
+
+    def worker_count(self) -> int:
+        if self.processes:
+            return self.processes
+        return max(1, math.ceil(self.listeners / MAX_SOCKETS_PER_PROCESS))
+
+
+def check_target(url: str, allow_remote: bool) -> None:
+    target = parse_target(url)
+    infos = socket.getaddrinfo(target.host, target.port, proto=socket.IPPROTO_TCP)
+    addresses = [str(info[4][0]) for info in infos]
+    if not allow_remote and not all_loopback(addresses):
+        raise RemoteTargetRefused(
+            f"refusing to load-test {target.host} ({', '.join(sorted(set(addresses)))}): "
+            "not loopback; pass --allow-remote if you own that server"
+        )
+
+
+def run_loadtest(plan: LoadPlan, progress: TextIO | None = sys.stderr) -> Report:
+    if plan.duration_s <= plan.over_s:
+        raise ValueError("--duration must be longer than --over, or late arrivals hear nothing")
+    check_target(plan.url, plan.allow_remote)
+    raise_open_files_limit()
+    sampler = _sampler(plan)
+    tallies, fired = _run_workers(plan, sampler, progress)
+    return Report(
+        url=plan.url,
+        listeners=plan.listeners,
+        arrival=plan.arrival.value,
+        over_s=plan.over_s,
+        duration_s=plan.duration_s,
+        mix=plan.mix.value,
+        processes=plan.worker_count(),
+        by_kind=tallies,
+        server=sampler.usage if sampler else None,
+        watchdog_fired=fired,
+    )
+
+
+def _sampler(plan: LoadPlan) -> ServerSampler | None:
+    pids = [plan.server_pid] if plan.server_pid else listening_pids(parse_target(plan.url).port)
+    return ServerSampler(pids) if pids else None
+
+
+def _worker_plans(plan: LoadPlan, start_at: float) -> list[WorkerPlan]:
+    offsets = schedule(plan.arrival, plan.listeners, plan.over_s, plan.seed)
+    hands = deal(offsets, plan.worker_count())
+    end_at = start_at + plan.duration_s
+    return [
+        WorkerPlan(i, plan.url, hand, plan.mix, start_at, end_at, plan.seed, plan.stall_gap_s)
+        for i, hand in enumerate(hands)
+    ]
+
+
+def _run_workers(
+    plan: LoadPlan, sampler: ServerSampler | None, progress: TextIO | None
+) -> tuple[dict[str, Tally], bool]:
+    ctx = mp.get_context("fork")  # fast, and nothing in the parent runs a loop yet
+    inbox = ctx.Queue()
+    start_at = time.monotonic() + START_DELAY_S
+    procs = [
+        ctx.Process(target=worker_main, args=(wp, inbox), name=f"loadtest-{wp.worker}", daemon=True)
+        for wp in _worker_plans(plan, start_at)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        return _collect(plan, procs, inbox, sampler, progress, start_at)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join(timeout=5)
+
+
+def _collect(
+    plan: LoadPlan,
+    procs: Sequence[mp.process.BaseProcess],
+    inbox: mp.queues.Queue[object],
+    sampler: ServerSampler | None,
+    progress: TextIO | None,
+    start_at: float,
+) -> tuple[dict[str, Tally], bool]:
+    latest: dict[int, Progress] = {}
+    finished: dict[int, dict[str, Tally]] = {}
+    deadline = start_at + plan.duration_s + WATCHDOG_GRACE_S
+    next_tick = time.monotonic() + 1.0
+    while len(finished) < len(procs) and time.monotonic() < deadline:
+        _drain(inbox, latest, finished, timeout_s=max(0.0, next_tick - time.monotonic()))
+        if time.monotonic() >= next_tick:
+            next_tick += 1.0
+            if sampler is not None:
+                sampler.sample()
+            _show(progress, time.monotonic() - start_at, latest, sampler)
+        if len(finished) < len(procs) and not any(p.is_alive() for p in procs):
+            _drain(inbox, latest, finished, timeout_s=1.0)
+            break  # a worker died without reporting; report what we have
+    fired = len(finished) < len(procs)
+    return merge_tallies(finished.values()), fired
+
+
+def _drain(
+    inbox: mp.queues.Queue[object],
+    latest: dict[int, Progress],
+    finished: dict[int, dict[str, Tally]],
+    timeout_s: float,
+) -> None:
+    try:
+        msg = inbox.get(timeout=timeout_s)
+    except queue.Empty:
+        return
+    if isinstance(msg, Progress):
+        latest[msg.worker] = msg
+    elif isinstance(msg, Finished):
+        finished[msg.worker] = msg.tallies
+
+
+def _show(
+    out: TextIO | None, elapsed_s: float, latest: dict[int, Progress], sampler: ServerSampler | None
+) -> None:
+    if out is None:
+        return
+    ps = latest.values()
+    mb = sum(p.bytes_received for p in ps) / 1e6
+    line = (
+        f"[{elapsed_s:5.1f}s] connected {sum(p.connected for p in ps)}  "
+        f"active {sum(p.active for p in ps)}  failed {sum(p.failed for p in ps)}  "
+        f"received {mb:.1f} MB"
+    )
+    if sampler is not None and sampler.usage.cpu_samples:
+        line += (
+            f"  server CPU {sampler.usage.cpu_samples[-1]:.0f}%"
+            f" RSS {sampler.usage.rss_samples[-1] / 2**20:.0f} MiB"
+        )
+    print(line, file=out, flush=True)

@@ -1,0 +1,535 @@
+// Shared browser code for the townhall pages: API calls, errors, the audience player,
+// the stage microphone (WebRTC) and the stage WebSocket. Vanilla ES module, no build.
+
+export const $ = (sel, root = document) => root.querySelector(sel);
+
+/** Create an element: h("button", {class: "x", onclick: f}, "text", child). */
+export function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith("on") && typeof v === "function") el.addEventListener(k.slice(2), v);
+    else if (k === "class") el.className = v;
+    else if (k === "dataset") Object.assign(el.dataset, v);
+    else if (v === true) el.setAttribute(k, "");
+    else el.setAttribute(k, String(v));
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** A trace of what the page did, in order (the e2e test reads it). */
+export const trace = (window.townhallTrace = window.townhallTrace || []);
+export function note(event, extra = {}) {
+  trace.push({ event, t: performance.now(), ...extra });
+}
+
+// -- errors -----------------------------------------------------------------------
+
+export class ApiError extends Error {
+  constructor(status, code, detail, retryAfter = null) {
+    super(detail);
+    this.status = status;
+    this.code = code;
+    this.detail = detail;
+    this.retryAfter = retryAfter;
+  }
+}
+
+/** Show a visible, dismissable error message in #errors (role=alert). */
+export function showError(err, context = "") {
+  const box = $("#errors");
+  const msg = err instanceof ApiError ? err.detail : err?.message || String(err);
+  const text = context ? `${context}: ${msg}` : msg;
+  console.warn("[townhall]", text, err);
+  if (!box) return;
+  // Do not stack the same message over and over (reconnect loops).
+  for (const item of box.children) {
+    if (item.dataset.text === text) {
+      box.append(item);
+      return;
+    }
+  }
+  const item = h(
+    "div",
+    { class: "error", dataset: { text } },
+    h("span", {}, text),
+    h("button", { class: "link", "aria-label": "Dismiss this message", onclick: () => item.remove() }, "✕"),
+  );
+  box.append(item);
+  while (box.children.length > 4) box.firstElementChild.remove();
+}
+
+export function clearErrors() {
+  const box = $("#errors");
+  if (box) box.replaceChildren();
+}
+
+/** Call the control API; a 4xx/5xx becomes an ApiError carrying the server's `detail`. */
+export async function api(path, { method = "GET", token, body } = {}) {
+  const headers = {};
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (token) headers.Authorization = `Bearer ${token}`;
+  let resp;
+  try {
+    resp = await fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  } catch (e) {
+    throw new ApiError(0, "network", `cannot reach the server (${e.message})`);
+  }
+  let data = null;
+  try {
+    data = await resp.json();
+  } catch {
+    data = null;
+  }
+  if (!resp.ok) {
+    throw new ApiError(
+      resp.status,
+      data?.error || "http_error",
+      data?.detail || `${method} ${path} failed with HTTP ${resp.status}`,
+      parseRetryAfter(resp.headers.get("Retry-After")),
+    );
+  }
+  return data;
+}
+
+export function parseRetryAfter(value) {
+  if (value === null || value === undefined) return null;
+  const n = Number(value);
+  return Number.isFinite(n) && n >= 0 ? n : null;
+}
+
+/** Capped exponential backoff with full jitter, in seconds. */
+export function backoffDelay(attempt, retryAfterS) {
+  return (retryAfterS || 0) + Math.random() * Math.min(30, 0.5 * 2 ** attempt);
+}
+
+// -- small UI helpers ---------------------------------------------------------------
+
+export const REACTIONS = ["👏", "❤️", "😂", "🔥", "💯", "🙌", "👍", "😮"];
+
+export function spaceIdFromPath() {
+  const parts = location.pathname.split("/").filter(Boolean);
+  return parts[0] === "s" ? decodeURIComponent(parts[1] || "") : "";
+}
+
+export function tokenFromFragment() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  return params.get("t") || "";
+}
+
+export function listenLink(spaceId) {
+  return `${location.origin}/s/${encodeURIComponent(spaceId)}`;
+}
+
+/** Share a link: the system share sheet on phones, else the clipboard; always visible. */
+export async function shareLink(url, title, statusEl) {
+  try {
+    if (navigator.share && matchMedia("(pointer: coarse)").matches) {
+      await navigator.share({ title, url });
+      return;
+    }
+    await navigator.clipboard.writeText(url);
+    if (statusEl) statusEl.textContent = `Link copied: ${url}`;
+  } catch {
+    if (statusEl) statusEl.textContent = `Share this link: ${url}`;
+  }
+}
+
+export function formatCount(n) {
+  n = Number(n || 0);
+  if (n >= 1e6) return `${(n / 1e6).toFixed(n >= 1e7 ? 0 : 1)}M`;
+  if (n >= 1e4) return `${Math.round(n / 1e3)}k`;
+  return n.toLocaleString();
+}
+
+export function stateLabel(state) {
+  return { scheduled: "Scheduled", live: "Live", ended: "Ended" }[state] || state || "…";
+}
+
+/** Render reaction buttons + tallies into `root`; `onReact(emoji)` is called on click. */
+export function renderReactions(root, tallies, onReact) {
+  if (!root.dataset.built) {
+    root.dataset.built = "1";
+    for (const emoji of REACTIONS) {
+      root.append(
+        h(
+          "button",
+          {
+            class: "reaction",
+            type: "button",
+            "aria-label": `React ${emoji}`,
+            dataset: { emoji },
+            onclick: () => onReact(emoji),
+          },
+          h("span", { class: "emoji", "aria-hidden": "true" }, emoji),
+          h("span", { class: "tally" }, "0"),
+        ),
+      );
+    }
+  }
+  for (const btn of root.querySelectorAll("button.reaction")) {
+    const n = (tallies || {})[btn.dataset.emoji] || 0;
+    btn.querySelector(".tally").textContent = formatCount(n);
+    btn.setAttribute("aria-label", `React ${btn.dataset.emoji} (${n} so far)`);
+  }
+}
+
+/** Room events from the audience server (SSE), reconnecting on its own. */
+export function roomEvents(url, onRoom, onStatus = () => {}) {
+  let es = null;
+  let closed = false;
+  let attempt = 0;
+  const open = () => {
+    if (closed) return;
+    es = new EventSource(url);
+    es.addEventListener("room", (ev) => {
+      attempt = 0;
+      onStatus("open");
+      try {
+        onRoom(JSON.parse(ev.data));
+      } catch (e) {
+        console.warn("bad room event", e);
+      }
+    });
+    es.onerror = () => {
+      // EventSource retries by itself on a dropped connection, but gives up on an
+      // HTTP error (404 before the start, 503 when full): retry with backoff then.
+      if (es.readyState === EventSource.CLOSED) {
+        onStatus("retrying");
+        const delay = backoffDelay(attempt++, 2) * 1000;
+        setTimeout(open, delay);
+      }
+    };
+  };
+  open();
+  return {
+    close() {
+      closed = true;
+      if (es) es.close();
+    },
+  };
+}
+
+// -- the audience player ------------------------------------------------------------
+
+/** Ask a URL for its status without downloading a body (the live Ogg never ends). */
+async function probe(url) {
+  const ctl = new AbortController();
+  try {
+    const resp = await fetch(url, { signal: ctl.signal, cache: "no-store" });
+    const out = { ok: resp.ok, status: resp.status, retryAfter: parseRetryAfter(resp.headers.get("Retry-After")) };
+    if (!resp.ok) {
+      try {
+        out.detail = (await resp.json()).detail;
+      } catch {
+        /* not JSON */
+      }
+    }
+    ctl.abort();
+    return out;
+  } catch (e) {
+    return { ok: false, status: 0, retryAfter: null, detail: e.message };
+  }
+}
+
+/**
+ * Plays the live program: LL-HLS through hls.js where MediaSource exists, native HLS
+ * where the browser has it, else the Ogg/Opus stream in <audio>. 503s and failures
+ * are retried with capped exponential backoff and full jitter. `stop()` really stops:
+ * hls.js destroyed, the element paused and its source removed.
+ */
+export class AudiencePlayer {
+  constructor(audio, { hlsUrl, oggUrl, onStatus = () => {} }) {
+    this.audio = audio;
+    this.hlsUrl = hlsUrl;
+    this.oggUrl = oggUrl;
+    this.onStatus = onStatus;
+    this.hls = null;
+    this.wanted = false;
+    this.attempt = 0;
+    this.generation = 0;
+    this.hlsFailures = 0;
+    this.mode = this._preferredMode();
+    audio.addEventListener("playing", () => {
+      this.attempt = 0;
+      this._status("playing", "Playing live");
+    });
+    audio.addEventListener("waiting", () => this.wanted && this._status("buffering", "Buffering…"));
+    audio.addEventListener("error", () => this.wanted && this.mode === "ogg" && this._retry("the stream stopped"));
+    audio.addEventListener("ended", () => this.wanted && this._retry("the stream ended"));
+  }
+
+  _preferredMode() {
+    if (window.Hls && window.Hls.isSupported()) return "hls";
+    if (this.audio.canPlayType("application/vnd.apple.mpegurl")) return "native-hls";
+    return "ogg";
+  }
+
+  _status(state, text) {
+    document.body.dataset.audience = state;
+    this.audio.dataset.mode = this.mode;
+    this.onStatus(state, text);
+  }
+
+  get playing() {
+    return this.wanted;
+  }
+
+  async play() {
+    this.wanted = true;
+    this.attempt = 0;
+    const gen = ++this.generation;
+    this._status("connecting", "Connecting…");
+    await this._start(gen);
+  }
+
+  async _start(gen) {
+    while (this.wanted && gen === this.generation) {
+      const url = this.mode === "ogg" ? this.oggUrl : this.hlsUrl;
+      const p = await probe(url);
+      if (!this.wanted || gen !== this.generation) return;
+      if (p.ok) break;
+      const retryAfter = p.status === 503 ? (p.retryAfter ?? 5) : null;
+      const delay = backoffDelay(this.attempt++, retryAfter);
+      const why =
+        p.status === 503
+          ? "The audience server is busy"
+          : p.status === 404
+            ? "The Space is not live yet"
+            : `Cannot reach the stream${p.detail ? ` (${p.detail})` : ""}`;
+      this._status("retrying", `${why}; retrying in ${Math.ceil(delay)} s…`);
+      await sleep(delay * 1000);
+    }
+    if (!this.wanted || gen !== this.generation) return;
+    this._attach();
+    try {
+      await this.audio.play();
+    } catch (e) {
+      if (e.name === "NotAllowedError") this._status("blocked", "Tap Play to listen (autoplay was blocked)");
+      else if (e.name !== "AbortError") this._status("error", `Playback failed: ${e.message}`);
+    }
+  }
+
+  _attach() {
+    this._detach();
+    this.audio.dataset.mode = this.mode;
+    if (this.mode === "hls") {
+      const hls = new window.Hls({ lowLatencyMode: true, backBufferLength: 30 });
+      this.hls = hls;
+      hls.on(window.Hls.Events.ERROR, (_ev, data) => {
+        if (!data.fatal || hls !== this.hls) return;
+        this.hlsFailures += 1;
+        if (this.hlsFailures >= 3) this.mode = "ogg"; // fall back to the Ogg stream
+        this._retry(`HLS ${data.details}`);
+      });
+      hls.loadSource(this.hlsUrl);
+      hls.attachMedia(this.audio);
+    } else {
+      this.audio.src = this.mode === "ogg" ? this.oggUrl : this.hlsUrl;
+    }
+  }
+
+  _detach() {
+    if (this.hls) {
+      const hls = this.hls;
+      this.hls = null;
+      hls.destroy();
+    }
+    this.audio.pause();
+    this.audio.removeAttribute("src");
+    this.audio.srcObject = null;
+    this.audio.load();
+  }
+
+  async _retry(why) {
+    if (!this.wanted) return;
+    const gen = ++this.generation;
+    this._detach();
+    const delay = backoffDelay(this.attempt++, null);
+    this._status("retrying", `Reconnecting (${why}) in ${Math.ceil(delay)} s…`);
+    await sleep(delay * 1000);
+    if (this.wanted && gen === this.generation) await this._start(gen);
+  }
+
+  /** Stop for real: nothing of the audience stream may keep playing (e.g. into a mic). */
+  stop(reason = "Stopped") {
+    this.wanted = false;
+    this.generation += 1;
+    this._detach();
+    this._status("stopped", reason);
+    note("audience-stopped", { paused: this.audio.paused, src: this.audio.getAttribute("src") || "" });
+  }
+}
+
+// -- the stage microphone -----------------------------------------------------------
+
+function iceGatheringComplete(pc, timeoutMs = 4000) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      pc.removeEventListener("icegatheringstatechange", check);
+      resolve();
+    };
+    const check = () => pc.iceGatheringState === "complete" && done();
+    pc.addEventListener("icegatheringstatechange", check);
+    setTimeout(done, timeoutMs); // send what we have; host candidates come first
+  });
+}
+
+/**
+ * A seat's audio: the microphone up to the server (WebRTC, non-trickle ICE) and the
+ * mix-minus (everyone but you) back down into `mixAudio`.
+ */
+export class StageMic {
+  constructor({ spaceId, token, mixAudio, onState = () => {} }) {
+    this.spaceId = spaceId;
+    this.token = token;
+    this.mixAudio = mixAudio;
+    this.onState = onState;
+    this.pc = null;
+    this.stream = null;
+    this.muted = false;
+  }
+
+  get open() {
+    return this.pc !== null;
+  }
+
+  async connect() {
+    if (this.pc) return;
+    this.onState("opening");
+    note("mic-opening", {
+      audiencePlaying: Array.from(document.querySelectorAll("audio.audience")).some(
+        (a) => !a.paused || !!a.getAttribute("src") || !!a.srcObject,
+      ),
+    });
+    try {
+      this.stream = await navigator.mediaDevices.getUserMedia({
+        audio: { echoCancellation: true, noiseSuppression: false, autoGainControl: true },
+        video: false,
+      });
+    } catch (e) {
+      this.onState("off");
+      const why = e.name === "NotAllowedError" ? "microphone permission was denied" : e.message;
+      throw new ApiError(0, "microphone", `Cannot open the microphone: ${why}`);
+    }
+    note("mic-opened");
+    for (const track of this.stream.getAudioTracks()) track.enabled = !this.muted;
+    const pc = new RTCPeerConnection({ iceServers: [] });
+    this.pc = pc;
+    for (const track of this.stream.getAudioTracks()) pc.addTrack(track, this.stream);
+    pc.addEventListener("track", (ev) => {
+      this.mixAudio.srcObject = ev.streams[0] || new MediaStream([ev.track]);
+      this.mixAudio.play().catch(() => {});
+    });
+    pc.addEventListener("connectionstatechange", () => {
+      if (pc !== this.pc) return;
+      this.onState(pc.connectionState);
+    });
+    try {
+      await pc.setLocalDescription(await pc.createOffer());
+      await iceGatheringComplete(pc);
+      const answer = await api(`/api/spaces/${encodeURIComponent(this.spaceId)}/stage/offer`, {
+        method: "POST",
+        token: this.token,
+        body: { sdp: pc.localDescription.sdp, type: "offer" },
+      });
+      if (pc !== this.pc) return;
+      await pc.setRemoteDescription(answer);
+      this.onState("connecting");
+    } catch (e) {
+      this.close();
+      throw e;
+    }
+  }
+
+  setMuted(muted) {
+    this.muted = muted;
+    if (this.stream) for (const t of this.stream.getAudioTracks()) t.enabled = !muted;
+  }
+
+  async packetsSent() {
+    if (!this.pc) return 0;
+    let n = 0;
+    (await this.pc.getStats()).forEach((s) => {
+      if (s.type === "outbound-rtp" && s.kind === "audio") n += s.packetsSent || 0;
+    });
+    return n;
+  }
+
+  close() {
+    const pc = this.pc;
+    this.pc = null;
+    if (pc) pc.close();
+    if (this.stream) for (const t of this.stream.getTracks()) t.stop();
+    this.stream = null;
+    this.mixAudio.pause();
+    this.mixAudio.srcObject = null;
+    this.onState("off");
+    note("mic-closed");
+  }
+}
+
+// -- the stage WebSocket --------------------------------------------------------------
+
+/** The push socket for people on stage (and invited listeners); reconnects with backoff. */
+export function stageSocket(spaceId, token, { onMessage, onStatus = () => {} }) {
+  let ws = null;
+  let closed = false;
+  let attempt = 0;
+  let ping = null;
+  const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/api/spaces/${encodeURIComponent(
+    spaceId,
+  )}/ws?token=${encodeURIComponent(token)}`;
+  const open = () => {
+    if (closed) return;
+    ws = new WebSocket(url);
+    ws.onopen = () => {
+      attempt = 0;
+      onStatus("open");
+      ping = setInterval(() => ws.readyState === 1 && ws.send("ping"), 20000);
+    };
+    ws.onmessage = (ev) => {
+      try {
+        onMessage(JSON.parse(ev.data));
+      } catch (e) {
+        console.warn("bad socket message", e);
+      }
+    };
+    ws.onclose = (ev) => {
+      clearInterval(ping);
+      if (closed) return;
+      // 4000 + HTTP status: 4401/4403/4404/4409 will not get better by retrying.
+      if (ev.code >= 4400 && ev.code < 4500 && ev.code !== 4408) {
+        onStatus("refused", ev.reason || `refused (${ev.code - 4000})`);
+        return;
+      }
+      onStatus("reconnecting");
+      setTimeout(open, backoffDelay(attempt++, 0.5) * 1000);
+    };
+  };
+  open();
+  return {
+    close() {
+      closed = true;
+      clearInterval(ping);
+      if (ws) ws.close();
+    },
+  };
+}
+
+/** Level in dBFS to a 0..100 meter width. */
+export function meterPercent(dbfs) {
+  if (dbfs === null || dbfs === undefined || !Number.isFinite(dbfs)) return 0;
+  return Math.max(0, Math.min(100, ((dbfs + 60) / 60) * 100));
+}

@@ -1,0 +1,283 @@
+"""The room over the real control API, with real WebRTC speaker bots.
+
+Hands, invitations, the mic check, moderation and honest counts, each judged by what
+people hear: a tone found (or proven absent) by FFT in a mix-minus or in the program.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.audio import amplitude_at, decode, pcm16_to_float
+from tests.e2e.conftest import Server, Space
+from townhall.media.mixer import FRAME_SAMPLES, Pcm, silence
+from townhall.peers.links import StageLink
+from townhall.peers.listen import listen_ogg
+from townhall.peers.sources import ToneSource
+from townhall.peers.speak import Speaker
+from townhall.stage.audio import PcmSource
+
+pytestmark = pytest.mark.e2e
+
+PRESENT = 0.05  # full-scale amplitude that counts as "the tone is there"
+ABSENT = 0.01
+
+
+class SwitchableTone(PcmSource):
+    """A tone that a test can silence, like a microphone that dies mid-sentence."""
+
+    def __init__(self, freq_hz: float) -> None:
+        self.tone = ToneSource(freq_hz)
+        self.on = True
+
+    def next_frame(self, now: float) -> Pcm:
+        return self.tone.next_frame(now) if self.on else silence()
+
+
+async def sign_in(client: httpx.AsyncClient, space: Space, name: str) -> tuple[str, str]:
+    resp = await client.post(space.api("/listeners"), json={"name": name})
+    assert resp.status_code == 201, resp.text
+    body = resp.json()
+    return body["token"], body["session_id"]
+
+
+async def command(
+    client: httpx.AsyncClient, space: Space, token: str, name: str, target: str | None = None
+) -> httpx.Response:
+    return await client.post(
+        space.api("/commands"),
+        json={"command": name, "target": target},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+
+
+async def room(client: httpx.AsyncClient, space: Space) -> dict[str, object]:
+    resp = await client.get(space.api("/room"), headers=space.host_headers())
+    assert resp.status_code == 200, resp.text
+    body: dict[str, object] = resp.json()
+    return body
+
+
+async def wait_until(predicate, timeout_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition never held")
+        await asyncio.sleep(0.1)
+
+
+def heard_after(speaker: Speaker, since: float) -> np.ndarray:
+    return pcm16_to_float(speaker.heard.pcm(since))
+
+
+async def live_host(space: Space) -> Speaker:
+    host = Speaker(StageLink(space.server.control_url, space.id, space.host_token), ToneSource(440))
+    await space.start()
+    await host.join()
+    return host
+
+
+async def test_counts_are_honest_under_duplicates_tabs_and_reconnects(server: Server) -> None:
+    space = await server.create_space("counts")
+    await space.start()
+    async with httpx.AsyncClient(timeout=10) as client:
+        tokens = [(await sign_in(client, space, f"L{i}"))[0] for i in range(25)]
+        # Every listener heartbeats; some retry, some have a second tab (same session),
+        # some reconnect (same session, new requests): 25 real people, whatever they do.
+        beats = tokens + tokens[:10] + tokens[5:15] + tokens[20:]
+        for token in beats:
+            resp = await client.post(
+                space.api("/heartbeat"), headers={"Authorization": f"Bearer {token}"}
+            )
+            assert resp.status_code == 200, resp.text
+        snap = await room(client, space)
+    assert snap["listening_now"] == 25
+    assert snap["total_tuned_in"] == 25
+    await space.end()
+
+
+async def test_listener_cannot_publish_until_brought_up_and_mic_checked(server: Server) -> None:
+    space = await server.create_space("bring up")
+    host = await live_host(space)
+    async with httpx.AsyncClient(timeout=10) as client:
+        token, session = await sign_in(client, space, "Caller")
+        caller = Speaker(StageLink(server.control_url, space.id, token), ToneSource(660))
+        with pytest.raises(RuntimeError, match="403"):
+            await caller.join()
+        await caller.pc.close()
+
+        assert (await command(client, space, token, "raise_hand")).status_code == 200
+        snap = await room(client, space)
+        assert [h["id"] for h in snap["hand_queue"]] == [session]  # type: ignore[index,union-attr]
+        assert (
+            await command(client, space, space.host_token, "invite", session)
+        ).status_code == 200
+        assert (await command(client, space, token, "accept_invitation")).status_code == 200
+
+        caller = Speaker(StageLink(server.control_url, space.id, token), ToneSource(660))
+        await caller.join()
+
+        async def caller_live() -> bool:
+            seats = (await room(client, space))["stage"]
+            return any(s["id"] == session and s["live"] for s in seats)  # type: ignore[union-attr,index]
+
+        await wait_until(caller_live)
+        since = time.monotonic() + 0.5
+        await asyncio.sleep(2.0)
+    heard = heard_after(host, since)
+    assert amplitude_at(heard, 660) > PRESENT, "the caller brought up was never heard"
+    assert amplitude_at(heard, 440) < ABSENT, "the host hears their own voice"
+    program = decode(bytes((await listen_ogg(space.ogg_url, 2.5)).data))
+    assert amplitude_at(program[-48_000:], 660) > PRESENT
+    assert amplitude_at(program[-48_000:], 440) > PRESENT
+    await caller.leave()
+    await host.leave()
+    await space.end()
+
+
+async def test_demoted_speaker_leaves_the_program_within_a_second(server: Server) -> None:
+    space = await server.create_space("demote")
+    host = await live_host(space)
+    guest_link = await space.invite("Guest")
+    guest = Speaker(guest_link, ToneSource(660))
+    await guest.join()
+    async with httpx.AsyncClient(timeout=10) as client:
+        await asyncio.sleep(1.5)
+        assert amplitude_at(heard_after(host, time.monotonic() - 0.8), 660) > PRESENT
+        guest_id = next(
+            s["id"] for s in (await room(client, space))["stage"] if s["role"] == "speaker"
+        )  # type: ignore[union-attr,index]
+        demoted_at = time.monotonic()
+        resp = await command(client, space, space.host_token, "move_to_audience", guest_id)
+        assert resp.status_code == 200, resp.text
+        await asyncio.sleep(2.5)
+    # WebRTC adds well under 300 ms; everything the host hears a second after the
+    # command is program without the guest.
+    after = heard_after(host, demoted_at + 1.0)
+    assert len(after) > FRAME_SAMPLES * 50
+    assert amplitude_at(after, 660) < ABSENT, "a demoted speaker was still in the mix after 1 s"
+    await guest.leave()
+    await host.leave()
+    await space.end()
+
+
+async def test_mute_is_heard_and_only_the_speaker_unmutes_themselves(server: Server) -> None:
+    space = await server.create_space("mute")
+    host = await live_host(space)
+    guest_link = await space.invite("Guest")
+    guest = Speaker(guest_link, ToneSource(660))
+    await guest.join()
+    async with httpx.AsyncClient(timeout=10) as client:
+        await asyncio.sleep(1.5)
+        guest_id = next(
+            s["id"] for s in (await room(client, space))["stage"] if s["role"] == "speaker"
+        )  # type: ignore[union-attr,index]
+        assert (await command(client, space, space.host_token, "mute", guest_id)).status_code == 200
+        muted_at = time.monotonic()
+        await asyncio.sleep(2.0)
+        assert amplitude_at(heard_after(host, muted_at + 0.5), 660) < ABSENT
+        refused = await command(client, space, space.host_token, "unmute", guest_id)
+        assert refused.status_code == 403 and refused.json()["error"] == "forbidden"
+        assert (
+            await command(client, space, guest_link.token, "unmute", guest_id)
+        ).status_code == 200
+        unmuted_at = time.monotonic()
+        await asyncio.sleep(1.5)
+    assert amplitude_at(heard_after(host, unmuted_at + 0.5), 660) > PRESENT
+    await guest.leave()
+    await host.leave()
+    await space.end()
+
+
+async def test_dead_microphone_is_shown_to_the_host(server: Server) -> None:
+    space = await server.create_space("dead mic")
+    host = await live_host(space)
+    source = SwitchableTone(660)
+    guest = Speaker(await space.invite("Guest"), source)
+    await guest.join()
+    async with httpx.AsyncClient(timeout=10) as client:
+
+        async def guest_status() -> dict[str, object]:
+            resp = await client.get(space.api("/stage"), headers=space.host_headers())
+            members = resp.json()["members"]
+            return next(m for m in members if m["name"] == "Guest")
+
+        async def alive() -> bool:
+            return (await guest_status())["dead_mic"] is False
+
+        async def dead() -> bool:
+            return (await guest_status())["dead_mic"] is True
+
+        await wait_until(alive)
+        source.on = False
+        died_at = time.monotonic()
+        await wait_until(dead, timeout_s=6.0)
+        assert time.monotonic() - died_at < 4.5
+    await guest.leave()
+    await host.leave()
+    await space.end()
+
+
+async def test_removed_listener_is_blocked(server: Server) -> None:
+    space = await server.create_space("remove")
+    await space.start()
+    async with httpx.AsyncClient(timeout=10) as client:
+        token, session = await sign_in(client, space, "Troll")
+        assert (await command(client, space, token, "raise_hand")).status_code == 200
+        assert (
+            await command(client, space, space.host_token, "remove", session)
+        ).status_code == 200
+        again = await command(client, space, token, "raise_hand")
+        assert again.status_code == 403 and "removed" in again.json()["detail"]
+        react = await client.post(
+            space.api("/reactions"),
+            json={"emoji": "🔥"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert react.status_code == 403
+    await space.end()
+
+
+async def test_listener_events_are_coalesced(server: Server) -> None:
+    space = await server.create_space("events")
+    await space.start()
+    events_url = f"{server.audience_url}/events/{space.id}"
+    received: list[tuple[float, str]] = []
+
+    async def read_events() -> None:
+        async with (
+            httpx.AsyncClient(timeout=None) as client,
+            client.stream("GET", events_url) as resp,
+        ):
+            assert resp.headers["content-type"] == "text/event-stream"
+            async for line in resp.aiter_lines():
+                if line.startswith("data: "):
+                    received.append((time.monotonic(), line[6:]))
+
+    reader = asyncio.create_task(read_events())
+    async with httpx.AsyncClient(timeout=10) as client:
+        tokens = [(await sign_in(client, space, f"Fan{i}"))[0] for i in range(10)]
+        await asyncio.sleep(0.5)
+        started = time.monotonic()
+        for _ in range(6):  # 60 reactions in about a second
+            for token in tokens:
+                await client.post(
+                    space.api("/reactions"),
+                    json={"emoji": "👏"},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+        spent = time.monotonic() - started
+        await asyncio.sleep(1.0)
+    reader.cancel()
+    during = [text for at, text in received if at >= started]
+    assert '"👏":60' in during[-1], during[-1]
+    # Coalesced: at most a few updates per second, not one per reaction.
+    assert len(during) <= 5 * (spent + 1.5), (
+        f"{len(during)} updates for 60 reactions in {spent:.1f}s"
+    )
+    await space.end()

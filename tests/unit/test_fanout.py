@@ -1,0 +1,236 @@
+"""The fan-out engine in memory: fake time, fake subscribers implementing ``Sink``."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from townhall.audience.fanout import Fanout, FanoutConfig
+from townhall.errors import Unavailable
+
+
+class FakeSink:
+    """A subscriber's transport: records writes; its buffer level is set by the test."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.buffered = 0
+        self.closed = False
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    @property
+    def received(self) -> bytes:
+        return b"".join(self.writes)
+
+
+def make(**overrides: float) -> Fanout:
+    fanout = Fanout(FanoutConfig(**overrides))  # type: ignore[arg-type]
+    fanout.header = b"HEAD"
+    return fanout
+
+
+def subscribe(fanout: Fanout, n: int, now: float = 0.0) -> list[FakeSink]:
+    sinks = [FakeSink() for _ in range(n)]
+    for key, sink in enumerate(sinks, start=len(fanout.subscribers)):
+        fanout.subscribe(key, sink, now)
+    return sinks
+
+
+# -- shared bytes ------------------------------------------------------------------------
+def test_every_subscriber_gets_the_identical_chunk_object() -> None:
+    fanout = make()
+    sinks = subscribe(fanout, 50)
+    fanout.publish(b"page-1", 0.1)
+    fanout.publish(b"page-2", 0.2)
+    report = fanout.flush(0.2)
+    chunks = [s.writes[-1] for s in sinks]
+    assert all(c is chunks[0] for c in chunks)
+    assert chunks[0] == b"page-1page-2"
+    assert report.written == 50 and report.chunk_bytes == len(b"page-1page-2")
+
+
+def test_join_bytes_are_built_once_per_flush_and_shared() -> None:
+    fanout = make()
+    fanout.publish(b"p1", 0.0)
+    fanout.flush(0.0)
+    sinks = subscribe(fanout, 3)
+    assert sinks[0].writes[0] is sinks[1].writes[0] is sinks[2].writes[0]
+
+
+def test_nothing_pending_means_no_write() -> None:
+    fanout = make()
+    sinks = subscribe(fanout, 2)
+    assert fanout.flush(1.0).written == 0
+    assert [len(s.writes) for s in sinks] == [1, 1]  # only the join burst
+
+
+# -- coalescing --------------------------------------------------------------------------
+def test_slow_passes_grow_the_interval_at_once() -> None:
+    fanout = make(flush_interval_s=0.2, max_flush_interval_s=2.0, max_pass_fraction=0.5)
+    fanout.pass_took(0.3)
+    assert fanout.interval_s == pytest.approx(0.6)
+    fanout.pass_took(5.0)
+    assert fanout.interval_s == pytest.approx(2.0)  # capped
+
+
+def test_interval_shrinks_back_slowly() -> None:
+    fanout = make(flush_interval_s=0.2, max_flush_interval_s=2.0, max_pass_fraction=0.5)
+    fanout.pass_took(1.0)
+    assert fanout.interval_s == pytest.approx(2.0)
+    fanout.pass_took(0.001)
+    assert 1.5 < fanout.interval_s < 2.0  # one quiet pass does not undo coalescing
+    for _ in range(60):
+        fanout.pass_took(0.001)
+    assert fanout.interval_s == pytest.approx(0.2, abs=1e-3)
+
+
+def test_coalesced_pages_become_one_chunk_and_one_write() -> None:
+    fanout = make(flush_interval_s=0.2)
+    sinks = subscribe(fanout, 3)
+    fanout.pass_took(0.5)  # a slow pass: the next interval is 1 s
+    last_flush = 0.0
+    now = 0.0
+    for i in range(5):
+        now = 0.2 * (i + 1)
+        fanout.publish(f"page{i};".encode(), now)
+        assert fanout.due(last_flush, now) == (now - last_flush >= 1.0)
+    assert fanout.due(last_flush, 1.0)
+    fanout.flush(1.0)
+    assert sinks[0].writes[1:] == [b"page0;page1;page2;page3;page4;"]
+
+
+def test_due_only_with_pending_pages() -> None:
+    fanout = make(flush_interval_s=0.2)
+    assert not fanout.due(0.0, 10.0)
+    fanout.publish(b"x", 10.0)
+    assert fanout.due(0.0, 10.0)
+    assert not fanout.due(9.9, 10.0)
+
+
+# -- slow and stalled subscribers -------------------------------------------------------------
+def test_slow_subscriber_is_skipped_then_cut_off() -> None:
+    fanout = make(max_listener_buffer_bytes=100, stall_cutoff_s=10.0)
+    fast, slow = subscribe(fanout, 2)
+    slow.buffered = 101
+    fanout.publish(b"a", 1.0)
+    report = fanout.flush(1.0)
+    assert (report.written, report.skipped, report.cut_off) == (1, 1, 0)
+    assert slow.writes == [b"HEAD"] and fast.writes[-1] == b"a"
+    fanout.publish(b"b", 10.9)
+    assert fanout.flush(10.9).cut_off == 0  # 9.9 s over the limit: still skipped
+    fanout.publish(b"c", 11.0)
+    report = fanout.flush(11.0)
+    assert report.cut_off == 1 and slow.aborted and not slow.closed
+    assert 1 not in fanout.subscribers and fast.writes[-1] == b"c"
+
+
+def test_subscriber_that_recovers_is_not_cut_off() -> None:
+    fanout = make(max_listener_buffer_bytes=100, stall_cutoff_s=10.0)
+    (sink,) = subscribe(fanout, 1)
+    sink.buffered = 500
+    fanout.publish(b"a", 0.0)
+    fanout.flush(0.0)
+    sink.buffered = 0
+    fanout.publish(b"b", 5.0)
+    fanout.flush(5.0)  # drained: the stall clock resets
+    sink.buffered = 500
+    fanout.publish(b"c", 12.0)
+    assert fanout.flush(12.0).cut_off == 0
+    assert sink.writes[1:] == [b"b"]  # skipped to the live edge, never given "a"
+
+
+def test_subscriber_leaving_mid_pass_is_not_written() -> None:
+    fanout = make()
+    a, b = subscribe(fanout, 2)
+    fanout.publish(b"x", 0.0)
+    chunk = fanout.take_chunk()
+    items = list(fanout.subscribers.items())
+    fanout.unsubscribe(1)
+    fanout.write_to(items, chunk, 0.0)
+    assert a.writes[-1] == b"x" and b.writes == [b"HEAD"]
+
+
+def test_close_all_flushes_the_healthy_and_aborts_the_stalled() -> None:
+    fanout = make(max_listener_buffer_bytes=100)
+    ok, stuck = subscribe(fanout, 2)
+    stuck.buffered = 1000
+    fanout.close_all(b"last")
+    assert ok.writes[-1] == b"last" and ok.closed
+    assert stuck.aborted and stuck.writes == [b"HEAD"]
+    assert not fanout.subscribers
+
+
+# -- admission ---------------------------------------------------------------------------
+def test_capacity_cap_refuses_newcomers_with_jittered_retry_after() -> None:
+    fanout = make(max_listeners=3, retry_after_s=5.0)
+    sinks = subscribe(fanout, 3)
+    rng = random.Random(7)
+    waits = []
+    for _ in range(200):
+        with pytest.raises(Unavailable) as info:
+            fanout.admit(rng)
+        waits.append(info.value.retry_after_s)
+    assert all(5.0 <= w <= 10.0 for w in waits)
+    assert max(waits) - min(waits) > 3.0  # spread out, not synchronised
+    fanout.publish(b"x", 0.0)
+    fanout.flush(0.0)
+    assert all(s.writes[-1] == b"x" for s in sinks)  # those inside are untouched
+
+
+def test_overload_refuses_newcomers_only_past_the_longest_interval() -> None:
+    fanout = make(flush_interval_s=0.2, max_flush_interval_s=2.0, max_pass_fraction=0.5)
+    rng = random.Random(1)
+    fanout.pass_took(0.9)  # coalescing absorbs this: newcomers still welcome
+    fanout.admit(rng)
+    fanout.pass_took(1.1)  # over half of the longest interval: out of headroom
+    with pytest.raises(Unavailable):
+        fanout.admit(rng)
+
+
+# -- join burst --------------------------------------------------------------------------
+def test_join_burst_has_header_and_recent_pages() -> None:
+    fanout = make(join_burst_s=0.75)
+    for i in range(10):  # times exact in binary, so the edge case is exact
+        fanout.publish(f"p{i};".encode(), 0.25 * i)
+        fanout.flush(0.25 * i)
+    (sink,) = subscribe(fanout, 1)
+    assert sink.writes[0] == b"HEADp7;p8;p9;"  # 0.75 s of pages back from the edge
+
+
+def test_join_burst_never_duplicates_a_page_the_next_flush_sends() -> None:
+    fanout = make(join_burst_s=10.0)
+    fanout.publish(b"p0;", 0.0)
+    fanout.flush(0.0)
+    fanout.publish(b"p1;", 0.2)  # pending, not flushed yet
+    (sink,) = subscribe(fanout, 1)
+    fanout.flush(0.2)
+    assert sink.received == b"HEADp0;p1;"
+
+
+def test_join_burst_follows_a_header_set_later() -> None:
+    fanout = Fanout(FanoutConfig())
+    (early,) = subscribe(fanout, 1)
+    fanout.header = b"OPUSHEAD"
+    (late,) = subscribe(fanout, 1)
+    assert early.writes[0] == b"" and late.writes[0] == b"OPUSHEAD"
+
+
+def test_zero_join_burst_keeps_nothing() -> None:
+    fanout = make(join_burst_s=0.0)
+    fanout.publish(b"event", 0.0)
+    fanout.flush(0.0)
+    (sink,) = subscribe(fanout, 1)
+    assert sink.writes == [b"HEAD"]
