@@ -147,9 +147,8 @@ class HttpClientConnection(asyncio.Protocol):
 async def connect(target: Target, timeout_s: float) -> HttpClientConnection:
     loop = asyncio.get_running_loop()
     try:
-        _, conn = await asyncio.wait_for(
-            loop.create_connection(HttpClientConnection, target.host, target.port), timeout_s
-        )
+        async with asyncio.timeout(timeout_s):
+            _, conn = await loop.create_connection(HttpClientConnection, target.host, target.port)
     except (OSError, TimeoutError) as exc:
         raise ConnectionDropped(f"connect: {exc.__class__.__name__}: {exc}") from exc
     return conn

@@ -13,6 +13,7 @@ connects) with ``Backoff``: capped exponential backoff with full jitter.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -30,6 +31,7 @@ from townhall.loadtest.stats import ListenerRecord
 from townhall.loadtest.wire import Target, decode_time, timescale
 from townhall.media.ogg import parse_pages
 from townhall.peers.backoff import Backoff
+from townhall.peers.listen import _PlaylistView as PlaylistView
 from townhall.peers.listen import parse_playlist
 
 OPUS_GRANULE_RATE_HZ = 48_000  # RFC 7845 section 4: granule positions count 48 kHz samples
@@ -101,9 +103,8 @@ async def listen_ogg(plan: ListenerPlan, rng: random.Random, rec: ListenerRecord
         conn = await connect(plan.target, min(plan.request_timeout_s, _left(plan)))
         opened.append(conn)
         try:
-            return await asyncio.wait_for(
-                conn.stream(plan.target, plan.target.path, clock.feed), plan.request_timeout_s
-            )
+            async with asyncio.timeout(plan.request_timeout_s):
+                return await conn.stream(plan.target, plan.target.path, clock.feed)
         except TimeoutError as exc:
             conn.close()
             raise ConnectionDropped("no response head in time") from exc
@@ -114,7 +115,8 @@ async def listen_ogg(plan: ListenerPlan, rng: random.Random, rec: ListenerRecord
     try:
         ended = await with_backoff(plan, rng, rec, open_stream)
         rec.connected = True
-        await asyncio.wait_for(ended, max(0.0, _left(plan)))
+        async with asyncio.timeout(_left(plan)):
+            await ended
     except TimeoutError:
         pass  # the run is over: the normal end of an endless stream
     except (ClientError, GaveUp, ValueError) as exc:
@@ -146,7 +148,7 @@ class HlsSession:
         async def once() -> bytes:
             if self.conn is None or self.conn.closed:
                 self.conn = await connect(self.plan.target, self.plan.request_timeout_s)
-            resp = await asyncio.wait_for(self.conn.get(self.plan.target, path), _left(self.plan))
+            resp = await self.conn.get(self.plan.target, path)
             if resp.status != 200:
                 raise ValueError(f"GET {path}: status {resp.status}")
             self.rec.bytes_received += len(resp.body)
@@ -159,10 +161,18 @@ class HlsSession:
             self.conn.close()
 
 
+@functools.lru_cache(maxsize=64)
+def parsed_playlist(body: bytes) -> PlaylistView:
+    # Every listener in this process gets the same few playlist versions: parse each once.
+    return parse_playlist(body.decode())
+
+
 async def listen_hls(plan: ListenerPlan, rng: random.Random, rec: ListenerRecord) -> None:
     session = HlsSession(plan, rng, rec)
     try:
-        await _follow_playlist(session, plan, rec)
+        # One deadline for the whole run: cheaper than a wait_for task per request.
+        async with asyncio.timeout(_left(plan)):
+            await _follow_playlist(session, plan, rec)
     except TimeoutError:
         pass
     except (ClientError, GaveUp, ValueError) as exc:
@@ -173,7 +183,7 @@ async def listen_hls(plan: ListenerPlan, rng: random.Random, rec: ListenerRecord
 
 
 async def _follow_playlist(session: HlsSession, plan: ListenerPlan, rec: ListenerRecord) -> None:
-    view = parse_playlist((await session.get(plan.target.path)).decode())
+    view = parsed_playlist(await session.get(plan.target.path))
     rec.connected = True
     if view.init_uri is None:
         raise ValueError("playlist has no EXT-X-MAP")
@@ -189,7 +199,7 @@ async def _follow_playlist(session: HlsSession, plan: ListenerPlan, rec: Listene
             return
         msn, part = view.hint
         reload = f"{plan.target.path}?_HLS_msn={msn}&_HLS_part={part}"
-        view = parse_playlist((await session.get(reload)).decode())
+        view = parsed_playlist(await session.get(reload))
 
 
 async def _fetch_part(session: HlsSession, uri: str, scale: int, rec: ListenerRecord) -> None:
