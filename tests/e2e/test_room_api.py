@@ -96,8 +96,10 @@ async def test_counts_are_honest_under_duplicates_tabs_and_reconnects(server: Se
             )
             assert resp.status_code == 200, resp.text
         snap = await room(client, space)
+        metrics = (await client.get(f"{server.control_url}/metrics")).text
     assert snap["listening_now"] == 25
     assert snap["total_tuned_in"] == 25
+    assert f'townhall_listening_now{{space="{space.id}"}} 25.0' in metrics
     await space.end()
 
 

@@ -8,7 +8,8 @@ people on stage hold a WebSocket (``ws.py``).
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, Field
 
 from townhall.app import COMMANDS, Townhall
@@ -16,6 +17,7 @@ from townhall.control.errors import BodyLimit, install_error_handlers
 from townhall.control.pages import install_pages
 from townhall.control.ws import install_websocket
 from townhall.errors import Unauthorized
+from townhall.metrics import TownhallCollector
 from townhall.tokens import Grant
 
 CommandName = Literal[tuple(COMMANDS)]  # type: ignore[valid-type]
@@ -56,12 +58,22 @@ def bearer(authorization: Annotated[str | None, Header()] = None) -> str:
     return authorization.removeprefix("Bearer ").strip()
 
 
+def install_metrics(app: FastAPI, th: Townhall) -> None:
+    registry = CollectorRegistry()
+    registry.register(TownhallCollector(th))
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
 def create_app(th: Townhall) -> FastAPI:
     app = FastAPI(title="townhall control API", version="0.1.0")
     install_error_handlers(app)
     app.include_router(_spaces_router(th))
     install_websocket(app, th)
     install_pages(app, th)
+    install_metrics(app, th)
     app.add_middleware(BodyLimit, max_bytes=th.config.max_body_bytes)
     return app
 
