@@ -7,11 +7,16 @@ is decoded with PyAV and the tone found by FFT. Listeners are raw asyncio socket
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import json
+import os
+import signal
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import av
 import numpy as np
@@ -20,8 +25,8 @@ import uvloop
 
 from townhall.audience.channel import Channel, ChannelConfig
 from townhall.audience.fanout import FanoutConfig
-from townhall.audience.feed import HlsInit, HlsPart, OggHeader, OggPages
-from townhall.audience.server import AudienceConfig, AudienceServer
+from townhall.audience.feed import ChannelEnded, HlsInit, HlsPart, OggHeader, OggPages
+from townhall.audience.server import IMMUTABLE, M3U8, AudienceConfig, AudienceServer
 from townhall.audience.workers import WorkerPool, WorkerSpec
 from townhall.media.hls import HlsConfig
 from townhall.media.mixer import FRAME_SAMPLES, SAMPLE_RATE_HZ
@@ -33,11 +38,6 @@ pytestmark = pytest.mark.e2e
 SPACE = "tone"
 TONE_HZ = 440.0
 HOST = "127.0.0.1"
-
-
-@pytest.fixture(scope="module")
-def event_loop_policy() -> uvloop.EventLoopPolicy:
-    return uvloop.EventLoopPolicy()  # the loop `townhall serve` runs on
 
 
 # -- the program -------------------------------------------------------------------------
@@ -69,7 +69,7 @@ def program() -> Program:
 
 
 def dominant_hz(container: bytes, fmt: str) -> float:
-    with av.open(io.BytesIO(container), format=fmt) as media:
+    with av.open(io.BytesIO(container), mode="r", format=fmt) as media:
         pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in media.decode(audio=0)])
     pcm = pcm[len(pcm) // 10 :]  # past the codec's start-up
     spectrum = np.abs(np.fft.rfft(pcm * np.hanning(len(pcm))))
@@ -105,7 +105,12 @@ class Running:
         return self.server.channels[SPACE]
 
 
-async def start(config: AudienceConfig) -> AsyncIterator[Running]:
+def run(scenario: Coroutine[Any, Any, None]) -> None:
+    uvloop.run(scenario)  # the loop `townhall serve` runs on
+
+
+@contextlib.asynccontextmanager
+async def serving(config: AudienceConfig) -> AsyncIterator[Running]:
     server = AudienceServer(config)
     listener = await server.serve(HOST, 0)
     flusher = asyncio.create_task(server.run_flusher())
@@ -152,6 +157,10 @@ class OggListener(asyncio.Protocol):
         self.closed.set_result(None)
 
 
+def listener_factory(keep_bytes: bool) -> Callable[[], OggListener]:
+    return lambda: OggListener({}, keep_bytes)
+
+
 async def stalled_listener(port: int) -> socket.socket:
     """Connects and asks for the stream, then never reads: a tiny receive window."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -183,14 +192,6 @@ STALL_CUTOFF_S = 2.0
 SPEED = 4.0  # the program is published this much faster than real time
 
 
-@pytest.fixture
-async def ogg_server() -> AsyncIterator[Running]:
-    fanout = FanoutConfig(stall_cutoff_s=STALL_CUTOFF_S, max_listener_buffer_bytes=16 * 1024)
-    config = AudienceConfig(channel=ChannelConfig(fanout=fanout), stream_sndbuf_bytes=8 * 1024)
-    async for running in start(config):
-        yield running
-
-
 async def publish_pages(
     server: AudienceServer, pages: list[OggPage], published: dict[int, float]
 ) -> None:
@@ -206,9 +207,18 @@ async def publish_pages(
         audio_s += 0.2
 
 
-async def test_stalled_listeners_are_cut_off_and_never_delay_the_others(
-    ogg_server: Running, program: Program
-) -> None:
+def test_stalled_listeners_are_cut_off_and_never_delay_the_others(program: Program) -> None:
+    fanout = FanoutConfig(stall_cutoff_s=STALL_CUTOFF_S, max_listener_buffer_bytes=16 * 1024)
+    config = AudienceConfig(channel=ChannelConfig(fanout=fanout), stream_sndbuf_bytes=8 * 1024)
+    run(stalled_scenario(config, program))
+
+
+async def stalled_scenario(config: AudienceConfig, program: Program) -> None:
+    async with serving(config) as ogg_server:
+        await stalled_listeners_meet_normal_ones(ogg_server, program)
+
+
+async def stalled_listeners_meet_normal_ones(ogg_server: Running, program: Program) -> None:
     server, port = ogg_server.server, ogg_server.port
     server.apply(OggHeader(SPACE, program.header))
     published: dict[int, float] = {}
@@ -216,7 +226,8 @@ async def test_stalled_listeners_are_cut_off_and_never_delay_the_others(
     loop = asyncio.get_running_loop()
     normal = []
     for i in range(1000):
-        _, proto = await loop.create_connection(lambda i=i: OggListener({}, i == 0), HOST, port)
+        keep_bytes = i == 0  # one listener keeps what it got, for the FFT
+        _, proto = await loop.create_connection(listener_factory(keep_bytes), HOST, port)
         normal.append(proto)
     stalled = [await stalled_listener(port) for _ in range(100)]
     await warmup
@@ -225,19 +236,25 @@ async def test_stalled_listeners_are_cut_off_and_never_delay_the_others(
     for proto in normal:
         proto.published = published  # measure from here on, not the join burst
     feeding = asyncio.create_task(publish_pages(server, program.pages[5:], published))
-    cut_at, peak_buffered = await watch_cutoff(ogg_server, expect=1000, timeout_s=25.0)
+    cut_at, over_for, peak_buffered = await watch_cutoff(ogg_server, expect=1000, timeout_s=25.0)
     await asyncio.sleep(1.0)
     feeding.cancel()
 
     late = np.array([x for p in normal for x in p.lateness])
     p99_ms = float(np.percentile(late, 99) * 1e3)
-    print(f"\n1000 listeners: {len(late)} pages, lateness p50 "
-          f"{np.percentile(late, 50) * 1e3:.0f} ms, p99 {p99_ms:.0f} ms, max {late.max() * 1e3:.0f} "
-          f"ms; 100 stalled cut off {cut_at:.1f} s after feeding began; peak server "
-          f"buffers {peak_buffered / 1024:.0f} KiB")  # fmt: skip
+    p50_ms = float(np.percentile(late, 50) * 1e3)
+    print(
+        f"\n1000 listeners: {len(late)} pages, lateness p50 {p50_ms:.0f} ms, p99 {p99_ms:.0f} ms,"
+        f" max {late.max() * 1e3:.0f} ms; 100 stalled cut off {cut_at:.1f} s after feeding"
+        f" began, {over_for:.2f} s after the last went over its bound;"
+        f" peak server buffers {peak_buffered / 1024:.0f} KiB"
+    )
     assert p99_ms < 500
+    assert STALL_CUTOFF_S <= over_for < STALL_CUTOFF_S + 0.5
     assert all(len(p.lateness) > 20 and not p.closed.done() for p in normal)
-    assert set(ogg_server.channel.ogg.subscribers) and len(ogg_server.channel.ogg.subscribers) == 1000
+    assert (
+        set(ogg_server.channel.ogg.subscribers) and len(ogg_server.channel.ogg.subscribers) == 1000
+    )
     # Memory: every server-side buffer stays near the per-listener bound.
     assert peak_buffered < 1100 * (16 * 1024 + 8 * 1024)
     ends = await asyncio.gather(*(drained_to_end(s, 10.0) for s in stalled))
@@ -247,11 +264,16 @@ async def test_stalled_listeners_are_cut_off_and_never_delay_the_others(
     assert abs(dominant_hz(program.header + bytes(normal[0].raw), "ogg") - TONE_HZ) < 5
 
 
-async def watch_cutoff(running: Running, expect: int, timeout_s: float) -> tuple[float, int]:
-    """Wait until only ``expect`` subscribers remain; return when, and the peak buffers."""
+async def watch_cutoff(running: Running, expect: int, timeout_s: float) -> tuple[float, float, int]:
+    """Wait until only ``expect`` subscribers remain. Returns when (from now), how long
+    after the last of the cut ones went over its buffer bound, and the peak buffers."""
     started = time.monotonic()
     peak = 0
+    over_since: dict[int, float] = {}
     while time.monotonic() - started < timeout_s:
+        for key, sub in running.channel.ogg.subscribers.items():
+            if sub.over_since is not None:
+                over_since[key] = sub.over_since
         buffered = sum(
             c.transport.get_write_buffer_size()
             for c in running.server.connections
@@ -259,6 +281,164 @@ async def watch_cutoff(running: Running, expect: int, timeout_s: float) -> tuple
         )
         peak = max(peak, buffered)
         if len(running.channel.ogg.subscribers) <= expect:
-            return time.monotonic() - started, peak
+            now = time.monotonic()
+            cut = set(over_since) - set(running.channel.ogg.subscribers)
+            return now - started, now - max(over_since[k] for k in cut), peak
         await asyncio.sleep(0.1)
     raise AssertionError(f"{len(running.channel.ogg.subscribers)} subscribers left, not {expect}")
+
+
+# -- LL-HLS: blocking reload and request collapsing --------------------------------------------
+def hls_config() -> AudienceConfig:
+    hls = HlsConfig(part_target_s=0.5, parts_per_segment=4)
+    return AudienceConfig(channel=ChannelConfig(hls=hls))
+
+
+def feed_parts(server: AudienceServer, program: Program, first: int, count: int) -> None:
+    for data, duration_s in program.parts[first : first + count]:
+        server.apply(HlsPart(SPACE, data, duration_s, time.time()))
+
+
+def test_blocking_reload_answers_as_soon_as_the_part_exists(program: Program) -> None:
+    run(blocking_reload_scenario(program))
+
+
+async def blocking_reload_scenario(program: Program) -> None:
+    async with serving(hls_config()) as running:
+        running.server.apply(HlsInit(SPACE, program.init))
+        feed_parts(running.server, program, 0, 6)
+        msn, part = running.channel.hls.next_part
+        assert (msn, part) == (1, 2)
+        path = f"/live/{SPACE}/index.m3u8?_HLS_msn={msn}&_HLS_part={part}"
+        request = asyncio.create_task(fetch(running.port, path))
+        await asyncio.sleep(0.3)
+        assert not request.done(), "answered before the part existed"
+        feed_parts(running.server, program, 6, 1)
+        applied_at = time.monotonic()
+        reply = await request
+        waited_ms = (time.monotonic() - applied_at) * 1e3
+        print(f"\nblocking reload answered {waited_ms:.1f} ms after the part was applied")
+        assert waited_ms < 100
+        assert reply.status == 200 and reply.headers["content-type"] == M3U8
+        assert f'URI="p{msn}.{part}.m4s"' in reply.body.decode()
+        assert "max-age" in reply.headers["cache-control"]
+        plain = await fetch(running.port, f"/live/{SPACE}/index.m3u8")
+        assert plain.headers["cache-control"] == "public, max-age=1"  # about one part
+        too_far = await fetch(running.port, f"/live/{SPACE}/index.m3u8?_HLS_msn=9")
+        assert too_far.status == 400
+        never = await fetch(running.port, f"/live/{SPACE}/p1.9.m4s")
+        assert never.status == 404  # past the segment's last part: not held open
+
+
+def test_waiters_for_a_preload_hinted_part_share_one_build(program: Program) -> None:
+    run(collapsed_part_scenario(program))
+
+
+async def collapsed_part_scenario(program: Program) -> None:
+    async with serving(hls_config()) as running:
+        server = running.server
+        server.apply(HlsInit(SPACE, program.init))
+        feed_parts(server, program, 0, 8)
+        msn, part = running.channel.hls.next_part
+        hinted = f"p{msn}.{part}.m4s"
+        assert f'PRELOAD-HINT:TYPE=PART,URI="{hinted}"' in running.channel.hls.playlist().decode()
+        waiters = [
+            asyncio.create_task(fetch(running.port, f"/live/{SPACE}/{hinted}")) for _ in range(500)
+        ]
+        while running.channel.waiting < 500:
+            await asyncio.sleep(0.01)
+        builds_before = server.builds
+        feed_parts(server, program, 8, 1)
+        replies = await asyncio.gather(*waiters)
+        assert server.builds == builds_before + 1  # one response built for all 500
+        assert all(r.status == 200 for r in replies)
+        assert len({r.body for r in replies}) == 1
+        assert replies[0].body == program.parts[8][0]
+        assert replies[0].headers["cache-control"] == IMMUTABLE
+        served = [await fetch(running.port, f"/live/{SPACE}/{uri}")
+                  for uri in ("init.mp4", "s0.m4s", "s1.m4s")]  # fmt: skip
+        assert all(r.headers["cache-control"] == IMMUTABLE for r in served)
+        media = b"".join(r.body for r in served) + replies[0].body
+        assert abs(dominant_hz(media, "mp4") - TONE_HZ) < 5
+
+
+# -- audience workers: two processes, one port --------------------------------------------------
+def test_two_workers_serve_one_port(program: Program) -> None:
+    run(workers_scenario(program))
+
+
+async def workers_scenario(program: Program) -> None:
+    pool = WorkerPool(WorkerSpec(AudienceConfig(), None, HOST, 0), count=2)
+    await pool.start()
+    try:
+        pool.publish(OggHeader(SPACE, program.header))
+        feeding = asyncio.create_task(publish_via(pool, program.pages))
+        pids = {json.loads((await fetch(pool.port, "/healthz")).body)["pid"] for _ in range(32)}
+        assert len(pids) == 2, "both worker processes answer on the shared port"
+        loop = asyncio.get_running_loop()
+        listeners = []
+        for _ in range(16):
+            _, proto = await loop.create_connection(lambda: OggListener({}, True), HOST, pool.port)
+            listeners.append(proto)
+        await asyncio.sleep(2.0)
+        feeding.cancel()
+        assert all(len(p.raw) > 2_000 for p in listeners)
+        for proto in listeners:
+            assert abs(dominant_hz(program.header + bytes(proto.raw), "ogg") - TONE_HZ) < 5
+    finally:
+        await pool.close()
+    assert all(not proc.is_alive() for proc in pool.processes)
+
+
+async def publish_via(pool: WorkerPool, pages: list[OggPage]) -> None:
+    for page in pages:
+        pool.publish(OggPages(SPACE, page.data, time.monotonic()))
+        await asyncio.sleep(0.2 / SPEED)
+
+
+def test_a_worker_that_falls_behind_is_dropped_without_stalling_the_stage(
+    program: Program,
+) -> None:
+    run(stuck_worker_scenario(program))
+
+
+async def stuck_worker_scenario(program: Program) -> None:
+    config = AudienceConfig(max_worker_backlog_bytes=256 * 1024)
+    pool = WorkerPool(WorkerSpec(config, None, HOST, 0), count=1)
+    await pool.start()
+    (proc,) = pool.processes
+    assert proc.pid is not None
+    os.kill(proc.pid, signal.SIGSTOP)  # a worker that stops reading its feed
+    try:
+        slowest = 0.0
+        for page in program.pages * 20:  # several MB, far past the backlog bound
+            started = time.perf_counter()
+            pool.publish(OggPages(SPACE, page.data, time.monotonic()))
+            slowest = max(slowest, time.perf_counter() - started)
+            await asyncio.sleep(0)
+        assert pool.dropped == 1 and not pool.links
+        assert slowest < 0.05  # the stage never waited for it
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        await pool.close()
+
+
+# -- ended channels ------------------------------------------------------------------------
+def test_an_ended_channel_is_served_for_a_grace_period_then_dropped(program: Program) -> None:
+    run(ended_channel_scenario(program))
+
+
+async def ended_channel_scenario(program: Program) -> None:
+    async with serving(AudienceConfig(ended_grace_s=30.0)) as running:
+        server = running.server
+        server.apply(HlsInit(SPACE, program.init))
+        feed_parts(server, program, 0, 6)
+        server.apply(ChannelEnded(SPACE, time.time()))
+        final = await fetch(running.port, f"/live/{SPACE}/index.m3u8")
+        assert final.status == 200 and final.body.decode().endswith("#EXT-X-ENDLIST\n")
+        assert (await fetch(running.port, f"/live/{SPACE}/s1.m4s")).status == 200
+        server.drop_ended(time.monotonic() + 29.0)
+        assert SPACE in server.channels
+        server.drop_ended(time.monotonic() + 30.0)
+        assert SPACE not in server.channels and not server._cache
+        assert (await fetch(running.port, f"/live/{SPACE}/index.m3u8")).status == 404

@@ -37,7 +37,7 @@ class FakeSink:
 
 
 def make(**overrides: float) -> Fanout:
-    fanout = Fanout(FanoutConfig(**overrides))  # type: ignore[arg-type]
+    fanout = Fanout(FanoutConfig(**overrides))
     fanout.header = b"HEAD"
     return fanout
 

@@ -21,7 +21,7 @@ T0 = 1_700_000_000.0  # wall clock, for EXT-X-PROGRAM-DATE-TIME
 
 
 def packager(parts: int = 0, **overrides: float) -> HlsPackager:
-    hls = HlsPackager(HlsConfig(**overrides))  # type: ignore[arg-type]
+    hls = HlsPackager(HlsConfig(**overrides))
     hls.init_segment = b"INIT"
     add(hls, parts)
     return hls
