@@ -417,7 +417,9 @@ async def stuck_worker_scenario(program: Program) -> None:
             slowest = max(slowest, time.perf_counter() - started)
             await asyncio.sleep(0)
         assert pool.dropped == 1 and not pool.links
-        assert slowest < 0.05  # the stage never waited for it
+        # A blocking write to a stopped reader would hang for good; any finite bound
+        # proves the stage never waits. Generous, so a noisy machine cannot flake it.
+        assert slowest < 1.0
     finally:
         os.kill(proc.pid, signal.SIGCONT)
         await pool.close()
