@@ -7,6 +7,7 @@ stage publishes into the audience plane through ``publish``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -17,7 +18,7 @@ from urllib.parse import quote
 from townhall.audience.feed import FeedMessage
 from townhall.audience.server import AudienceServer
 from townhall.config import ServerConfig
-from townhall.errors import BadRequest, Conflict, Forbidden
+from townhall.errors import BadRequest, Conflict, Forbidden, Unavailable
 from townhall.live import LiveSpace
 from townhall.ratelimit import RateLimiter
 from townhall.recorder import Recorder
@@ -69,6 +70,7 @@ class Townhall:
         self.config.recordings_dir.mkdir(parents=True, exist_ok=True)
         self.audience = AudienceServer(self.config.audience, self.config.recordings_dir)
         self.feed_sinks.append(self.audience.apply)
+        self.audience.presence = self
 
     # -- admin ---------------------------------------------------------------------
     def check_admin(self, key: str) -> None:
@@ -184,6 +186,28 @@ class Townhall:
             "listening_now": live.counter.listening_now(now),
             "total_tuned_in": live.counter.total_tuned_in(),
         }
+
+    # -- presence reported by the audience port (ListenerPresence) -----------------
+    def stream_opened(self, space_id: str, session_id: str, conn_id: str) -> None:
+        live = self.spaces.get(space_id)
+        if live is not None:
+            with contextlib.suppress(Unavailable):  # past the count cap: served, not counted
+                live.counter.connection_opened(session_id, conn_id, time.monotonic())
+
+    def stream_closed(
+        self, space_id: str, session_id: str, conn_id: str, session_ended: bool
+    ) -> None:
+        live = self.spaces.get(space_id)
+        if live is not None:
+            live.counter.connection_closed(session_id, conn_id, time.monotonic())
+            if session_ended:
+                live.counter.leave(session_id, time.monotonic())
+
+    def seen(self, space_id: str, session_id: str) -> None:
+        live = self.spaces.get(space_id)
+        if live is not None:
+            with contextlib.suppress(Unavailable):
+                live.counter.heartbeat(session_id, time.monotonic())
 
     # -- lifecycle -----------------------------------------------------------------
     async def start_space(self, grant: Grant) -> SpaceRecord:

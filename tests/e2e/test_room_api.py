@@ -283,3 +283,42 @@ async def test_listener_events_are_coalesced(server: Server) -> None:
         f"{len(during)} updates for 60 reactions in {spent:.1f}s"
     )
     await space.end()
+
+
+async def test_stream_listeners_are_counted_once_per_session(server: Server) -> None:
+    """Real Ogg listeners: 3 web players (one with two tabs, one reconnecting) and 2
+    anonymous players (VLC-like) are 5 people, and leaving takes them off 'now'."""
+    space = await server.create_space("stream counts")
+    host = await live_host(space)
+    await space.wait_program()
+
+    async def hold(url: str, seconds: float) -> None:
+        await listen_ogg(url, seconds)
+
+    async with httpx.AsyncClient(timeout=10) as client:
+        # wait_program() polled the playlist: that poll is one HLS session already.
+        before = await room(client, space)
+        sids = [(await sign_in(client, space, f"P{i}"))[1] for i in range(3)]
+        urls = [
+            f"{space.ogg_url}?sid={sids[0]}",
+            f"{space.ogg_url}?sid={sids[0]}",  # two tabs
+            f"{space.ogg_url}?sid={sids[1]}",
+            f"{space.ogg_url}?sid={sids[2]}",
+            space.ogg_url,
+            space.ogg_url,
+        ]  # two anonymous players
+        reconnect = asyncio.create_task(hold(f"{space.ogg_url}?sid={sids[1]}", 1.0))
+        holders = [asyncio.create_task(hold(u, 4.0)) for u in urls]
+        await asyncio.sleep(2.5)
+        during = await room(client, space)
+        await asyncio.gather(*holders, reconnect)
+        await asyncio.sleep(0.5)
+        after = await room(client, space)
+    base_now, base_total = before["listening_now"], before["total_tuned_in"]
+    assert during["listening_now"] == base_now + 5, (before, during)
+    assert after["total_tuned_in"] == base_total + 5
+    # Web-player sessions stay "listening" until their heartbeat lapses; the anonymous
+    # stream sessions end with their connection.
+    assert after["listening_now"] == base_now + 3
+    await host.leave()
+    await space.end()

@@ -99,10 +99,13 @@ class HttpConnection(asyncio.Protocol):
         self._headers: dict[str, str] = {}
         self._head_bytes = 0
         self._task: asyncio.Task[None] | None = None
+        self.peer = ""
 
     # -- asyncio.Protocol ----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if peer else ""
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._task is not None:
@@ -150,6 +153,7 @@ class HttpConnection(asyncio.Protocol):
             query=query,
             headers=self._headers,
             keep_alive=self._parser.should_keep_alive(),
+            peer=self.peer,
         )
         self._dispatch(request)
 

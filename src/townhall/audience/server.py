@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -36,6 +37,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from townhall.audience.channel import Channel, ChannelConfig
 from townhall.audience.fanout import Fanout
@@ -78,6 +80,30 @@ class AudienceConfig:
     max_worker_backlog_bytes: int = 8 * 1024 * 1024
 
 
+_SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+class ListenerPresence(Protocol):
+    """Where the audience port reports who is listening (the honest counters).
+
+    A session is one person's player: the web player names it (``?sid=``, the id from
+    its listener token, shared by its tabs and reconnects); a stream with no name is one
+    session per connection; a playlist poll with no name is keyed by address and agent,
+    so the many requests of one HLS player stay one session.
+    """
+
+    def stream_opened(self, space_id: str, session_id: str, conn_id: str) -> None: ...
+    def stream_closed(
+        self, space_id: str, session_id: str, conn_id: str, session_ended: bool
+    ) -> None: ...
+    def seen(self, space_id: str, session_id: str) -> None: ...
+
+
+def session_of(req: Request, fallback: str) -> str:
+    sid = req.query.get("sid", "")
+    return sid if _SESSION_ID.match(sid) else fallback
+
+
 @dataclass
 class AudienceServer:
     config: AudienceConfig = field(default_factory=AudienceConfig)
@@ -88,6 +114,7 @@ class AudienceServer:
     _cache: dict[tuple[str, str], bytes] = field(default_factory=dict)
     connections: set[HttpConnection] = field(default_factory=set)
     builds: int = 0  # cacheable responses built (each served to any number of requests)
+    presence: ListenerPresence | None = None
     _flushed_at: dict[tuple[str, str], float] = field(default_factory=dict)
 
     # -- feed ------------------------------------------------------------------------
@@ -159,7 +186,7 @@ class AudienceServer:
         if kind == ".ogg":
             if req.method == "HEAD":
                 return _OGG_HEAD
-            self._ogg(conn, channel)
+            self._ogg(conn, channel, req)
             return None  # the connection is a stream now
         if kind == "/index.m3u8":
             return self._playlist(channel, req)
@@ -171,7 +198,7 @@ class AudienceServer:
             return self._part(channel, int(m.group(3)), int(m.group(4)))
         return self._segment(channel, int(m.group(5)))
 
-    def _ogg(self, conn: HttpConnection, channel: Channel) -> None:
+    def _ogg(self, conn: HttpConnection, channel: Channel, req: Request) -> None:
         if channel.ended:
             replay = f"/replay/{channel.space_id}.ogg"
             raise NotFound(f"space {channel.space_id!r} has ended; see {replay}")
@@ -183,6 +210,21 @@ class AudienceServer:
         self._bound_kernel_buffer(transport)
         channel.ogg.subscribe(key, transport, time.monotonic())
         conn.on_lost = self._unsubscriber(channel.ogg, key)
+        if self.presence is not None:
+            anonymous = f"ogg-{key}"
+            self._track_stream(conn, channel.space_id, session_of(req, anonymous), key)
+
+    def _track_stream(self, conn: HttpConnection, space_id: str, session: str, key: int) -> None:
+        presence, lost = self.presence, conn.on_lost
+        assert presence is not None
+        presence.stream_opened(space_id, session, str(key))
+
+        def closed(c: HttpConnection) -> None:
+            lost(c)
+            # An unnamed stream is its own session: it ends with the connection.
+            presence.stream_closed(space_id, session, str(key), session == f"ogg-{key}")
+
+        conn.on_lost = closed
 
     def _events(self, conn: HttpConnection, channel: Channel) -> None:
         channel.events.admit(self.rng)
@@ -214,6 +256,12 @@ class AudienceServer:
 
     # -- LL-HLS ----------------------------------------------------------------------
     def _playlist(self, channel: Channel, req: Request) -> Reply:
+        if self.presence is not None:
+            agent = req.headers.get("user-agent", "")
+            fallback = (
+                "hls-" + hashlib.blake2b(f"{req.peer}|{agent}".encode(), digest_size=9).hexdigest()
+            )
+            self.presence.seen(channel.space_id, session_of(req, fallback))
         msn, part = _int_param(req, "_HLS_msn"), _int_param(req, "_HLS_part")
         channel.hls.check_blocking_request(msn, part)
         if channel.hls.init_segment is None and not channel.ended:
