@@ -85,13 +85,23 @@ def live_space(cpu: int | None = None, tone_hz: float = 440.0) -> Iterator[LiveS
 def _start_server(
     data_dir: Path, control: int, audience: int, cpu: int | None
 ) -> subprocess.Popen[str]:
-    args = ["serve", "--data-dir", str(data_dir), "--control-port", str(control),
-            "--audience-port", str(audience)]  # fmt: skip
+    args = [
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--control-port",
+        str(control),
+        "--audience-port",
+        str(audience),
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         townhall_command(*args, cpu=cpu),
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
 
 
 def _read_admin_key(server: subprocess.Popen[str]) -> str:
@@ -108,12 +118,17 @@ def _read_admin_key(server: subprocess.Popen[str]) -> str:
 
 def _create_and_start(pid: int, control: int, audience: int, admin_key: str) -> LiveSpace:
     control_url, audience_url = f"http://127.0.0.1:{control}", f"http://127.0.0.1:{audience}"
-    resp = httpx.post(f"{control_url}/api/spaces", json={"title": "bench"},
-                      headers={"Authorization": f"Bearer {admin_key}"})  # fmt: skip
+    resp = httpx.post(
+        f"{control_url}/api/spaces",
+        json={"title": "bench"},
+        headers={"Authorization": f"Bearer {admin_key}"},
+    )
     resp.raise_for_status()
     body = resp.json()
-    httpx.post(f"{control_url}/api/spaces/{body['id']}/start",
-               headers={"Authorization": f"Bearer {body['host_token']}"}).raise_for_status()  # fmt: skip
+    httpx.post(
+        f"{control_url}/api/spaces/{body['id']}/start",
+        headers={"Authorization": f"Bearer {body['host_token']}"},
+    ).raise_for_status()
     ogg = f"{audience_url}/live/{body['id']}.ogg"
     return LiveSpace(
         pid, control_url, audience_url, body["id"], ogg, body["host_token"], body["host_link"]
@@ -123,8 +138,9 @@ def _create_and_start(pid: int, control: int, audience: int, admin_key: str) -> 
 def _start_speaker(space: LiveSpace, tone_hz: float) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         townhall_command("speak", space.host_link, "--tone", str(tone_hz)),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def _wait_for_program(space: LiveSpace) -> None:

@@ -1,0 +1,238 @@
+"""``townhall bench fanout``: townhall's audience server against the real thing.
+
+1. Ogg push: the same listener swarm (the load generator, in-process) against townhall's
+   audience port and against Icecast2 relaying the same program, each server pinned to
+   the same core while the swarm and everything else run on the other one.
+2. LL-HLS pull: ``wrk`` on a part URL and on a playlist URL, townhall's audience port
+   against nginx (1 worker) serving the same bytes from files.
+
+Memory per listener is the growth of the server's RSS over its idle RSS, divided by the
+listeners connected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from townhall.bench.peers import OggRelay, icecast, nginx, require, wrk
+from townhall.bench.stack import LiveSpace, live_space
+from townhall.loadtest import Arrival, LoadPlan, Mix, Report, run_loadtest
+from townhall.peers.listen import parse_playlist
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    listeners: int = 5_000
+    seconds: float = 20.0
+    cpu: int = 0
+    wrk_connections: int = 200
+    wrk_seconds: float = 3.0
+
+    @property
+    def arrive_over_s(self) -> float:
+        return min(5.0, self.seconds / 3)
+
+
+@dataclass
+class SwarmRow:
+    server: str
+    report: Report
+    idle_rss_bytes: int
+
+    def summary(self) -> dict[str, Any]:
+        row = self.report.rows()["all"]
+        usage = self.report.server
+        rss = usage.rss_max_bytes if usage else None
+        grown = (rss - self.idle_rss_bytes) if rss else None
+        per = grown / row["connected"] if grown is not None and row["connected"] else None
+        return {
+            "server": self.server,
+            "connected": row["connected"],
+            "failed": row["failed"],
+            "lateness_p50_s": row["lateness_p50_s"],
+            "lateness_p99_s": row["lateness_p99_s"],
+            "stalls": row["stalls"],
+            "cpu_mean_percent": usage.cpu_mean if usage else None,
+            "cpu_max_percent": usage.cpu_max if usage else None,
+            "rss_max_mib": rss / 2**20 if rss else None,
+            "kib_per_listener": per / 1024 if per is not None else None,
+        }
+
+
+@dataclass
+class BenchResult:
+    plan: BenchPlan
+    swarms: list[SwarmRow] = field(default_factory=list)
+    wrk_rps: dict[str, float] = field(default_factory=dict)  # "townhall part" -> req/s
+    wrk_non_2xx: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "plan": vars(self.plan),
+            "ogg": [s.summary() for s in self.swarms],
+            "wrk_requests_per_s": self.wrk_rps,
+            "wrk_non_2xx": self.wrk_non_2xx,
+        }
+
+    def table(self) -> str:
+        rows = [s.summary() for s in self.swarms]
+        cols = list(rows[0]) if rows else []
+        lines = [
+            f"Ogg push, {self.plan.listeners} listeners, {self.plan.seconds:g} s, "
+            f"server on CPU {self.plan.cpu}:"
+        ]
+        lines.append("".join(f"{c:>18}" for c in cols))
+        lines += ["".join(f"{_cell(r[c]):>18}" for c in cols) for r in rows]
+        lines += self._ratios(rows)
+        lines.append(f"LL-HLS, wrk -c{self.plan.wrk_connections} -d{self.plan.wrk_seconds:g}s:")
+        for name, rps in self.wrk_rps.items():
+            bad = self.wrk_non_2xx.get(name, 0)
+            lines.append(
+                f"  {name:<20} {rps:>12,.0f} req/s" + (f"  ({bad} non-2xx)" if bad else "")
+            )
+        for kind in ("part", "playlist"):
+            th, ng = self.wrk_rps.get(f"townhall {kind}"), self.wrk_rps.get(f"nginx {kind}")
+            if th and ng:
+                lines.append(f"  townhall/nginx {kind}: {th / ng:.2f}")
+        return "\n".join(lines)
+
+    def _ratios(self, rows: list[dict[str, Any]]) -> list[str]:
+        by = {r["server"]: r for r in rows}
+        th, ice = by.get("townhall"), by.get("icecast2")
+        if not th or not ice or not ice["connected"]:
+            return []
+        out = [f"  townhall/icecast listeners connected: {th['connected'] / ice['connected']:.2f}"]
+        if th["cpu_mean_percent"] and ice["cpu_mean_percent"]:
+            ratio = th["cpu_mean_percent"] / ice["cpu_mean_percent"]
+            out.append(f"  townhall/icecast CPU at that load: {ratio:.2f}")
+        return out
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    return (
+        f"{v:.3f}"
+        if isinstance(v, float) and abs(v) < 10
+        else (f"{v:.0f}" if isinstance(v, float) else str(v))
+    )
+
+
+def other_cpu(cpu: int) -> int:
+    cpus = sorted(os.sched_getaffinity(0))
+    rest = [c for c in cpus if c != cpu]
+    if cpu not in cpus or not rest:
+        raise SystemExit(f"need CPU {cpu} and at least one other; this process may use {cpus}")
+    return rest[0]
+
+
+def rss_of(pid: int) -> int:
+    proc = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in (proc, *proc.children(recursive=True)))
+
+
+def run_fanout_bench(plan: BenchPlan) -> BenchResult:
+    require("icecast2", "nginx", "wrk", "taskset")
+    client_cpu = other_cpu(plan.cpu)
+    os.sched_setaffinity(0, {client_cpu})  # the swarm, the speaker and the relay live here
+    result = BenchResult(plan)
+    with live_space(cpu=plan.cpu) as space, tempfile.TemporaryDirectory() as tmp:
+        _compare_hls(space, Path(tmp), plan, client_cpu, result)
+        result.swarms.append(_swarm("townhall", space.ogg_url, space.server_pid, plan))
+        with _moved(space.server_pid, client_cpu):
+            result.swarms.append(_icecast_swarm(space, plan))
+    return result
+
+
+def _swarm(name: str, url: str, pid: int, plan: BenchPlan) -> SwarmRow:
+    idle = rss_of(pid)
+    load = LoadPlan(
+        url,
+        plan.listeners,
+        Arrival.FLASH,
+        plan.arrive_over_s,
+        plan.seconds,
+        Mix.OGG,
+        server_pid=pid,
+    )
+    return SwarmRow(name, run_loadtest(load), idle)
+
+
+@contextlib.contextmanager
+def _moved(pid: int, cpu: int) -> Iterator[None]:
+    # townhall keeps feeding Icecast during its turn, but off the measured core.
+    proc = psutil.Process(pid)
+    before = proc.cpu_affinity()
+    proc.cpu_affinity([cpu])
+    try:
+        yield
+    finally:
+        proc.cpu_affinity(before)
+
+
+def _icecast_swarm(space: LiveSpace, plan: BenchPlan) -> SwarmRow:
+    with icecast(plan.cpu, plan.listeners + 100) as (pid, port):
+        relay = OggRelay(space.ogg_url, port, "/bench.ogg")
+        relay.start()
+        try:
+            url = f"http://127.0.0.1:{port}/bench.ogg"
+            _wait_for_mount(url, relay)
+            return _swarm("icecast2", url, pid, plan)
+        finally:
+            relay.stopped.set()
+
+
+def _wait_for_mount(url: str, relay: OggRelay, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if relay.error is not None:
+            raise RuntimeError(f"the Icecast source failed: {relay.error}")
+        with contextlib.suppress(httpx.HTTPError), httpx.stream("GET", url, timeout=2) as resp:
+            if resp.status_code == 200:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"Icecast never served {url}")
+
+
+# -- LL-HLS: townhall vs nginx on the same bytes ------------------------------------------
+def _newest_part(space: LiveSpace) -> tuple[str, bytes, bytes]:
+    """(part URI, its bytes, the playlist bytes), fresh from the live edge."""
+    playlist = httpx.get(space.playlist_url).content
+    uri = parse_playlist(playlist.decode()).part_uris[-1]
+    part = httpx.get(f"{space.audience_url}/live/{space.space_id}/{uri}").content
+    return uri, part, playlist
+
+
+def _compare_hls(
+    space: LiveSpace, tmp: Path, plan: BenchPlan, client_cpu: int, result: BenchResult
+) -> None:
+    root = tmp / "www"
+    live = root / "live" / space.space_id
+    live.mkdir(parents=True)
+    uri, part, playlist = _newest_part(space)
+    (live / uri).write_bytes(part)
+    (live / "index.m3u8").write_bytes(playlist)
+    with _moved(space.server_pid, client_cpu), nginx(root, tmp, plan.cpu) as (_, port):
+        nginx_base = f"http://127.0.0.1:{port}/live/{space.space_id}"
+        _wrk(result, "nginx part", f"{nginx_base}/{uri}", plan, client_cpu)
+        _wrk(result, "nginx playlist", f"{nginx_base}/index.m3u8", plan, client_cpu)
+    townhall_base = f"{space.audience_url}/live/{space.space_id}"
+    # Parts leave townhall's window after a few seconds: take the newest right before.
+    _wrk(result, "townhall part", f"{townhall_base}/{_newest_part(space)[0]}", plan, client_cpu)
+    _wrk(result, "townhall playlist", f"{townhall_base}/index.m3u8", plan, client_cpu)
+
+
+def _wrk(result: BenchResult, name: str, url: str, plan: BenchPlan, cpu: int) -> None:
+    measured = wrk(url, cpu, plan.wrk_connections, plan.wrk_seconds)
+    result.wrk_rps[name] = measured.requests_per_s
+    result.wrk_non_2xx[name] = measured.non_2xx

@@ -1,0 +1,158 @@
+"""The load generator's pure core: schedules, percentiles, lateness, stalls, wire bits."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from townhall.loadtest.arrivals import Arrival, deal, schedule
+from townhall.loadtest.stats import (
+    Histogram,
+    ListenerRecord,
+    Tally,
+    after_join_burst,
+    lateness,
+    merge_tallies,
+    stalls,
+)
+from townhall.loadtest.wire import (
+    all_loopback,
+    decode_time,
+    get_request,
+    parse_target,
+    playlist_url,
+    timescale,
+)
+
+
+# -- arrivals ------------------------------------------------------------------------------
+def test_ramp_is_evenly_spaced() -> None:
+    assert schedule(Arrival.RAMP, 4, 2.0) == [0.0, 0.5, 1.0, 1.5]
+
+
+@pytest.mark.parametrize("shape", list(Arrival))
+def test_every_shape_is_sorted_within_the_window_and_deterministic(shape: Arrival) -> None:
+    offsets = schedule(shape, 1000, 10.0, seed=7)
+    assert offsets == sorted(offsets)
+    assert all(0.0 <= o <= 10.0 for o in offsets)
+    assert offsets == schedule(shape, 1000, 10.0, seed=7)
+
+
+def test_burst_front_loads_and_flash_does_not() -> None:
+    burst = schedule(Arrival.BURST, 10_000, 10.0, seed=1)
+    flash = schedule(Arrival.FLASH, 10_000, 10.0, seed=1)
+    first_two_s = lambda offsets: sum(o < 2.0 for o in offsets) / len(offsets)  # noqa: E731
+    assert first_two_s(burst) > 0.6  # 1 - e^-1 ~ 0.63 of a decay with tau = 2 s
+    assert 0.17 < first_two_s(flash) < 0.23
+
+
+def test_deal_keeps_each_listener_once_and_the_shape_in_every_hand() -> None:
+    hands = deal([0.0, 1.0, 2.0, 3.0, 4.0], 2)
+    assert hands == [[(0, 0.0), (2, 2.0), (4, 4.0)], [(1, 1.0), (3, 3.0)]]
+
+
+# -- percentiles -----------------------------------------------------------------------------
+def test_percentiles_by_nearest_rank_in_milliseconds() -> None:
+    h = Histogram()
+    h.extend(i / 1000 for i in range(1, 101))  # 1 ms .. 100 ms
+    assert h.percentile(50) == 0.050
+    assert h.percentile(99) == 0.099
+    assert h.percentile(100) == h.max() == 0.100
+    assert Histogram().percentile(50) is None
+
+
+def test_histograms_merge_exactly() -> None:
+    a, b = Histogram(), Histogram()
+    a.extend([0.001, 0.002])
+    b.extend([0.003, 0.004])
+    a.merge(b)
+    assert a.total == 4 and a.percentile(50) == 0.002
+
+
+# -- lateness and stalls ----------------------------------------------------------------------
+def test_lateness_is_relative_to_the_best_delivered_unit() -> None:
+    # Pages of 0.2 s; the third arrives 150 ms later than the others' pace.
+    arrivals = [(10.0, 0.2), (10.2, 0.4), (10.55, 0.6), (10.6, 0.8)]
+    assert lateness(arrivals) == pytest.approx([0.0, 0.0, 0.15, 0.0])
+
+
+def test_lateness_ignores_a_constant_clock_offset() -> None:
+    base = [(1.0, 0.0), (1.25, 0.2)]
+    shifted = [(a + 1234.5, m + 99.0) for a, m in base]
+    assert lateness(base) == pytest.approx(lateness(shifted))
+
+
+def test_the_join_burst_is_not_counted_as_late() -> None:
+    arrivals = [(5.0, 0.0), (5.0, 0.2), (5.0, 0.4), (5.2, 0.6)]
+    assert after_join_burst(arrivals) == [(5.2, 0.6)]
+
+
+def test_stalls_count_long_gaps_including_a_silent_end() -> None:
+    assert stalls([0.0, 0.2, 2.0, 2.2], end_s=2.4, gap_s=1.5) == 1
+    assert stalls([0.0, 0.2], end_s=5.0, gap_s=1.5) == 1
+    assert stalls([0.0, 1.0, 2.0], end_s=2.1, gap_s=1.5) == 0
+    assert stalls([], end_s=5.0, gap_s=1.5) == 0
+
+
+def test_a_tally_reduces_records_and_merges() -> None:
+    ok = ListenerRecord(
+        "ogg",
+        started_at=0.0,
+        connected=True,
+        first_media_at=0.3,
+        ended_at=1.0,
+        bytes_received=100,
+        arrivals=[(0.3, 0.2), (0.5, 0.4), (0.8, 0.6)],
+    )
+    refused = ListenerRecord("ogg", started_at=0.0, failure="refused", retries=3, ended_at=1.0)
+    t = Tally()
+    t.add(ok, stall_gap_s=1.5)
+    t.add(refused, stall_gap_s=1.5)
+    merged = merge_tallies([{"ogg": t}, {"ogg": t}])["ogg"]
+    assert (merged.listeners, merged.connected, merged.failed, merged.retries) == (4, 2, 2, 6)
+    assert merged.failures == {"refused": 2}
+    assert merged.first_audio.percentile(50) == 0.3
+    assert merged.lateness.max() == 0.1
+
+
+# -- wire ---------------------------------------------------------------------------------------
+def test_target_and_playlist_url() -> None:
+    url = "http://127.0.0.1:8001/live/abc.ogg"
+    assert parse_target(url).port == 8001
+    assert playlist_url(url) == "http://127.0.0.1:8001/live/abc/index.m3u8"
+    with pytest.raises(ValueError):
+        parse_target("https://example.com/live/abc.ogg")
+
+
+def test_get_request_is_minimal_http11() -> None:
+    target = parse_target("http://localhost:81/x")
+    assert get_request(target, "/x") == (
+        b"GET /x HTTP/1.1\r\nHost: localhost:81\r\nUser-Agent: townhall-loadtest\r\n"
+        b"Accept: */*\r\n\r\n"
+    )
+
+
+def test_only_loopback_targets_pass() -> None:
+    assert all_loopback(["127.0.0.1", "127.9.9.9", "::1"])
+    assert not all_loopback(["127.0.0.1", "10.0.0.1"])
+    assert not all_loopback([])
+
+
+def _box(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I4s", 8 + len(payload), kind) + payload
+
+
+def test_decode_time_reads_tfdt_v0_and_v1() -> None:
+    v0 = _box(b"tfdt", b"\x00\x00\x00\x00" + struct.pack(">I", 96_000))
+    v1 = _box(b"tfdt", b"\x01\x00\x00\x00" + struct.pack(">Q", 2**33))
+    for tfdt, expected in ((v0, 96_000), (v1, 2**33)):
+        part = _box(b"moof", _box(b"mfhd", b"\0" * 8) + _box(b"traf", tfdt)) + _box(b"mdat", b"x")
+        assert decode_time(part) == expected
+    assert decode_time(_box(b"mdat", b"x")) is None
+
+
+def test_timescale_reads_mdhd() -> None:
+    mdhd = _box(b"mdhd", b"\x00\x00\x00\x00" + b"\0" * 8 + struct.pack(">I", 48_000) + b"\0" * 8)
+    init = _box(b"ftyp", b"iso6") + _box(b"moov", _box(b"trak", _box(b"mdia", mdhd)))
+    assert timescale(init) == 48_000
