@@ -2,7 +2,9 @@
 
     python -m benchmarks.latency --control-url http://127.0.0.1:8000 --data-dir ./townhall-data
 
-A speaker bot (A) sends short 440 Hz bursts over WebRTC. The send time of each burst's
+A speaker bot (A) sends short tone bursts over WebRTC, 440 Hz first and each later one
+at its own frequency, so a burst is recognised by its pitch and never confused with
+another however late it arrives. The send time of each burst's
 first frame is recorded at the source. Three receivers timestamp what they get:
 
 * speaker B on the stage (WebRTC mix-minus): each decoded 20 ms frame's arrival time;
@@ -10,7 +12,7 @@ first frame is recorded at the source. Three receivers timestamp what they get:
 * an LL-HLS listener: the arrival time of the part that holds it.
 
 The burst onsets are found by FFT in each received signal. Sent onsets and found onsets
-are paired in order, and each pair gives one latency. The figure reported is the median
+are paired by frequency, and each pair gives one latency. The figure reported is the median
 over the bursts. A 0.6 s tone first passes the mic check (the server lets a speaker into
 the program only after 300 ms of real signal), so the first burst is not delayed by it.
 """
@@ -49,6 +51,10 @@ from townhall.peers.speak import HeardAudio, Speaker
 from townhall.stage.audio import PcmSource
 
 TONE_HZ = 440.0
+MIC_CHECK_HZ = 300.0
+# 180 Hz apart: more than three 50 Hz FFT bins of a 20 ms window, so no burst leaks
+# into another's detector.
+BURST_HZ = (440.0, 620.0, 800.0, 980.0, 1160.0, 1340.0, 1520.0, 1700.0, 1880.0)
 
 
 class BurstSource(PcmSource):
@@ -59,36 +65,44 @@ class BurstSource(PcmSource):
     """
 
     def __init__(
-        self, freq_hz: float = TONE_HZ, amplitude: float = 0.3, count: int = 5,
-        period_s: float = 1.2, burst_s: float = 0.4, warmup_s: float = 0.6,
+        self,
+        amplitude: float = 0.3,
+        count: int = 5,
+        period_s: float = 1.0,
+        burst_s: float = 0.4,
+        warmup_s: float = 0.6,
     ) -> None:
-        self.freq_hz, self.amplitude = freq_hz, amplitude
+        if count > len(BURST_HZ):
+            raise ValueError(f"at most {len(BURST_HZ)} bursts")
+        self.amplitude = amplitude
         self.count, self.period_s, self.burst_s, self.warmup_s = count, period_s, burst_s, warmup_s
         self.first_burst_at = math.inf
         self.onsets: list[float] = []
         self._warm_until: float | None = None
         self._n = 0
 
-    def _sounding(self, now: float) -> bool:
+    def _sounding(self, now: float) -> float | None:
+        """The frequency to play now, or None for silence."""
         if self._warm_until is None:
             self._warm_until = now + self.warmup_s
         if now < self._warm_until:
-            return True
+            return MIC_CHECK_HZ
         if now < self.first_burst_at:
-            return False
+            return None
         k, phase = divmod(now - self.first_burst_at, self.period_s)
         if k >= self.count or phase >= self.burst_s:
-            return False
+            return None
         if len(self.onsets) <= k:
             self.onsets.append(now)
-        return True
+        return BURST_HZ[int(k)]
 
     def next_frame(self, now: float) -> Pcm:
-        if not self._sounding(now):
+        freq_hz = self._sounding(now)
+        if freq_hz is None:
             return silence()
         t = (np.arange(FRAME_SAMPLES) + self._n) / SAMPLE_RATE_HZ
         self._n += FRAME_SAMPLES
-        return (np.sin(2 * np.pi * self.freq_hz * t) * self.amplitude * 32767).astype(np.int16)
+        return (np.sin(2 * np.pi * freq_hz * t) * self.amplitude * 32767).astype(np.int16)
 
     @property
     def last_onset_at(self) -> float:
@@ -103,18 +117,27 @@ class Silence(PcmSource):
 # -- finding the bursts in what arrived ------------------------------------------------
 
 
-def heard_onsets(heard: HeardAudio, freq_hz: float = TONE_HZ) -> list[float]:
+Onsets = dict[float, float]  # burst frequency -> when its first frame arrived
+
+
+def heard_onsets(heard: HeardAudio, count: int) -> Onsets:
     """Arrival times of burst starts in a speaker's mix-minus (one flag per 20 ms frame)."""
     frames = list(heard.frames)
-    present = [bool(tone_windows(pcm16_to_float(pcm), freq_hz)[0]) for _at, pcm in frames]
-    return [frames[i][0] for i in onsets(present)]
+    signal = np.concatenate([pcm16_to_float(pcm) for _at, pcm in frames]) if frames else np.zeros(0)
+    return {f: frames[n // FRAME_SAMPLES][0] for f, n in _sample_onsets(signal, count).items()}
 
 
-def _sample_onsets(signal: np.ndarray, freq_hz: float) -> list[int]:
-    return [i * WINDOW_SAMPLES for i in onsets(tone_windows(signal, freq_hz))]
+def _sample_onsets(signal: np.ndarray, count: int) -> dict[float, int]:
+    """Sample index of the first 20 ms window carrying each burst frequency."""
+    found = {}
+    for freq_hz in BURST_HZ[:count]:
+        starts = onsets(tone_windows(signal, freq_hz))
+        if starts:
+            found[freq_hz] = starts[0] * WINDOW_SAMPLES
+    return found
 
 
-def ogg_onsets(rec: Received, freq_hz: float = TONE_HZ) -> list[float]:
+def ogg_onsets(rec: Received, count: int) -> Onsets:
     """Arrival times of the Ogg pages that carry each burst's first frame."""
     pages = [p for p in ogg_pages(bytes(rec.data)) if not p.page.is_header]
     ends, packet_ends = [], 0
@@ -123,10 +146,13 @@ def ogg_onsets(rec: Received, freq_hz: float = TONE_HZ) -> list[float]:
         ends.append((packet_ends, p.end_offset))
     signal = decode(bytes(rec.data))
     pre_skip = _pre_skip(bytes(rec.data))
-    return [_arrival_of_packet((n + pre_skip) // FRAME_SAMPLES, ends, rec) for n in _sample_onsets(signal, freq_hz)]
+    return {
+        f: _arrival_of_packet((n + pre_skip) // FRAME_SAMPLES, ends, rec)
+        for f, n in _sample_onsets(signal, count).items()
+    }
 
 
-def hls_onsets(rec: Received, freq_hz: float = TONE_HZ) -> list[float]:
+def hls_onsets(rec: Received, count: int) -> Onsets:
     """Arrival times of the LL-HLS parts that carry each burst's first frame."""
     boxes, _tail = split_boxes(bytes(rec.data))
     ends, packet_ends, offset = [], 0, 0
@@ -138,7 +164,10 @@ def hls_onsets(rec: Received, freq_hz: float = TONE_HZ) -> list[float]:
             ends.append((packet_ends, offset))
     signal = decode(bytes(rec.data))
     pre_skip = _pre_skip_mp4(bytes(rec.data))
-    return [_arrival_of_packet((n + pre_skip) // FRAME_SAMPLES, ends, rec) for n in _sample_onsets(signal, freq_hz)]
+    return {
+        f: _arrival_of_packet((n + pre_skip) // FRAME_SAMPLES, ends, rec)
+        for f, n in _sample_onsets(signal, count).items()
+    }
 
 
 def _arrival_of_packet(packet: int, ends: Sequence[tuple[int, int]], rec: Received) -> float:
@@ -160,15 +189,9 @@ def _pre_skip_mp4(mp4: bytes) -> int:
     return int.from_bytes(mp4[i + 6 : i + 8], "big") if i >= 0 else 0
 
 
-def pair_latencies(sent: Sequence[float], received: Sequence[float]) -> list[float]:
-    """In-order pairing: the k-th burst heard is the k-th burst sent.
-
-    Received onsets from before the first sent burst are the mic-check tone: skipped.
-    """
-    if not sent:
-        return []
-    later = [r for r in received if r > sent[0]]
-    return [r - s for s, r in zip(sent, later, strict=False)]
+def pair_latencies(sent: Sequence[float], received: Onsets) -> list[float]:
+    """Burst k was sent at ``sent[k]`` at ``BURST_HZ[k]``; a burst never heard is left out."""
+    return [received[f] - at for f, at in zip(BURST_HZ, sent, strict=False) if f in received]
 
 
 # -- the measurement ---------------------------------------------------------------------
@@ -202,12 +225,18 @@ class Figures:
             each = " ".join(f"{v * 1e3:.0f}" for v in values)
             return f"{name:<22} median {median * 1e3:6.0f} ms   bursts [{each}] ms"
 
-        return "\n".join([
-            f"latency over {self.bursts_sent} tone bursts",
-            row("speaker -> speaker", self.speaker_to_speaker_s, self.speaker_to_speaker_median_s),
-            row("speaker -> Ogg", self.speaker_to_ogg_s, self.speaker_to_ogg_median_s),
-            row("speaker -> LL-HLS", self.speaker_to_hls_s, self.speaker_to_hls_median_s),
-        ])
+        return "\n".join(
+            [
+                f"latency over {self.bursts_sent} tone bursts",
+                row(
+                    "speaker -> speaker",
+                    self.speaker_to_speaker_s,
+                    self.speaker_to_speaker_median_s,
+                ),
+                row("speaker -> Ogg", self.speaker_to_ogg_s, self.speaker_to_ogg_median_s),
+                row("speaker -> LL-HLS", self.speaker_to_hls_s, self.speaker_to_hls_median_s),
+            ]
+        )
 
 
 async def _post(url: str, token: str, body: dict[str, object] | None = None) -> dict[str, object]:
@@ -229,8 +258,12 @@ async def _wait_on_air(hls_url: str, timeout_s: float = 10.0) -> None:
 
 
 async def measure_space(
-    speaker_a: StageLink, speaker_b: StageLink, ogg_url: str, hls_url: str,
-    bursts: int = 5, period_s: float = 1.2,
+    speaker_a: StageLink,
+    speaker_b: StageLink,
+    ogg_url: str,
+    hls_url: str,
+    bursts: int = 5,
+    period_s: float = 1.0,
 ) -> Figures:
     """Measure on a Space that is already live; A and B are two stage links."""
     source = BurstSource(count=bursts, period_s=period_s)
@@ -250,9 +283,9 @@ async def measure_space(
     finally:
         await asyncio.gather(a.leave(), b.leave())
     return Figures(
-        speaker_to_speaker_s=pair_latencies(source.onsets, heard_onsets(b.heard)),
-        speaker_to_ogg_s=pair_latencies(source.onsets, ogg_onsets(ogg_rec)),
-        speaker_to_hls_s=pair_latencies(source.onsets, hls_onsets(hls_rec)),
+        speaker_to_speaker_s=pair_latencies(source.onsets, heard_onsets(b.heard, bursts)),
+        speaker_to_ogg_s=pair_latencies(source.onsets, ogg_onsets(ogg_rec, bursts)),
+        speaker_to_hls_s=pair_latencies(source.onsets, hls_onsets(hls_rec, bursts)),
         bursts_sent=len(source.onsets),
     )
 
@@ -268,8 +301,11 @@ async def measure(control_url: str, admin_key: str, bursts: int = 5) -> Figures:
     assert isinstance(audience, dict)
     try:
         return await measure_space(
-            parse_stage_link(str(space["speaker_link"])), parse_stage_link(str(invited["link"])),
-            audience["ogg"], audience["hls"], bursts,
+            parse_stage_link(str(space["speaker_link"])),
+            parse_stage_link(str(invited["link"])),
+            audience["ogg"],
+            audience["hls"],
+            bursts,
         )
     finally:
         await _post(f"{api}/end", host)

@@ -54,7 +54,7 @@ def amplitude_at(signal: Signal, freq_hz: float) -> float:
     window = np.hanning(len(signal)).astype(np.float32)
     spectrum = np.abs(np.fft.rfft(signal * window))
     bin_hz = SAMPLE_RATE_HZ / len(signal)
-    k = int(round(freq_hz / bin_hz))
+    k = round(freq_hz / bin_hz)
     lo, hi = max(0, k - 1), min(len(spectrum), k + 2)
     return float(spectrum[lo:hi].max() * 2 / window.sum())
 
@@ -77,7 +77,9 @@ def tone_windows(
 ) -> npt.NDArray[np.bool_]:
     """Per 20 ms window: does it carry the tone?"""
     n = len(signal) // window
-    return np.array([has_tone(signal[i * window : (i + 1) * window], freq_hz, min_amplitude) for i in range(n)])
+    return np.array(
+        [has_tone(signal[i * window : (i + 1) * window], freq_hz, min_amplitude) for i in range(n)]
+    )
 
 
 def onsets(present: Sequence[bool] | npt.NDArray[np.bool_], min_gap: int = 10) -> list[int]:

@@ -76,7 +76,9 @@ class Space:
     async def invite(self, name: str) -> StageLink:
         async with httpx.AsyncClient(timeout=10) as client:
             resp = await client.post(
-                self.api("/invite"), json={"role": "speaker", "name": name}, headers=self.host_headers()
+                self.api("/invite"),
+                json={"role": "speaker", "name": name},
+                headers=self.host_headers(),
             )
         assert resp.status_code == 201, resp.text
         return parse_stage_link(resp.json()["link"])
@@ -133,8 +135,16 @@ def _pump(stream: object, lines: queue.Queue[str], log: list[str]) -> None:
 def _start_server(data_dir: Path) -> Server:
     control_port, audience_port = free_port(), free_port()
     proc = subprocess.Popen(
-        [str(TOWNHALL), "serve", "--data-dir", str(data_dir),
-         "--control-port", str(control_port), "--audience-port", str(audience_port)],
+        [
+            str(TOWNHALL),
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--control-port",
+            str(control_port),
+            "--audience-port",
+            str(audience_port),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -154,7 +164,12 @@ def _start_server(data_dir: Path) -> Server:
         if line.startswith("admin key:"):
             admin_key = line.split()[-1]
     server = Server(
-        f"http://127.0.0.1:{control_port}", f"http://127.0.0.1:{audience_port}", admin_key, data_dir, proc, log
+        f"http://127.0.0.1:{control_port}",
+        f"http://127.0.0.1:{audience_port}",
+        admin_key,
+        data_dir,
+        proc,
+        log,
     )
     _wait_healthy(server, deadline)
     return server

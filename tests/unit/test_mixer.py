@@ -37,8 +37,13 @@ def test_no_frames_is_silence() -> None:
 
 @pytest.mark.parametrize(
     ("a", "b", "expected"),
-    [(30_000, 30_000, INT16_MAX), (-30_000, -30_000, INT16_MIN), (INT16_MAX, 1, INT16_MAX),
-     (INT16_MIN, -1, INT16_MIN), (30_000, -30_000, 0)],
+    [
+        (30_000, 30_000, INT16_MAX),
+        (-30_000, -30_000, INT16_MIN),
+        (INT16_MAX, 1, INT16_MAX),
+        (INT16_MIN, -1, INT16_MIN),
+        (30_000, -30_000, 0),
+    ],
 )
 def test_program_clips_at_int16_limits_instead_of_wrapping(a: int, b: int, expected: int) -> None:
     result = mix({"a": constant(a), "b": constant(b)})
@@ -94,7 +99,8 @@ def test_a_listener_alone_hears_silence() -> None:
 
 
 @pytest.mark.parametrize(
-    "shape", [(FRAME_SAMPLES - 1,), (FRAME_SAMPLES + 1,), (2, FRAME_SAMPLES), (1, FRAME_SAMPLES), (0,)]
+    "shape",
+    [(FRAME_SAMPLES - 1,), (FRAME_SAMPLES + 1,), (2, FRAME_SAMPLES), (1, FRAME_SAMPLES), (0,)],
 )
 def test_wrong_frame_shape_raises(shape: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match="960 mono samples"):

@@ -6,6 +6,7 @@ Ogg/Opus (RFC 7845) for the push stream and the replay; fragmented MP4 (ISO/IEC
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass
 
@@ -82,7 +83,7 @@ def test_media_pages_stream_out_while_encoding(encoded: Encoded) -> None:
 
 def test_granules_increase_and_sequences_are_contiguous(encoded: Encoded) -> None:
     granules = [p.granule for p in encoded.media_pages]
-    assert all(b > a for a, b in zip(granules, granules[1:], strict=False)), granules
+    assert all(b > a for a, b in itertools.pairwise(granules)), granules
     sequences = [p.sequence for p in encoded.header_pages + encoded.media_pages]
     assert sequences == list(range(len(sequences)))
     # A 0.2 s page holds ten 20 ms packets: the granule advances 9600 per page.
@@ -91,7 +92,9 @@ def test_granules_increase_and_sequences_are_contiguous(encoded: Encoded) -> Non
 
 
 def test_only_the_last_page_after_close_has_eos(encoded: Encoded) -> None:
-    assert [p.is_last for p in encoded.media_pages] == [False] * (len(encoded.media_pages) - 1) + [True]
+    assert [p.is_last for p in encoded.media_pages] == [False] * (len(encoded.media_pages) - 1) + [
+        True
+    ]
     # RFC 7845 4.5: the final granule trims the padding: 2 s of audio plus the pre-skip.
     pre_skip = int.from_bytes(encoded.header_pages[0].data[28 + 10 : 28 + 12], "little")
     assert encoded.media_pages[-1].granule == FRAMES * FRAME_SAMPLES + pre_skip

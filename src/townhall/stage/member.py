@@ -32,6 +32,10 @@ class MemberConfig:
     # oldest are dropped so a speaker's delay cannot grow.
     max_inbox_frames: int = 8
     prime_frames: int = 2
+    # Once primed, a backlog above this is drained by one frame per tick. Arrivals and
+    # ticks run at the same rate, so without draining a backlog left by a burst (a
+    # stalled loop, a jitter-buffer release) would stay as added delay for good.
+    target_inbox_frames: int = 2
     mic_check_frames: int = 15  # 300 ms of real signal proves the microphone works
 
 
@@ -71,6 +75,8 @@ class StageMember:
         if not self.inbox:
             self.primed = False
             return None
+        if len(self.inbox) > self.config.target_inbox_frames:
+            self.inbox.popleft()  # drop the oldest 20 ms: bounded delay beats every sample
         return self.inbox.popleft()
 
     @property
