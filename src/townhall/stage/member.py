@@ -32,10 +32,12 @@ class MemberConfig:
     # oldest are dropped so a speaker's delay cannot grow.
     max_inbox_frames: int = 8
     prime_frames: int = 2
-    # Once primed, a backlog above this is drained by one frame per tick. Arrivals and
-    # ticks run at the same rate, so without draining a backlog left by a burst (a
-    # stalled loop, a jitter-buffer release) would stay as added delay for good.
+    # Arrivals and ticks run at the same rate, so a backlog left by a burst (a stalled
+    # loop, a jitter-buffer release) would stay as added delay for good. Frames that sat
+    # in the inbox for a whole window (its minimum depth above this target) are pure
+    # delay and are dropped; short jitter bursts are left alone.
     target_inbox_frames: int = 2
+    backlog_window_ticks: int = 50
     mic_check_frames: int = 15  # 300 ms of real signal proves the microphone works
 
 
@@ -54,6 +56,8 @@ class StageMember:
     last_signal_at: float | None = None
     level: float = -120.0
     reader: asyncio.Task[None] | None = None
+    _window_min: int = 1 << 30
+    _window_ticks: int = 0
 
     def accept(self, pcm: Pcm, now: float) -> None:
         if len(self.inbox) >= self.config.max_inbox_frames:
@@ -75,9 +79,18 @@ class StageMember:
         if not self.inbox:
             self.primed = False
             return None
-        if len(self.inbox) > self.config.target_inbox_frames:
-            self.inbox.popleft()  # drop the oldest 20 ms: bounded delay beats every sample
+        self._trim_standing_backlog()
         return self.inbox.popleft()
+
+    def _trim_standing_backlog(self) -> None:
+        self._window_min = min(self._window_min, len(self.inbox))
+        self._window_ticks += 1
+        if self._window_ticks < self.config.backlog_window_ticks:
+            return
+        excess = self._window_min - self.config.target_inbox_frames
+        for _ in range(max(0, excess)):
+            self.inbox.popleft()  # bounded delay beats every sample
+        self._window_min, self._window_ticks = 1 << 30, 0
 
     @property
     def mic_checked(self) -> bool:
