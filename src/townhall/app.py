@@ -224,6 +224,9 @@ class Townhall:
         )
         stage.start()
         live.stage = stage
+        # Opens the audience channel now: an early listener gets 503 + Retry-After
+        # ("not started yet") rather than 404 in the moment before the first page.
+        live.publish_update(force=True)
         live.start_monitor()
         self.store.set_state(live.space_id, "live", time.time())
         log.info("space %s started", live.space_id)

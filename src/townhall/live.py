@@ -88,13 +88,13 @@ class LiveSpace:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._monitor
             self._monitor = None
-        self._publish_update(force=True)
+        self.publish_update(force=True)
 
     async def _run_monitor(self) -> None:
         while True:
             self.check_microphones(time.monotonic())
             self._tell_watchers({"type": "levels", "members": self.stage_status()})
-            self._publish_update()
+            self.publish_update()
             await asyncio.sleep(self.update_interval_s)
 
     def check_microphones(self, now: float) -> None:
@@ -153,7 +153,7 @@ class LiveSpace:
         )
         return {k: snap[k] for k in keys}
 
-    def _publish_update(self, force: bool = False) -> None:
+    def publish_update(self, force: bool = False) -> None:
         text = json.dumps(self.public_snapshot(), separators=(",", ":"), ensure_ascii=False)
         if force or text != self._last_update:
             self._last_update = text
