@@ -28,7 +28,7 @@ DEAD_MIC_AFTER_S = 3.0
 SPEAKING_DBFS = -45.0
 
 
-@dataclass
+@dataclass(eq=False)  # identity: each socket is its own watcher in a set
 class Watcher:
     """A stage participant's WebSocket: a bounded queue of messages to send."""
 

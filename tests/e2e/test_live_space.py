@@ -71,7 +71,22 @@ async def test_one_speaker_heard_over_ogg_and_ll_hls(server: Server) -> None:
         ogg, hls = await asyncio.gather(
             listen_ogg(space.ogg_url, 3.0), listen_hls(space.hls_url, 3.0)
         )
+        async with httpx.AsyncClient(timeout=10) as client:
+            playlist = (await client.get(space.hls_url)).text
     await space.end()
+
+    # Durations are what a player schedules by (8216bis 4.4.4.1, 4.4.4.9): 0.5 s parts,
+    # 2 s segments, matching the audio they carry.
+    parts = [
+        float(line.split("DURATION=")[1].split(",")[0])
+        for line in playlist.splitlines()
+        if line.startswith("#EXT-X-PART:")
+    ]
+    segments = [
+        float(line[8:].rstrip(",")) for line in playlist.splitlines() if line.startswith("#EXTINF:")
+    ]
+    assert parts and all(abs(d - 0.5) < 1e-6 for d in parts), playlist
+    assert segments and all(abs(d - 2.0) < 1e-6 for d in segments), playlist
 
     for name, audio in (("ogg", decode(bytes(ogg.data))), ("hls", decode(bytes(hls.data), "mp4"))):
         assert len(audio) > 1.5 * SAMPLE_RATE_HZ, f"{name}: only {len(audio)} samples"

@@ -24,7 +24,8 @@ import httptools
 
 from townhall.errors import TownhallError
 
-CORS = b"Access-Control-Allow-Origin: *\r\n"
+# Players on the control origin must read Retry-After to back off (Fetch: exposed headers).
+CORS = b"Access-Control-Allow-Origin: *\r\nAccess-Control-Expose-Headers: Retry-After\r\n"
 NO_STORE = "no-store"
 
 

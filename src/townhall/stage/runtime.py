@@ -28,7 +28,7 @@ from townhall.audience.feed import (
     OggPages,
 )
 from townhall.errors import BadRequest, Conflict
-from townhall.media.mixer import FRAME_MS, SAMPLE_RATE_HZ, Pcm, mix
+from townhall.media.mixer import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE_HZ, Pcm, mix
 from townhall.media.program import EncoderConfig, Packaged, ProgramEncoder
 from townhall.recorder import Recorder
 from townhall.stage.ice import rtc_configuration
@@ -135,7 +135,8 @@ class StageRuntime:
             if self.recorder is not None:
                 self.recorder.write_ogg(data, now)
         for frag in out.fragments:
-            self._emit_part(frag.data, frag.sample_count / SAMPLE_RATE_HZ, now)
+            # One trun sample is one 20 ms Opus packet.
+            self._emit_part(frag.data, frag.sample_count * FRAME_SAMPLES / SAMPLE_RATE_HZ, now)
 
     def _emit_part(self, data: bytes, duration_s: float, now: float) -> None:
         assert self._encoder is not None

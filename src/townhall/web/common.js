@@ -260,18 +260,60 @@ export class AudiencePlayer {
     this.generation = 0;
     this.hlsFailures = 0;
     this.mode = this._preferredMode();
+    this.sessionId = "";
+    // A watchdog: a player that says it plays but whose clock does not move is stuck
+    // (a bad playlist, a lost connection): retry, and give up on HLS for the Ogg stream.
+    this._lastTime = -1;
+    this._stuckSince = 0;
+    setInterval(() => this._watch(), 1000);
     audio.addEventListener("playing", () => {
       this.attempt = 0;
       this._status("playing", "Playing live");
     });
-    audio.addEventListener("waiting", () => this.wanted && this._status("buffering", "Buffering…"));
+    audio.addEventListener("waiting", () => {
+      note("audio-waiting", { t: audio.currentTime });
+      if (this.wanted) this._status("buffering", "Buffering…");
+    });
     audio.addEventListener("error", () => this.wanted && this.mode === "ogg" && this._retry("the stream stopped"));
     audio.addEventListener("ended", () => this.wanted && this._retry("the stream ended"));
   }
 
+  _watch() {
+    if (!this.wanted || !(this.hls || this.audio.getAttribute("src"))) {
+      this._stuckSince = 0;
+      return;
+    }
+    const now = performance.now();
+    const t = this.audio.currentTime;
+    if (t !== this._lastTime) {
+      this._lastTime = t;
+      this._stuckSince = now;
+      return;
+    }
+    if (!this._stuckSince) this._stuckSince = now;
+    if (now - this._stuckSince > 6000) {
+      this._stuckSince = 0;
+      note("player-stalled", { mode: this.mode, t });
+      if (this.mode !== "ogg") {
+        this.hlsFailures += 1;
+        if (this.hlsFailures >= 1) this.mode = "ogg";
+      }
+      this._retry("no audio for 6 s");
+    }
+  }
+
+  _url(base) {
+    // Name this player's session on the audience port (honest counts across tabs).
+    if (!this.sessionId) return base;
+    return `${base}${base.includes("?") ? "&" : "?"}sid=${encodeURIComponent(this.sessionId)}`;
+  }
+
   _preferredMode() {
     if (window.Hls && window.Hls.isSupported()) return "hls";
-    if (this.audio.canPlayType("application/vnd.apple.mpegurl")) return "native-hls";
+    // Native HLS only where there is no MediaSource (iOS Safari). Chromium answers
+    // canPlayType for HLS too, but its native player stalls on low-latency playlists.
+    const mse = window.MediaSource || window.ManagedMediaSource;
+    if (!mse && this.audio.canPlayType("application/vnd.apple.mpegurl")) return "native-hls";
     return "ogg";
   }
 
@@ -295,7 +337,7 @@ export class AudiencePlayer {
 
   async _start(gen) {
     while (this.wanted && gen === this.generation) {
-      const url = this.mode === "ogg" ? this.oggUrl : this.hlsUrl;
+      const url = this._url(this.mode === "ogg" ? this.oggUrl : this.hlsUrl);
       const p = await probe(url);
       if (!this.wanted || gen !== this.generation) return;
       if (p.ok) break;
@@ -327,15 +369,16 @@ export class AudiencePlayer {
       const hls = new window.Hls({ lowLatencyMode: true, backBufferLength: 30 });
       this.hls = hls;
       hls.on(window.Hls.Events.ERROR, (_ev, data) => {
+        note("hls-error", { details: data.details, fatal: !!data.fatal });
         if (!data.fatal || hls !== this.hls) return;
         this.hlsFailures += 1;
         if (this.hlsFailures >= 3) this.mode = "ogg"; // fall back to the Ogg stream
         this._retry(`HLS ${data.details}`);
       });
-      hls.loadSource(this.hlsUrl);
+      hls.loadSource(this._url(this.hlsUrl));
       hls.attachMedia(this.audio);
     } else {
-      this.audio.src = this.mode === "ogg" ? this.oggUrl : this.hlsUrl;
+      this.audio.src = this._url(this.mode === "ogg" ? this.oggUrl : this.hlsUrl);
     }
   }
 

@@ -1,0 +1,524 @@
+// The listener page: play the live program, react, raise a hand, and when invited,
+// come up on stage (audience stream stopped first, then the microphone).
+import {
+  $, h, api, ApiError, showError, note, sleep, backoffDelay, spaceIdFromPath, listenLink,
+  shareLink, formatCount, stateLabel, renderReactions, roomEvents, AudiencePlayer, StageMic,
+  stageSocket,
+} from "/static/common.js";
+
+const spaceId = spaceIdFromPath();
+const storeKey = `townhall:listener:${spaceId}`;
+const DEFAULT_NAME = "Listener";
+
+let info = null; // GET /api/spaces/{id}
+let room = null; // public snapshot (SSE)
+let full = null; // full snapshot (WebSocket), only once signed in and engaged
+let session = loadSession();
+let events = null;
+let socket = null;
+let heartbeatTimer = null;
+let handRaised = false;
+let pendingAfterName = null;
+
+const player = new AudiencePlayer($("#player"), {
+  hlsUrl: "",
+  oggUrl: "",
+  onStatus: (state, text) => {
+    $("#player-status").textContent = text;
+    $("#play").textContent = player.playing ? "■ Stop" : "▶ Play";
+    $("#play").setAttribute("aria-label", player.playing ? "Stop listening" : "Play the live audio");
+  },
+});
+const mic = new StageMic({
+  spaceId,
+  token: session?.token,
+  mixAudio: $("#mix"),
+  onState: () => renderStage(),
+});
+
+// -- session (a listener token, shared by reloads and tabs: honest counts) -------------
+
+function loadSession() {
+  try {
+    return JSON.parse(localStorage.getItem(storeKey) || "null");
+  } catch {
+    return null;
+  }
+}
+
+function saveSession(s) {
+  session = s;
+  mic.token = s?.token;
+  player.sessionId = s?.session_id || "";
+  if (s) localStorage.setItem(storeKey, JSON.stringify(s));
+  else localStorage.removeItem(storeKey);
+}
+
+async function ensureSession(name) {
+  if (session && (!name || session.name === name)) return session;
+  if (session && name) {
+    // Keep the same session (one person, one count): rename it if it has not joined yet.
+    try {
+      const out = await api(`/api/spaces/${spaceId}/listeners/name`, { method: "POST", token: session.token, body: { name } });
+      saveSession({ ...session, token: out.token, session_id: out.session_id, name });
+      return session;
+    } catch (e) {
+      if (!(e instanceof ApiError && (e.status === 409 || e.status === 401))) throw e;
+    }
+  }
+  const wanted = name || DEFAULT_NAME;
+  const out = await api(`/api/spaces/${spaceId}/listeners`, { method: "POST", body: { name: wanted } });
+  saveSession({ token: out.token, session_id: out.session_id, name: wanted, engaged: false });
+  if (socket) {
+    socket.close();
+    socket = null;
+  }
+  return session;
+}
+
+async function command(name, target) {
+  const out = await api(`/api/spaces/${spaceId}/commands`, {
+    method: "POST",
+    token: session.token,
+    body: target ? { command: name, target } : { command: name },
+  });
+  applyFull(out.room);
+  return out;
+}
+
+function engage() {
+  // Listeners hold no socket; one who raised a hand or is on stage needs to hear back.
+  if (!session.engaged) saveSession({ ...session, engaged: true });
+  if (socket) return;
+  socket = stageSocket(spaceId, session.token, {
+    onMessage: (msg) => {
+      if (msg.room) applyFull(msg.room);
+      if (msg.type !== "event" || msg.participant_id !== session?.session_id) return;
+      // Leaving the stage is taken from these events, never inferred from a snapshot
+      // (an SSE snapshot can lag behind an accept and would restart the stream).
+      if (msg.event === "ParticipantRemoved") {
+        showError(new Error("The host removed you from this Space."));
+        leftStage("You were removed from this Space.", false);
+      } else if (msg.event === "SpeakerMovedToAudience" && msg.by !== session?.session_id) {
+        leftStage("The host moved you back to the audience.");
+      }
+    },
+    onStatus: (status, why) => {
+      if (status === "refused") {
+        showError(new Error(why || "the server refused the connection"), "Live updates");
+        socket = null;
+      }
+    },
+  });
+}
+
+function heartbeatLoop(on) {
+  clearInterval(heartbeatTimer);
+  heartbeatTimer = null;
+  if (!on || !session) return;
+  const beat = async () => {
+    try {
+      const counts = await api(`/api/spaces/${spaceId}/heartbeat`, { method: "POST", token: session.token });
+      renderCounts(counts);
+    } catch (e) {
+      if (e instanceof ApiError && e.status === 401) saveSession(null); // expired: sign in again next time
+      else if (!(e instanceof ApiError && e.status === 429)) showError(e, "Heartbeat");
+    }
+  };
+  beat();
+  heartbeatTimer = setInterval(beat, 10000);
+}
+
+// -- rendering -------------------------------------------------------------------------
+
+function me() {
+  return session?.session_id;
+}
+
+function mySeat() {
+  const stage = (full || room)?.stage || [];
+  return stage.find((s) => s.id === me()) || null;
+}
+
+function renderCounts(c) {
+  if (!c) return;
+  $("#counts").innerHTML = "";
+  $("#counts").append(
+    h("b", {}, formatCount(c.listening_now)), " listening now · ",
+    h("b", {}, formatCount(c.total_tuned_in)), " tuned in",
+  );
+}
+
+function render() {
+  const r = room || info?.room || {};
+  const state = r.state || info?.state;
+  document.title = `${r.title || info?.title || "Space"} · townhall`;
+  $("#title").textContent = r.title || info?.title || "Space";
+  $("#description").textContent = r.description ?? info?.description ?? "";
+  const badge = $("#state");
+  badge.textContent = state === "live" ? "● Live" : stateLabel(state);
+  badge.className = `badge ${state || ""}`;
+  document.body.dataset.state = state || "";
+  renderCounts(r);
+  renderReactions($("#reactions"), r.reaction_tallies, react);
+
+  const speaking = new Set(r.speaking || []);
+  const list = $("#stage");
+  list.replaceChildren();
+  const stage = (full || r).stage || [];
+  if (!stage.length) list.append(h("li", { class: "empty" }, state === "live" ? "Nobody on stage yet" : "The stage opens when the Space starts"));
+  for (const seat of stage) {
+    const isSpeaking = speaking.has(seat.id);
+    list.append(
+      h(
+        "li",
+        { class: `person${isSpeaking ? " speaking" : ""}`, dataset: { id: seat.id, speaking: isSpeaking ? "1" : "0" } },
+        h("span", { class: "avatar", "aria-hidden": "true" }, (seat.name || "?").slice(0, 1).toUpperCase()),
+        h(
+          "span",
+          { class: "who" },
+          h("span", { class: "name" }, seat.name, seat.id === me() ? " (you)" : ""),
+          h(
+            "span",
+            { class: "meta" },
+            " ", seat.role,
+            seat.muted ? h("span", { class: "tag muted" }, "muted") : null,
+            !seat.live ? h("span", { class: "tag pending" }, "mic check") : null,
+            isSpeaking ? h("span", { class: "tag live" }, "speaking") : null,
+          ),
+        ),
+      ),
+    );
+  }
+
+  const ended = state === "ended";
+  $("#play").disabled = ended || !!mySeat() || mic.open;
+  $("#hand-card").hidden = ended || !!mySeat();
+  $("#player-card").hidden = ended;
+  $("#replay-card").hidden = !ended;
+  if (ended && info?.replay) {
+    $("#replay-link").href = info.replay.ogg;
+    if (!$("#replay").getAttribute("src")) $("#replay").src = info.replay.ogg;
+  }
+  renderHand();
+  renderStage();
+}
+
+function renderHand() {
+  const invited = !!(full && me() && (full.pending_invitations || []).includes(me()));
+  if (full && me()) handRaised = (full.hand_queue || []).some((h2) => h2.id === me());
+  const btn = $("#hand");
+  btn.textContent = handRaised ? "✋ Lower hand" : "✋ Raise hand";
+  btn.setAttribute("aria-pressed", String(handRaised));
+  btn.disabled = (room?.state || info?.state) !== "live";
+  $("#hand-status").textContent = invited
+    ? "The host invited you."
+    : handRaised
+      ? "Your hand is raised; the host can invite you up."
+      : "";
+  $("#invite-banner").hidden = !invited || !!mySeat();
+  document.body.dataset.invited = invited ? "1" : "0";
+}
+
+function renderStage() {
+  const seat = mySeat();
+  const card = $("#onstage");
+  card.hidden = (!seat && !mic.open) || (room?.state || info?.state) === "ended";
+  let micState = "off";
+  let text = "Microphone off";
+  let cls = "status";
+  if (seat && mic.open) {
+    if (seat.muted) {
+      micState = "muted";
+      text = "You're muted.";
+    } else if (seat.live) {
+      micState = "live";
+      text = "🔴 You're live — everyone can hear you.";
+      cls = "status ok";
+    } else {
+      micState = "checking";
+      text = "Mic check: waiting for the server to hear you…";
+      cls = "status warn";
+    }
+  } else if (mic.open) {
+    micState = "opening";
+    text = "Connecting your microphone…";
+  } else if (seat) {
+    text = "You're on stage but your microphone is not connected.";
+    cls = "status warn";
+  }
+  document.body.dataset.mic = micState;
+  const status = $("#mic-status");
+  status.textContent = text;
+  status.className = cls;
+  const muted = !!seat?.muted;
+  $("#mute").textContent = muted ? "🎙 Unmute" : "🔇 Mute";
+  $("#mute").setAttribute("aria-pressed", String(muted));
+  $("#mute").disabled = !seat;
+  // Someone on stage whose microphone dropped can reconnect it.
+  let reconnect = $("#reconnect-mic");
+  if (seat && !mic.open && (room?.state || info?.state) === "live") {
+    if (!reconnect) {
+      reconnect = h("button", { id: "reconnect-mic", class: "primary", type: "button", onclick: openMic }, "🎙 Connect microphone");
+      $("#leave-stage").before(reconnect);
+    }
+  } else if (reconnect) reconnect.remove();
+}
+
+function applyFull(snapshot) {
+  if (!snapshot) return;
+  full = snapshot;
+  room = { ...(room || {}), ...pickPublic(snapshot) };
+  if (snapshot.state === "ended") onEnded();
+  render();
+}
+
+function pickPublic(s) {
+  const out = {};
+  for (const k of ["state", "title", "description", "stage", "speaking", "listening_now", "total_tuned_in", "reaction_tallies"]) {
+    if (k in s) out[k] = s[k];
+  }
+  return out;
+}
+
+function applyPublic(snapshot) {
+  room = snapshot;
+  if (full) {
+    // The socket's full snapshot only comes on room events; the SSE carries live
+    // counts, speaking and the stage: keep both in step.
+    full = { ...full, ...snapshot };
+  }
+  if (snapshot.state === "ended") onEnded();
+  render();
+}
+
+// -- actions ---------------------------------------------------------------------------
+
+async function togglePlay() {
+  if (player.playing) {
+    player.stop("Not playing");
+    heartbeatLoop(false);
+    return;
+  }
+  try {
+    await ensureSession();
+  } catch (e) {
+    showError(e, "Sign-in");
+  }
+  heartbeatLoop(true);
+  player.sessionId = session?.session_id || "";
+  await player.play();
+}
+
+async function react(emoji) {
+  try {
+    await ensureSession();
+    const out = await api(`/api/spaces/${spaceId}/reactions`, { method: "POST", token: session.token, body: { emoji } });
+    room = { ...(room || {}), reaction_tallies: out.reaction_tallies };
+    renderReactions($("#reactions"), out.reaction_tallies, react);
+  } catch (e) {
+    showError(e, "Reaction");
+  }
+}
+
+function askName(then) {
+  const form = $("#name-form");
+  form.hidden = false;
+  $("#name").value = session?.name && session.name !== DEFAULT_NAME ? session.name : "";
+  $("#name").focus();
+  pendingAfterName = then;
+}
+
+async function toggleHand() {
+  try {
+    if (handRaised) {
+      await command("lower_hand");
+      handRaised = false;
+      render();
+      return;
+    }
+    if (!session || session.name === DEFAULT_NAME) {
+      askName(raiseHand);
+      return;
+    }
+    await raiseHand();
+  } catch (e) {
+    showError(e, "Hand");
+  }
+}
+
+async function raiseHand() {
+  await ensureSession();
+  await command("raise_hand");
+  handRaised = true;
+  engage();
+  render();
+}
+
+async function openMic() {
+  // Never let the audience stream play into a live microphone: stop it first.
+  player.stop("Stopped while you're on stage");
+  try {
+    await mic.connect();
+  } catch (e) {
+    showError(e, "Microphone");
+  }
+  renderStage();
+}
+
+async function accept() {
+  $("#accept").disabled = true;
+  // 1. the audience stream off (paused, source removed, hls.js destroyed) ...
+  const resumeAfter = player.playing;
+  player.stop("Stopped while you join the stage");
+  try {
+    await command("accept_invitation");
+  } catch (e) {
+    showError(e, "Accept");
+    $("#accept").disabled = false;
+    if (resumeAfter) player.play();
+    return;
+  }
+  // 2. ... only then the microphone.
+  await openMic();
+  $("#accept").disabled = false;
+  render();
+}
+
+async function decline() {
+  try {
+    await command("decline_invitation");
+  } catch (e) {
+    showError(e, "Decline");
+  }
+}
+
+function leftStage(message, resume = true) {
+  if (mic.open) mic.close();
+  $("#player-status").textContent = message;
+  if (resume && (room?.state || info?.state) === "live") {
+    heartbeatLoop(true);
+    player.play();
+  }
+}
+
+async function leaveStage() {
+  try {
+    await command("move_to_audience", me());
+  } catch (e) {
+    showError(e, "Leave stage");
+    return;
+  }
+  leftStage("You left the stage.");
+  render();
+}
+
+async function toggleMute() {
+  const seat = mySeat();
+  if (!seat) return;
+  const muting = !seat.muted;
+  try {
+    if (muting) mic.setMuted(true);
+    await command(muting ? "mute" : "unmute", me());
+    if (!muting) mic.setMuted(false);
+  } catch (e) {
+    showError(e, muting ? "Mute" : "Unmute");
+    mic.setMuted(!!mySeat()?.muted);
+  }
+}
+
+let endedHandled = false;
+async function onEnded() {
+  if (endedHandled) return;
+  endedHandled = true;
+  player.stop("The Space has ended");
+  if (mic.open) mic.close();
+  heartbeatLoop(false);
+  if (socket) {
+    socket.close();
+    socket = null;
+  }
+  if (events) events.close();
+  for (let attempt = 0; attempt < 6; attempt++) {
+    try {
+      info = await api(`/api/spaces/${spaceId}`);
+      if (info.replay) break;
+    } catch (e) {
+      showError(e, "Loading the replay");
+    }
+    await sleep(1000 * (attempt + 1));
+  }
+  render();
+}
+
+// -- start-up --------------------------------------------------------------------------
+
+function connectEvents() {
+  if (events || !info) return;
+  events = roomEvents(info.audience.events, applyPublic);
+}
+
+async function load() {
+  let attempt = 0;
+  for (;;) {
+    try {
+      info = await api(`/api/spaces/${encodeURIComponent(spaceId)}`);
+      break;
+    } catch (e) {
+      showError(e, "Loading the Space");
+      if (e instanceof ApiError && e.status >= 400 && e.status < 500 && e.status !== 429) return;
+      await sleep(backoffDelay(attempt++, e.retryAfter) * 1000);
+    }
+  }
+  player.hlsUrl = info.audience.hls;
+  player.oggUrl = info.audience.ogg;
+  room = info.room;
+  render();
+  if (info.state === "ended") return onEnded();
+  if (session?.engaged) engage();
+  // Wait for the start: the audience endpoints exist only while the Space is live.
+  while (info.state === "scheduled") {
+    $("#player-status").textContent = info.scheduled_at
+      ? `Starts ${new Date(info.scheduled_at * 1000).toLocaleString()}`
+      : "Waiting for the host to start…";
+    await sleep(5000 + Math.random() * 2000);
+    try {
+      info = await api(`/api/spaces/${spaceId}`);
+      room = info.room;
+      render();
+    } catch (e) {
+      showError(e, "Checking the Space");
+    }
+  }
+  if (info.state === "ended") return onEnded();
+  connectEvents();
+}
+
+$("#play").addEventListener("click", togglePlay);
+$("#hand").addEventListener("click", toggleHand);
+$("#accept").addEventListener("click", accept);
+$("#decline").addEventListener("click", decline);
+$("#leave-stage").addEventListener("click", leaveStage);
+$("#mute").addEventListener("click", toggleMute);
+$("#share").addEventListener("click", () => shareLink(listenLink(spaceId), $("#title").textContent, $("#share-status")));
+$("#name-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const name = $("#name").value.trim();
+  if (!name) return;
+  $("#name-form").hidden = true;
+  try {
+    await ensureSession(name);
+    if (player.playing) heartbeatLoop(true);
+    const then = pendingAfterName;
+    pendingAfterName = null;
+    if (then) await then();
+  } catch (e) {
+    showError(e, "Sign-in");
+  }
+});
+window.addEventListener("pagehide", () => {
+  if (mic.open) mic.close();
+});
+window.townhall = { player, mic, get session() { return session; }, get room() { return full || room; } };
+note("page-loaded");
+load();

@@ -1,0 +1,471 @@
+// The stage page for the host, co-hosts and speakers: the microphone (WebRTC), live
+// meters, mic checks, the hand queue and moderation.
+import {
+  $, h, api, ApiError, showError, note, sleep, spaceIdFromPath, tokenFromFragment, listenLink,
+  shareLink, formatCount, stateLabel, renderReactions, roomEvents, StageMic, stageSocket,
+  meterPercent,
+} from "/static/common.js";
+
+const spaceId = spaceIdFromPath();
+const token = tokenFromFragment();
+let you = claims(token).sub || null;
+let info = null;
+let room = null; // full snapshot from the socket
+let levels = new Map(); // id -> stage status (4x/s)
+let publicRoom = null; // SSE: counts and speaking
+let events = null;
+let socket = null;
+let endArmed = false;
+const dismissed = new Set();
+
+const mic = new StageMic({ spaceId, token, mixAudio: $("#mix"), onState: () => renderSelf() });
+
+function claims(t) {
+  try {
+    const b64 = t.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(decodeURIComponent(escape(atob(b64))));
+  } catch {
+    return {};
+  }
+}
+
+async function command(name, target) {
+  const out = await api(`/api/spaces/${spaceId}/commands`, {
+    method: "POST",
+    token,
+    body: target ? { command: name, target } : { command: name },
+  });
+  applyRoom(out.room);
+  return out;
+}
+
+function mySeat() {
+  return (room?.stage || []).find((s) => s.id === you) || null;
+}
+function myRole() {
+  return mySeat()?.role || (room ? "listener" : claims(token).role);
+}
+function isModerator() {
+  return ["host", "cohost"].includes(myRole());
+}
+function isHost() {
+  return myRole() === "host";
+}
+function state() {
+  return room?.state || info?.state;
+}
+
+// -- rendering ---------------------------------------------------------------------------
+
+function render() {
+  const r = room || info?.room || {};
+  $("#title").textContent = r.title || info?.title || "Space";
+  document.title = `${r.title || info?.title || "Space"} · townhall stage`;
+  $("#description").textContent = r.description ?? info?.description ?? "";
+  const st = state();
+  const badge = $("#state");
+  badge.textContent = st === "live" ? "● Live" : stateLabel(st);
+  badge.className = `badge ${st || ""}`;
+  document.body.dataset.state = st || "";
+  const roleName = { host: "the host", cohost: "a co-host", speaker: "a speaker", listener: "in the audience" }[myRole()] || "";
+  $("#whoami").textContent = roleName ? `You are ${roleName}.` : "";
+  const counts = publicRoom || r;
+  $("#counts").replaceChildren(
+    h("b", {}, formatCount(counts.listening_now)), " listening now · ",
+    h("b", {}, formatCount(counts.total_tuned_in)), " tuned in",
+  );
+  renderReactions($("#reactions"), (publicRoom || r).reaction_tallies, react);
+  renderStageList();
+  renderHands();
+  $("#invite-card").hidden = !isModerator() || st === "ended";
+  $("#invite-role").querySelector('[value="cohost"]').disabled = !isHost();
+  $("#replay-card").hidden = st !== "ended";
+  if (st === "ended" && info?.replay) {
+    $("#replay-link").href = info.replay.ogg;
+    if (!$("#replay").getAttribute("src")) $("#replay").src = info.replay.ogg;
+  }
+  renderSelf();
+}
+
+function renderSelf() {
+  const st = state();
+  const seat = mySeat();
+  $("#start").hidden = !(isHost() && st === "scheduled");
+  $("#end").hidden = !(isHost() && st !== "ended");
+  $("#end").textContent = endArmed ? "Tap again to end for everyone" : st === "scheduled" ? "Cancel Space" : "End Space";
+  $("#connect").hidden = !(seat && st === "live" && !mic.open);
+  $("#mute").hidden = !(seat && mic.open);
+  $("#leave").hidden = !(seat && seat.role !== "host" && st !== "ended");
+  const muted = !!seat?.muted;
+  $("#mute").textContent = muted ? "🎙 Unmute" : "🔇 Mute";
+  $("#mute").setAttribute("aria-pressed", String(muted));
+
+  let micState = "off";
+  let text = "Microphone off";
+  let cls = "status";
+  const lv = levels.get(you);
+  if (st === "scheduled") text = isHost() ? "Start the Space to open the stage; your microphone connects then." : "Waiting for the host to start the Space.";
+  else if (st === "ended") text = "The Space has ended.";
+  else if (!seat) text = "You're not on stage.";
+  else if (!mic.open) {
+    text = "Your microphone is not connected.";
+    cls = "status warn";
+  } else if (muted) {
+    micState = "muted";
+    text = "You're muted.";
+  } else if (seat.live) {
+    micState = "live";
+    text = "🔴 You're live — everyone can hear you.";
+    cls = "status ok";
+    if (lv && (lv.dead_mic || !lv.receiving)) {
+      text = "⚠ You're live but the server hears nothing from your microphone.";
+      cls = "status warn";
+    }
+  } else {
+    micState = "checking";
+    text = "Mic check: waiting for the server to hear you…";
+    cls = "status warn";
+  }
+  document.body.dataset.mic = micState;
+  $("#mic-status").textContent = text;
+  $("#mic-status").className = cls;
+}
+
+function renderStageList() {
+  const list = $("#stage");
+  const stage = (room || info?.room || {}).stage || [];
+  const speaking = new Set((publicRoom || room || {}).speaking || []);
+  list.replaceChildren();
+  if (!stage.length) list.append(h("li", { class: "empty" }, "Nobody on stage"));
+  for (const seat of stage) {
+    const self = seat.id === you;
+    const actions = [];
+    if (isModerator() && !self && state() !== "ended") {
+      const canTouch = seat.role === "speaker" || (seat.role === "cohost" && isHost());
+      if (!seat.muted && seat.role !== "host")
+        actions.push(btn("Mute", `Mute ${seat.name}`, () => command("mute", seat.id), "mute"));
+      if (canTouch) {
+        actions.push(btn("Move to audience", `Move ${seat.name} to the audience`, () => command("move_to_audience", seat.id), "demote"));
+        actions.push(btn("Remove", `Remove ${seat.name} from the Space`, () => command("remove", seat.id), "remove", "danger"));
+      }
+      if (isHost() && seat.role === "speaker")
+        actions.push(btn("Make co-host", `Make ${seat.name} a co-host`, () => command("add_cohost", seat.id), "cohost"));
+    }
+    list.append(
+      h(
+        "li",
+        { class: `person${speaking.has(seat.id) ? " speaking" : ""}`, dataset: { id: seat.id, live: seat.live ? "1" : "0" } },
+        h("span", { class: "avatar", "aria-hidden": "true" }, (seat.name || "?").slice(0, 1).toUpperCase()),
+        h(
+          "span",
+          { class: "who" },
+          h("span", { class: "name" }, seat.name, self ? " (you)" : ""),
+          h(
+            "span",
+            { class: "meta" },
+            " ", seat.role,
+            state() === "ended" ? null : seat.live ? h("span", { class: "tag live" }, "live") : h("span", { class: "tag pending" }, "mic check"),
+            seat.muted ? h("span", { class: "tag muted" }, "muted") : null,
+          ),
+          state() === "ended" ? null : h("div", { class: "meter", role: "meter", "aria-label": `${seat.name} level`, "aria-valuemin": "0", "aria-valuemax": "100", "aria-valuenow": "0" }, h("span")),
+          h("div", { class: "warning", hidden: true }),
+          actions.length ? h("div", { class: "actions" }, actions) : null,
+        ),
+      ),
+    );
+  }
+  renderLevels();
+}
+
+function btn(label, aria, run, action, cls = "") {
+  return h(
+    "button",
+    {
+      type: "button",
+      class: `small ${cls}`,
+      "aria-label": aria,
+      dataset: { action },
+      onclick: async (ev) => {
+        ev.currentTarget.disabled = true;
+        try {
+          await run();
+        } catch (e) {
+          showError(e, label);
+          render();
+        }
+      },
+    },
+    label,
+  );
+}
+
+/** Meters and dead-mic warnings, updated in place 4x/s (no re-render of the buttons). */
+function renderLevels() {
+  if (state() !== "live") return;
+  for (const li of $("#stage").querySelectorAll("li[data-id]")) {
+    const status = levels.get(li.dataset.id);
+    const pct = status && !status.dead_mic ? meterPercent(status.level_dbfs) : 0;
+    const meter = li.querySelector(".meter");
+    if (!meter) continue;
+    meter.firstElementChild.style.width = `${pct}%`;
+    meter.setAttribute("aria-valuenow", String(Math.round(pct)));
+    const warn = li.querySelector(".warning");
+    let text = "";
+    if (!status || !status.connected) text = "⚠ Microphone not connected";
+    else if (!status.receiving) text = "⚠ No audio arriving from this microphone";
+    else if (status.dead_mic) text = `⚠ Dead mic? Silent for ${Math.round(status.silent_s ?? 0)} s`;
+    warn.textContent = text;
+    warn.hidden = !text;
+    li.dataset.deadMic = text ? "1" : "0";
+  }
+}
+
+function renderHands() {
+  const card = $("#hands-card");
+  card.hidden = !isModerator() || state() !== "live";
+  if (card.hidden) return;
+  const list = $("#hands");
+  const invited = new Set(room?.pending_invitations || []);
+  const queue = (room?.hand_queue || []).filter((p) => !dismissed.has(p.id) || invited.has(p.id));
+  list.replaceChildren();
+  if (!queue.length) list.append(h("li", { class: "empty" }, "No raised hands"));
+  for (const p of queue) {
+    const isInvited = invited.has(p.id);
+    list.append(
+      h(
+        "li",
+        { class: "person", dataset: { id: p.id, invited: isInvited ? "1" : "0" } },
+        h("span", { class: "avatar", "aria-hidden": "true" }, "✋"),
+        h(
+          "span",
+          { class: "who" },
+          h("span", { class: "name" }, p.name),
+          h("span", { class: "meta" }, isInvited ? h("span", { class: "tag pending" }, "invited — waiting for them") : " wants to speak"),
+        ),
+        h(
+          "span",
+          { class: "actions" },
+          isInvited
+            ? btn("Withdraw", `Withdraw the invitation to ${p.name}`, () => command("withdraw_invitation", p.id), "withdraw")
+            : [
+                btn("Approve", `Invite ${p.name} to speak`, () => command("invite", p.id), "approve", "primary"),
+                btn("Dismiss", `Dismiss ${p.name}'s hand`, async () => {
+                  dismissed.add(p.id);
+                  renderHands();
+                }, "dismiss"),
+              ],
+        ),
+      ),
+    );
+  }
+}
+
+// -- room updates ---------------------------------------------------------------------------
+
+function applyRoom(snapshot) {
+  if (!snapshot) return;
+  const before = state();
+  room = snapshot;
+  if (before !== "ended" && snapshot.state === "ended") onEnded();
+  if (snapshot.state === "live") connectEvents();
+  if (mic.open && !mySeat()) {
+    mic.close(); // moved to the audience or removed: the server already cut the audio
+  }
+  render();
+}
+
+function onMessage(msg) {
+  if (msg.type === "hello") {
+    you = msg.you;
+    applyRoom(msg.room);
+  } else if (msg.type === "room") {
+    applyRoom(msg.room);
+  } else if (msg.type === "levels") {
+    levels = new Map(msg.members.map((m) => [m.id, m]));
+    renderLevels();
+    renderSelf();
+  } else if (msg.type === "event") {
+    if (msg.participant_id === you && msg.event === "ParticipantRemoved") showError(new Error("You were removed from this Space."));
+    if (msg.participant_id === you && msg.event === "SpeakerMovedToAudience" && msg.by !== you)
+      showError(new Error("The host moved you to the audience."));
+  }
+}
+
+function connectEvents() {
+  if (events || !info) return;
+  events = roomEvents(info.audience.events, (snap) => {
+    publicRoom = snap;
+    if (room) {
+      room = { ...room, speaking: snap.speaking, listening_now: snap.listening_now, total_tuned_in: snap.total_tuned_in, reaction_tallies: snap.reaction_tallies };
+    }
+    if (snap.state === "ended" && state() !== "ended") {
+      room = { ...(room || {}), state: "ended" };
+      onEnded();
+    }
+    render();
+  });
+}
+
+let endedHandled = false;
+async function onEnded() {
+  if (endedHandled) return;
+  endedHandled = true;
+  if (mic.open) mic.close();
+  if (events) {
+    events.close();
+  }
+  for (let attempt = 0; attempt < 6; attempt++) {
+    try {
+      info = await api(`/api/spaces/${spaceId}`);
+      if (info.replay) break;
+    } catch (e) {
+      showError(e, "Loading the replay");
+    }
+    await sleep(1000 * (attempt + 1));
+  }
+  render();
+}
+
+// -- actions ----------------------------------------------------------------------------------
+
+async function connectMic() {
+  $("#connect").disabled = true;
+  try {
+    await mic.connect();
+    mic.setMuted(!!mySeat()?.muted);
+  } catch (e) {
+    showError(e, "Microphone");
+  } finally {
+    $("#connect").disabled = false;
+    renderSelf();
+  }
+}
+
+async function start() {
+  $("#start").disabled = true;
+  try {
+    info = await api(`/api/spaces/${spaceId}/start`, { method: "POST", token });
+    room = { ...(room || {}), state: "live" };
+    connectEvents();
+    render();
+    await connectMic();
+  } catch (e) {
+    showError(e, "Start");
+  } finally {
+    $("#start").disabled = false;
+  }
+}
+
+async function end() {
+  if (!endArmed) {
+    endArmed = true;
+    renderSelf();
+    setTimeout(() => {
+      endArmed = false;
+      renderSelf();
+    }, 4000);
+    return;
+  }
+  endArmed = false;
+  $("#end").disabled = true;
+  try {
+    info = await api(`/api/spaces/${spaceId}/end`, { method: "POST", token });
+    room = { ...(room || {}), state: "ended" };
+    onEnded();
+  } catch (e) {
+    showError(e, "End");
+  } finally {
+    $("#end").disabled = false;
+    render();
+  }
+}
+
+async function toggleMute() {
+  const seat = mySeat();
+  if (!seat) return;
+  const muting = !seat.muted;
+  try {
+    if (muting) mic.setMuted(true); // local first: a mute must be instant
+    await command(muting ? "mute" : "unmute", you);
+    if (!muting) mic.setMuted(false);
+  } catch (e) {
+    showError(e, muting ? "Mute" : "Unmute");
+    mic.setMuted(!!mySeat()?.muted);
+  }
+}
+
+async function leave() {
+  try {
+    await command("move_to_audience", you);
+    if (mic.open) mic.close();
+    $("#share-status").replaceChildren("You left the stage. ", h("a", { href: listenLink(spaceId) }, "Keep listening"));
+  } catch (e) {
+    showError(e, "Leave stage");
+  }
+}
+
+async function react(emoji) {
+  try {
+    const out = await api(`/api/spaces/${spaceId}/reactions`, { method: "POST", token, body: { emoji } });
+    publicRoom = { ...(publicRoom || room || {}), reaction_tallies: out.reaction_tallies };
+    renderReactions($("#reactions"), out.reaction_tallies, react);
+  } catch (e) {
+    showError(e, "Reaction");
+  }
+}
+
+async function createInvite(ev) {
+  ev.preventDefault();
+  try {
+    const out = await api(`/api/spaces/${spaceId}/invite`, {
+      method: "POST",
+      token,
+      body: { role: $("#invite-role").value, name: $("#invite-name").value.trim() || "Speaker" },
+    });
+    $("#invite-link").textContent = out.link;
+    $("#invite-out").hidden = false;
+    $("#invite-status").textContent = "Send this link to your guest; it puts them on stage.";
+  } catch (e) {
+    showError(e, "Invite link");
+  }
+}
+
+// -- start-up ---------------------------------------------------------------------------------
+
+async function load() {
+  if (!token) {
+    showError(new Error("This stage link has no token. Open the full link you were given (it ends in #t=…)."));
+    return;
+  }
+  try {
+    info = await api(`/api/spaces/${encodeURIComponent(spaceId)}`);
+  } catch (e) {
+    showError(e, "Loading the Space");
+    return;
+  }
+  render();
+  if (info.state === "ended") {
+    room = { ...(info.room || {}), state: "ended" };
+    return onEnded();
+  }
+  socket = stageSocket(spaceId, token, {
+    onMessage,
+    onStatus: (status, why) => {
+      document.body.dataset.socket = status;
+      if (status === "refused") showError(new Error(why || "the server refused this link"), "Stage connection");
+    },
+  });
+}
+
+$("#start").addEventListener("click", start);
+$("#end").addEventListener("click", end);
+$("#connect").addEventListener("click", connectMic);
+$("#mute").addEventListener("click", toggleMute);
+$("#leave").addEventListener("click", leave);
+$("#invite-form").addEventListener("submit", createInvite);
+$("#invite-copy").addEventListener("click", () => shareLink($("#invite-link").textContent, "Speak in my Space", $("#invite-status")));
+$("#share").addEventListener("click", () => shareLink(listenLink(spaceId), $("#title").textContent, $("#share-status")));
+window.addEventListener("pagehide", () => mic.open && mic.close());
+window.townhall = { mic, get room() { return room; }, get levels() { return levels; }, get you() { return you; } };
+note("page-loaded");
+load();

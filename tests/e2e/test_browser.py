@@ -1,0 +1,300 @@
+"""The web UI in a real browser: a host and a listener in Debian's Chromium, for real.
+
+A `townhall serve` subprocess; two Chromium processes (the fake-microphone file is per
+process): the host's mic plays 440 Hz, the listener's 660 Hz. The host starts the Space
+and is heard; the listener plays the live stream, raises a hand, is approved from the
+host page, accepts, and comes up on stage. Judged by content: the Ogg program carries
+440 Hz before the approval and no 660 Hz; after it, both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import wave
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.audio import amplitude_at, decode
+from townhall.peers.listen import listen_ogg
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e]
+
+CHROMIUM = "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+FIXTURES = ROOT / "tests" / "fixtures"
+PHONE = {"width": 390, "height": 844}
+
+playwright_sync = pytest.importorskip("playwright.sync_api")
+if not Path(CHROMIUM).exists():
+    pytest.skip("Debian chromium is not installed", allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tone_wav(freq_hz: float) -> Path:
+    """A 10 s sine at `freq_hz` (Chromium loops the fake-capture file)."""
+    FIXTURES.mkdir(parents=True, exist_ok=True)
+    path = FIXTURES / f"tone-{int(freq_hz)}hz.wav"
+    if not path.exists():
+        rate = 48_000
+        t = np.arange(rate * 10) / rate
+        pcm = (0.3 * 32767 * np.sin(2 * np.pi * freq_hz * t)).astype(np.int16)
+        with wave.open(str(path), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(rate)
+            w.writeframes(pcm.tobytes())
+    return path
+
+
+@dataclass
+class Server:
+    control: str
+    audience: str
+    admin_key: str
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    control_port, audience_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "townhall",
+            "serve",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--control-port",
+            str(control_port),
+            "--audience-port",
+            str(audience_port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
+    lines: list[str] = []
+    key = None
+    deadline = time.monotonic() + 20
+    assert proc.stdout is not None
+    while key is None and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if m := re.search(r"admin key:\s+(\S+)", line):
+            key = m.group(1)
+    assert key, "townhall serve did not start:\n" + "".join(lines)
+    # Keep draining the output so the server never blocks on a full pipe.
+    threading.Thread(target=lambda: [lines.append(x) for x in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+    control = f"http://127.0.0.1:{control_port}"
+    for _ in range(100):
+        try:
+            httpx.get(f"{control}/api/config", timeout=1).raise_for_status()
+            break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    try:
+        yield Server(control, f"http://127.0.0.1:{audience_port}", key)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if os.environ.get("TOWNHALL_E2E_LOG"):
+            print("".join(lines))
+
+
+def chromium_args(mic_wav: Path) -> list[str]:
+    return [
+        "--no-sandbox",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={mic_wav}",
+        "--allow-loopback-in-peer-connection",
+        "--autoplay-policy=no-user-gesture-required",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+    ]
+
+
+class Capture:
+    """Listen to the live Ogg program on the server side, in a thread, for `seconds`."""
+
+    def __init__(self, url: str, seconds: float) -> None:
+        self.data = b""
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(url, seconds), daemon=True)
+        self._thread.start()
+
+    def _run(self, url: str, seconds: float) -> None:
+        try:
+            self.data = bytes(asyncio.run(listen_ogg(url, seconds)).data)
+        except BaseException as e:  # reported by result()
+            self.error = e
+
+    def result(self) -> tuple[float, float]:
+        """(amplitude at 440 Hz, amplitude at 660 Hz) over what was heard."""
+        self._thread.join(30)
+        if self.error:
+            raise self.error
+        signal = decode(self.data)
+        assert len(signal) > 48_000, f"heard only {len(signal)} samples"
+        signal = signal[4800:]  # skip the first 100 ms (decoder start-up)
+        return amplitude_at(signal, 440.0), amplitude_at(signal, 660.0)
+
+
+def trace_of(page) -> list[str]:  # type: ignore[no-untyped-def]
+    return [e["event"] for e in page.evaluate("window.townhallTrace")]
+
+
+def test_host_and_listener_in_chromium(server: Server) -> None:
+    t0 = time.monotonic()
+    marks: dict[str, float] = {}
+    ARTIFACTS.mkdir(exist_ok=True)
+    space = httpx.post(
+        f"{server.control}/api/spaces",
+        json={"title": "Browser town hall", "description": "Real Chromium, fake microphones."},
+        headers={"Authorization": f"Bearer {server.admin_key}"},
+    ).json()
+    ogg_url = space["audience"]["ogg"]
+
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=15_000)
+
+    with sync_playwright() as pw:
+        host_browser = pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=chromium_args(tone_wav(440))
+        )
+        guest_browser = pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=chromium_args(tone_wav(660))
+        )
+        try:
+            host = host_browser.new_context(viewport=PHONE).new_page()
+            guest = guest_browser.new_context(viewport=PHONE).new_page()
+            page_errors: list[str] = []
+            for p in (host, guest):
+                p.on("pageerror", lambda e: page_errors.append(str(e)))
+                p.set_default_timeout(15_000)
+
+            # -- the host starts the Space and passes the mic check --------------------
+            host.goto(space["host_link"])
+            expect(host.locator("#start")).to_be_visible()
+            host.locator("#start").click()
+            expect(host.locator("body")).to_have_attribute("data-mic", "live")
+            marks["host live"] = time.monotonic() - t0
+            before = Capture(ogg_url, 3.0)
+
+            # -- the listener plays the live stream -----------------------------------
+            guest.goto(space["listen_link"])
+            expect(guest.locator("#title")).to_have_text("Browser town hall")
+            expect(guest.locator("#hand")).to_be_enabled()
+            guest.locator("#play").click()
+            expect(guest.locator("body")).to_have_attribute("data-audience", "playing")
+            guest.wait_for_function("document.querySelector('#player').currentTime > 1.0")
+            mode = guest.locator("#player").get_attribute("data-mode")
+            stalls = trace_of(guest).count("player-stalled")
+            marks["listener playing"] = time.monotonic() - t0
+
+            a440, a660 = before.result()
+            assert a440 > 0.05, f"the host's 440 Hz is not in the program ({a440:.3f})"
+            assert a660 < 0.01, f"660 Hz in the program before the approval ({a660:.3f})"
+
+            # -- hand raised, approved by the host, accepted --------------------------
+            guest.locator("#hand").click()
+            guest.locator("#name").fill("Guest")
+            guest.locator("#name-form button[type=submit]").click()
+            expect(guest.locator("#hand")).to_have_text(re.compile("Lower hand"))
+            guest_id = guest.evaluate("window.townhall.session.session_id")
+            hand = host.locator(f"#hands li[data-id='{guest_id}']")
+            expect(hand).to_contain_text("Guest")
+            hand.locator("button[data-action=approve]").click()
+            expect(hand).to_have_attribute("data-invited", "1")
+
+            expect(guest.locator("#invite-banner")).to_be_visible()
+            expect(guest.locator("#invite-banner")).to_contain_text("You're invited to speak")
+            guest.locator("#accept").click()
+            expect(guest.locator("body")).to_have_attribute("data-mic", re.compile("checking|live"))
+            # The audience stream was stopped before the microphone opened, and is off.
+            trace = guest.evaluate("window.townhallTrace")
+            names = [e["event"] for e in trace]
+            assert "audience-stopped" in names and "mic-opening" in names, names
+            stopped = max(i for i, n in enumerate(names) if n == "audience-stopped")
+            opening = names.index("mic-opening")
+            assert stopped < opening, names
+            assert trace[opening]["audiencePlaying"] is False, trace[opening]
+            player = guest.evaluate(
+                """() => {
+                    const a = document.querySelector('#player');
+                    return {paused: a.paused, src: a.getAttribute('src'),
+                            hls: !!window.townhall.player.hls};
+                }"""
+            )
+            assert player == {"paused": True, "src": None, "hls": False}, player
+
+            # -- the new speaker passes the mic check and is heard -------------------
+            expect(guest.locator("body")).to_have_attribute("data-mic", "live")
+            expect(guest.locator("#mic-status")).to_contain_text("You're live")
+            seat = host.locator(f"#stage li[data-id='{guest_id}']")
+            expect(seat).to_have_attribute("data-live", "1")
+            marks["speaker live"] = time.monotonic() - t0
+            after = Capture(ogg_url, 3.0)
+            a440_after, a660_after = after.result()
+            assert a660_after > 0.05, (
+                f"the new speaker's 660 Hz is not in the program ({a660_after:.3f})"
+            )
+            assert a440_after > 0.05, f"the host dropped out of the program ({a440_after:.3f})"
+            # One person, one session: naming themselves, the probe, the HLS polls and
+            # the Ogg fallback all count the guest once; the two server-side captures
+            # are anonymous streams, one session each.
+            counts = httpx.get(f"{server.control}/api/spaces/{space['id']}").json()["room"]
+            assert counts["total_tuned_in"] == 1 + 2, counts
+            packets = guest.evaluate("window.townhall.mic.packetsSent()")
+            assert packets > 50, packets
+            host.screenshot(path=str(ARTIFACTS / "host-live.png"), full_page=True)
+            guest.screenshot(path=str(ARTIFACTS / "listener-on-stage.png"), full_page=True)
+
+            # -- the end: both pages offer the replay --------------------------------
+            host.locator("#end").click()
+            host.locator("#end").click()  # the second tap confirms
+            expect(host.locator("#replay-card")).to_be_visible()
+            expect(guest.locator("#replay-card")).to_be_visible()
+            expect(guest.locator("#replay-link")).to_have_attribute(
+                "href", f"{server.audience}/replay/{space['id']}.ogg"
+            )
+            expect(guest.locator("body")).to_have_attribute("data-mic", "off")
+            host.screenshot(path=str(ARTIFACTS / "host-ended.png"), full_page=True)
+            guest.screenshot(path=str(ARTIFACTS / "listener-ended.png"), full_page=True)
+            assert not page_errors, page_errors
+        finally:
+            guest_browser.close()
+            host_browser.close()
+    marks["total"] = time.monotonic() - t0
+    print(
+        f"player={mode} stalls={stalls} before: 440={a440:.3f} 660={a660:.3f}; "
+        f"after: 440={a440_after:.3f} 660={a660_after:.3f}; "
+        + ", ".join(f"{k} {v:.1f}s" for k, v in marks.items())
+    )
