@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from townhall.config import ServerConfig, from_env
+from townhall.config import ServerConfig, from_env, with_stream_fanout
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,6 +49,12 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     s.add_argument("--public-control-url")
     s.add_argument("--public-audience-url")
     s.add_argument("--audience-workers", type=int)
+    s.add_argument(
+        "--stream-flush-interval-s",
+        type=float,
+        help="how often the Ogg stream is written to listeners (default 0.2; grows under load)",
+    )
+    s.add_argument("--max-listeners", type=int, help="stream listeners per process before 503")
     s.set_defaults(run=_serve)
 
 
@@ -59,7 +65,12 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         for k, v in vars(args).items()
         if k in ServerConfig.__dataclass_fields__ and v is not None
     }
-    return replace(config, **flags)
+    fanout: dict[str, float | int] = {}
+    if getattr(args, "stream_flush_interval_s", None) is not None:
+        fanout["flush_interval_s"] = args.stream_flush_interval_s
+    if getattr(args, "max_listeners", None) is not None:
+        fanout["max_listeners"] = args.max_listeners
+    return with_stream_fanout(replace(config, **flags), **fanout)
 
 
 def _serve(args: argparse.Namespace) -> int:

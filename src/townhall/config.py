@@ -68,6 +68,16 @@ def from_env(base: ServerConfig, env: dict[str, str] | None = None) -> ServerCon
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
+def with_stream_fanout(base: ServerConfig, **changes: float | int) -> ServerConfig:
+    """Set fields of the Ogg stream's FanoutConfig (e.g. ``flush_interval_s``)."""
+    if not changes:
+        return base
+    channel = base.audience.channel
+    fanout = replace(channel.fanout, **changes)  # type: ignore[arg-type]
+    audience = replace(base.audience, channel=replace(channel, fanout=fanout))
+    return replace(base, audience=audience)
+
+
 def _coerce(current: object, raw: str) -> object:
     if isinstance(current, bool):
         return raw.lower() in ("1", "true", "yes")

@@ -444,3 +444,44 @@ async def ended_channel_scenario(program: Program) -> None:
         server.drop_ended(time.monotonic() + 30.0)
         assert SPACE not in server.channels and not server._cache
         assert (await fetch(running.port, f"/live/{SPACE}/index.m3u8")).status == 404
+
+
+# -- the plain playlist fast path ------------------------------------------------------
+@dataclass
+class SeenSessions:
+    """A presence sink that records what the audience port reports (a real fake)."""
+
+    sessions: list[str] = field(default_factory=list)
+
+    def stream_opened(self, space_id: str, session_id: str, conn_id: str) -> None:
+        pass
+
+    def stream_closed(self, space_id: str, session_id: str, conn_id: str, ended: bool) -> None:
+        pass
+
+    def seen(self, space_id: str, session_id: str) -> None:
+        self.sessions.append(session_id)
+
+
+def test_a_plain_playlist_is_fresh_after_every_part_and_every_poll_counts(
+    program: Program,
+) -> None:
+    run(plain_playlist_scenario(program))
+
+
+async def plain_playlist_scenario(program: Program) -> None:
+    async with serving(AudienceConfig()) as running:
+        server, presence = running.server, SeenSessions()
+        server.presence = presence
+        server.apply(HlsInit(SPACE, program.init))
+        feed_parts(server, program, 0, 2)
+        path = f"/live/{SPACE}/index.m3u8"
+        first, again = await fetch(running.port, path), await fetch(running.port, path)
+        builds = server.builds
+        feed_parts(server, program, 2, 1)
+        fresh = await fetch(running.port, path)
+    assert first.body == again.body and 'URI="p0.1.m4s"' in first.body.decode()
+    assert 'URI="p0.2.m4s"' in fresh.body.decode(), "a cached playlist outlived its part"
+    assert server.builds == builds + 1
+    # Three polls from one client: three reports of the same (address, agent) session.
+    assert len(presence.sessions) == 3 and len(set(presence.sessions)) == 1

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from urllib.parse import parse_qs
@@ -90,9 +90,23 @@ class HttpConnection(asyncio.Protocol):
 
     max_head_bytes = 16 * 1024
 
-    def __init__(self, handler: Handler, on_lost: Callable[[HttpConnection], None]) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        on_lost: Callable[[HttpConnection], None],
+        ready: Mapping[bytes, bytes] | None = None,
+        counted: Mapping[bytes, tuple[str, bytes]] | None = None,
+        on_counted: Callable[[str, str, str], None] | None = None,
+    ) -> None:
         self.handler = handler
         self.on_lost = on_lost
+        # Complete responses for immutable resources, keyed by the exact request target:
+        # a hit is answered before any URL parsing or routing (the LL-HLS hot path).
+        self.ready: Mapping[bytes, bytes] = ready if ready is not None else {}
+        # Like ``ready``, but each hit is reported as ``on_counted(space, peer, agent)``:
+        # playlist polls, which is how an HLS player is counted as a listener.
+        self.counted: Mapping[bytes, tuple[str, bytes]] = counted if counted is not None else {}
+        self.on_counted = on_counted
         self.transport: asyncio.Transport | None = None
         self.streaming = False
         self._parser = httptools.HttpRequestParser(self)
@@ -135,14 +149,22 @@ class HttpConnection(asyncio.Protocol):
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(self._headers) < 64:
-            self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        # Only what the routes read; anything else is parsed and dropped.
+        if len(name) == 10 and name.lower() == b"user-agent":
+            self._headers["user-agent"] = value.decode("latin-1")
 
     def on_body(self, body: bytes) -> None:
         pass  # the audience port takes no bodies; the head limit bounds what we read
 
     def on_message_complete(self) -> None:
         self._head_bytes = 0
+        hit = self.ready.get(self._url)
+        if hit is None and (counted := self.counted.get(self._url)) is not None:
+            space_id, hit = counted
+            if self.on_counted is not None:
+                self.on_counted(space_id, self.peer, self._headers.get("user-agent", ""))
+        if hit is not None and self._parser.get_method() == b"GET":
+            return self.send(hit, self._parser.should_keep_alive())
         try:
             parsed = httptools.parse_url(self._url)
         except httptools.HttpParserInvalidURLError:

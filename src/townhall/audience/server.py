@@ -41,7 +41,7 @@ from typing import Protocol
 
 from townhall.audience.channel import Channel, ChannelConfig
 from townhall.audience.fanout import Fanout
-from townhall.audience.feed import FeedMessage, RoomUpdate
+from townhall.audience.feed import ChannelEnded, FeedMessage, HlsPart, RoomUpdate
 from townhall.audience.http import (
     HttpConnection,
     Reply,
@@ -111,7 +111,10 @@ class AudienceServer:
     channels: dict[str, Channel] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random)
     _next_key: int = 0
-    _cache: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    # Immutable responses by request target (see HttpConnection.ready).
+    _cache: dict[bytes, bytes] = field(default_factory=dict)
+    # The current plain playlist of each channel by request target, until the next part.
+    _playlists: dict[bytes, tuple[str, bytes]] = field(default_factory=dict)
     connections: set[HttpConnection] = field(default_factory=set)
     builds: int = 0  # cacheable responses built (each served to any number of requests)
     presence: ListenerPresence | None = None
@@ -123,6 +126,8 @@ class AudienceServer:
         if channel is None:
             channel = self.channels[msg.space_id] = Channel(msg.space_id, self.config.channel)
         channel.apply(msg)
+        if isinstance(msg, HlsPart | ChannelEnded):
+            self._playlists.pop(_playlist_target(msg.space_id), None)
         if channel.ended:
             self._finish(channel)
 
@@ -138,14 +143,17 @@ class AudienceServer:
         for space_id, channel in list(self.channels.items()):
             if channel.ended_at is not None and now - channel.ended_at >= grace:
                 del self.channels[space_id]
-                for key in [k for k in self._cache if k[0] == space_id]:
-                    del self._cache[key]
+                prefix = f"/live/{space_id}/".encode()
+                for target in [t for t in self._cache if t.startswith(prefix)]:
+                    del self._cache[target]
                 for key in [k for k in self._flushed_at if k[0] == space_id]:
                     del self._flushed_at[key]
 
     # -- serving ---------------------------------------------------------------------
     def protocol(self) -> HttpConnection:
-        conn = HttpConnection(self.handle, self.connections.discard)
+        conn = HttpConnection(
+            self.handle, self.connections.discard, self._cache, self._playlists, self._seen
+        )
         self.connections.add(conn)
         return conn
 
@@ -256,23 +264,31 @@ class AudienceServer:
 
     # -- LL-HLS ----------------------------------------------------------------------
     def _playlist(self, channel: Channel, req: Request) -> Reply:
-        if self.presence is not None:
-            agent = req.headers.get("user-agent", "")
-            fallback = (
-                "hls-" + hashlib.blake2b(f"{req.peer}|{agent}".encode(), digest_size=9).hexdigest()
-            )
-            self.presence.seen(channel.space_id, session_of(req, fallback))
+        self._seen(
+            channel.space_id, req.peer, req.headers.get("user-agent", ""), req.query.get("sid")
+        )
         msn, part = _int_param(req, "_HLS_msn"), _int_param(req, "_HLS_part")
         channel.hls.check_blocking_request(msn, part)
         if channel.hls.init_segment is None and not channel.ended:
             raise Unavailable("the program has not started yet", 1.0 + self.rng.random())
         if msn is None:
             max_age = f"public, max-age={max(1, int(channel.hls.config.part_target_s))}"
-            return self._playlist_bytes(channel, max_age)
+            reply = self._playlist_bytes(channel, max_age)
+            if not req.query and not channel.ended:
+                self._playlists[_playlist_target(channel.space_id)] = (channel.space_id, reply)
+            return reply
         cache = "public, max-age=60"
         if channel.hls.ready(msn, part):
             return self._playlist_bytes(channel, cache)
         return self._blocking(channel, msn, part, lambda: self._playlist_bytes(channel, cache))
+
+    def _seen(self, space_id: str, peer: str, agent: str, sid: str | None = None) -> None:
+        """An HLS player polled: count its session (named, or by address and agent)."""
+        if self.presence is None:
+            return
+        if sid is None or not _SESSION_ID.match(sid):
+            sid = "hls-" + hashlib.blake2b(f"{peer}|{agent}".encode(), digest_size=9).hexdigest()
+        self.presence.seen(space_id, sid)
 
     def _playlist_bytes(self, channel: Channel, cache: str) -> bytes:
         # Keyed by the body's identity, not id(): a freed body's id can be reused by a
@@ -308,7 +324,7 @@ class AudienceServer:
         return self._cached(channel, segment_uri(msn), seg.data)
 
     def _cached(self, channel: Channel, uri: str, body: bytes) -> bytes:
-        key = (channel.space_id, uri)
+        key = f"/live/{channel.space_id}/{uri}".encode()
         hit = self._cache.get(key)
         if hit is None:
             self.builds += 1
@@ -388,6 +404,10 @@ class AudienceServer:
 
 
 _OGG_HEAD = stream_head("audio/ogg", (("X-Content-Type-Options", "nosniff"),))
+
+
+def _playlist_target(space_id: str) -> bytes:
+    return f"/live/{space_id}/index.m3u8".encode()
 
 
 def _int_param(req: Request, name: str) -> int | None:

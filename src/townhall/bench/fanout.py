@@ -37,6 +37,21 @@ class BenchPlan:
     cpu: int = 0
     wrk_connections: int = 200
     wrk_seconds: float = 3.0
+    # The budget: one write per listener per second.
+    flush_interval_s: float = 1.0
+    # Processes on the audience port; more than ~18k listeners need several here, as
+    # each process may hold at most about 20,000 sockets. All are pinned to ``cpu``.
+    audience_workers: int = 0
+
+    def server_args(self) -> tuple[str, ...]:
+        return (
+            "--stream-flush-interval-s",
+            str(self.flush_interval_s),
+            "--audience-workers",
+            str(self.audience_workers),
+            "--max-listeners",
+            str(self.listeners + 1_000),
+        )
 
     @property
     def arrive_over_s(self) -> float:
@@ -146,7 +161,10 @@ def run_fanout_bench(plan: BenchPlan) -> BenchResult:
     client_cpu = other_cpu(plan.cpu)
     os.sched_setaffinity(0, {client_cpu})  # the swarm, the speaker and the relay live here
     result = BenchResult(plan)
-    with live_space(cpu=plan.cpu) as space, tempfile.TemporaryDirectory() as tmp:
+    with (
+        live_space(cpu=plan.cpu, server_args=plan.server_args()) as space,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         _compare_hls(space, Path(tmp), plan, client_cpu, result)
         result.swarms.append(_swarm("townhall", space.ogg_url, space.server_pid, plan))
         with _moved(space.server_pid, client_cpu):
@@ -171,13 +189,16 @@ def _swarm(name: str, url: str, pid: int, plan: BenchPlan) -> SwarmRow:
 @contextlib.contextmanager
 def _moved(pid: int, cpu: int) -> Iterator[None]:
     # townhall keeps feeding Icecast during its turn, but off the measured core.
-    proc = psutil.Process(pid)
-    before = proc.cpu_affinity()
-    proc.cpu_affinity([cpu])
+    root = psutil.Process(pid)
+    procs = [root, *root.children(recursive=True)]  # audience workers too
+    before = [p.cpu_affinity() for p in procs]
+    for p in procs:
+        p.cpu_affinity([cpu])
     try:
         yield
     finally:
-        proc.cpu_affinity(before)
+        for p, affinity in zip(procs, before, strict=True):
+            p.cpu_affinity(affinity)
 
 
 def _icecast_swarm(space: LiveSpace, plan: BenchPlan) -> SwarmRow:

@@ -64,11 +64,13 @@ def stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str], timeout_s: float
 
 
 @contextlib.contextmanager
-def live_space(cpu: int | None = None, tone_hz: float = 440.0) -> Iterator[LiveSpace]:
+def live_space(
+    cpu: int | None = None, tone_hz: float = 440.0, server_args: tuple[str, ...] = ()
+) -> Iterator[LiveSpace]:
     """A started Space with a tone speaker on stage and its first Ogg page produced."""
     with tempfile.TemporaryDirectory(prefix="townhall-bench-") as data_dir:
         control, audience = free_port(), free_port()
-        server = _start_server(Path(data_dir), control, audience, cpu)
+        server = _start_server(Path(data_dir), control, audience, cpu, server_args)
         speaker: subprocess.Popen[bytes] | None = None
         try:
             admin_key = _read_admin_key(server)
@@ -83,7 +85,7 @@ def live_space(cpu: int | None = None, tone_hz: float = 440.0) -> Iterator[LiveS
 
 
 def _start_server(
-    data_dir: Path, control: int, audience: int, cpu: int | None
+    data_dir: Path, control: int, audience: int, cpu: int | None, extra: tuple[str, ...] = ()
 ) -> subprocess.Popen[str]:
     args = [
         "serve",
@@ -93,6 +95,7 @@ def _start_server(
         str(control),
         "--audience-port",
         str(audience),
+        *extra,
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
