@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Iterator
@@ -37,6 +38,9 @@ class BenchPlan:
     cpu: int = 0
     wrk_connections: int = 200
     wrk_seconds: float = 3.0
+    # The machine is noisy (about ±25% run to run): alternate the servers and report
+    # the median of this many rounds each.
+    wrk_rounds: int = 3
     # The budget: one write per listener per second.
     flush_interval_s: float = 1.0
     # Processes on the audience port; more than ~18k listeners need several here, as
@@ -88,7 +92,8 @@ class SwarmRow:
 class BenchResult:
     plan: BenchPlan
     swarms: list[SwarmRow] = field(default_factory=list)
-    wrk_rps: dict[str, float] = field(default_factory=dict)  # "townhall part" -> req/s
+    wrk_rps: dict[str, float] = field(default_factory=dict)  # "townhall part" -> median req/s
+    wrk_samples: dict[str, list[float]] = field(default_factory=dict)
     wrk_non_2xx: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -96,6 +101,7 @@ class BenchResult:
             "plan": vars(self.plan),
             "ogg": [s.summary() for s in self.swarms],
             "wrk_requests_per_s": self.wrk_rps,
+            "wrk_samples": self.wrk_samples,
             "wrk_non_2xx": self.wrk_non_2xx,
         }
 
@@ -109,11 +115,16 @@ class BenchResult:
         lines.append("".join(f"{c:>18}" for c in cols))
         lines += ["".join(f"{_cell(r[c]):>18}" for c in cols) for r in rows]
         lines += self._ratios(rows)
-        lines.append(f"LL-HLS, wrk -c{self.plan.wrk_connections} -d{self.plan.wrk_seconds:g}s:")
+        lines.append(
+            f"LL-HLS, wrk -c{self.plan.wrk_connections} -d{self.plan.wrk_seconds:g}s, "
+            f"median of {self.plan.wrk_rounds} alternating rounds:"
+        )
         for name, rps in self.wrk_rps.items():
             bad = self.wrk_non_2xx.get(name, 0)
+            runs = " / ".join(f"{r:,.0f}" for r in self.wrk_samples.get(name, []))
             lines.append(
-                f"  {name:<20} {rps:>12,.0f} req/s" + (f"  ({bad} non-2xx)" if bad else "")
+                f"  {name:<20} {rps:>12,.0f} req/s  ({runs})"
+                + (f"  ({bad} non-2xx)" if bad else "")
             )
         for kind in ("part", "playlist"):
             th, ng = self.wrk_rps.get(f"townhall {kind}"), self.wrk_rps.get(f"nginx {kind}")
@@ -243,17 +254,22 @@ def _compare_hls(
     uri, part, playlist = _newest_part(space)
     (live / uri).write_bytes(part)
     (live / "index.m3u8").write_bytes(playlist)
-    with _moved(space.server_pid, client_cpu), nginx(root, tmp, plan.cpu) as (_, port):
-        nginx_base = f"http://127.0.0.1:{port}/live/{space.space_id}"
-        _wrk(result, "nginx part", f"{nginx_base}/{uri}", plan, client_cpu)
-        _wrk(result, "nginx playlist", f"{nginx_base}/index.m3u8", plan, client_cpu)
     townhall_base = f"{space.audience_url}/live/{space.space_id}"
-    # Parts leave townhall's window after a few seconds: take the newest right before.
-    _wrk(result, "townhall part", f"{townhall_base}/{_newest_part(space)[0]}", plan, client_cpu)
-    _wrk(result, "townhall playlist", f"{townhall_base}/index.m3u8", plan, client_cpu)
+    with nginx(root, tmp, plan.cpu) as (_, port):
+        nginx_base = f"http://127.0.0.1:{port}/live/{space.space_id}"
+        for _ in range(plan.wrk_rounds):
+            with _moved(space.server_pid, client_cpu):  # nginx alone on the measured core
+                _wrk(result, "nginx part", f"{nginx_base}/{uri}", plan, client_cpu)
+                _wrk(result, "nginx playlist", f"{nginx_base}/index.m3u8", plan, client_cpu)
+            # Parts leave townhall's window after a few seconds: take the newest each time.
+            newest = f"{townhall_base}/{_newest_part(space)[0]}"
+            _wrk(result, "townhall part", newest, plan, client_cpu)
+            _wrk(result, "townhall playlist", f"{townhall_base}/index.m3u8", plan, client_cpu)
+    for name, samples in result.wrk_samples.items():
+        result.wrk_rps[name] = statistics.median(samples)
 
 
 def _wrk(result: BenchResult, name: str, url: str, plan: BenchPlan, cpu: int) -> None:
     measured = wrk(url, cpu, plan.wrk_connections, plan.wrk_seconds)
-    result.wrk_rps[name] = measured.requests_per_s
-    result.wrk_non_2xx[name] = measured.non_2xx
+    result.wrk_samples.setdefault(name, []).append(measured.requests_per_s)
+    result.wrk_non_2xx[name] = result.wrk_non_2xx.get(name, 0) + measured.non_2xx

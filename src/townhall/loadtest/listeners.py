@@ -76,7 +76,12 @@ def _left(plan: ListenerPlan) -> float:
 
 # -- Ogg ----------------------------------------------------------------------------------
 class OggPageClock:
-    """Splits the stream into pages and stamps each media page with its arrival."""
+    """Splits the stream into pages and stamps each chunk with its arrival.
+
+    The unit is the chunk (what one read brings): the server cuts a chunk right after
+    its freshest page, so that page's granule dates the chunk. Older pages in the same
+    chunk waited inside it on purpose (the flush interval), which is not lateness.
+    """
 
     def __init__(self, rec: ListenerRecord) -> None:
         self.rec = rec
@@ -86,12 +91,13 @@ class OggPageClock:
         now = time.monotonic()
         self.rec.bytes_received += len(data)
         pages, self._tail = parse_pages(self._tail + data)
-        for page in pages:
-            if page.is_header or page.granule < 0:
-                continue  # headers are not audio; granule -1 means no packet ends here
-            if self.rec.first_media_at is None:
-                self.rec.first_media_at = now
-            self.rec.arrivals.append((now, page.granule / OPUS_GRANULE_RATE_HZ))
+        # Headers are not audio; granule -1 means no packet ends on that page.
+        granules = [p.granule for p in pages if not p.is_header and p.granule >= 0]
+        if not granules:
+            return
+        if self.rec.first_media_at is None:
+            self.rec.first_media_at = now
+        self.rec.arrivals.append((now, max(granules) / OPUS_GRANULE_RATE_HZ))
 
 
 async def listen_ogg(plan: ListenerPlan, rng: random.Random, rec: ListenerRecord) -> None:

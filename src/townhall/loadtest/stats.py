@@ -1,6 +1,7 @@
 """What a crowd experienced, reduced to mergeable numbers. Pure.
 
-Every listener keeps the arrival of each media unit (an Ogg page or an LL-HLS part)
+Every listener keeps the arrival of each media unit (an Ogg chunk, dated by its freshest
+page, or an LL-HLS part)
 as ``(arrival_s, media_s)``: when it arrived on the listener's monotonic clock, and
 where it sits on the program's media clock (granule / 48 kHz for Ogg, RFC 7845
 section 4; the fragment's ``tfdt`` decode time for an fMP4 part).
