@@ -10,16 +10,11 @@ host page, accepts, and comes up on stage. Judged by content: the Ogg program ca
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import socket
-import subprocess
-import sys
 import threading
 import time
 import wave
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -27,6 +22,7 @@ import numpy as np
 import pytest
 
 from tests.audio import amplitude_at, decode
+from tests.e2e.conftest import Server
 from townhall.peers.listen import listen_ogg
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
@@ -62,67 +58,6 @@ def tone_wav(freq_hz: float) -> Path:
             w.setframerate(rate)
             w.writeframes(pcm.tobytes())
     return path
-
-
-@dataclass
-class Server:
-    control: str
-    audience: str
-    admin_key: str
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    control_port, audience_port = free_port(), free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "townhall",
-            "serve",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--control-port",
-            str(control_port),
-            "--audience-port",
-            str(audience_port),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=ROOT,
-    )
-    lines: list[str] = []
-    key = None
-    deadline = time.monotonic() + 20
-    assert proc.stdout is not None
-    while key is None and time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if m := re.search(r"admin key:\s+(\S+)", line):
-            key = m.group(1)
-    assert key, "townhall serve did not start:\n" + "".join(lines)
-    # Keep draining the output so the server never blocks on a full pipe.
-    threading.Thread(target=lambda: [lines.append(x) for x in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
-    control = f"http://127.0.0.1:{control_port}"
-    for _ in range(100):
-        try:
-            httpx.get(f"{control}/api/config", timeout=1).raise_for_status()
-            break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    try:
-        yield Server(control, f"http://127.0.0.1:{audience_port}", key)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        if os.environ.get("TOWNHALL_E2E_LOG"):
-            print("".join(lines))
 
 
 def chromium_args(mic_wav: Path) -> list[str]:
@@ -175,7 +110,7 @@ def test_host_and_listener_in_chromium(server: Server) -> None:
     marks: dict[str, float] = {}
     ARTIFACTS.mkdir(exist_ok=True)
     space = httpx.post(
-        f"{server.control}/api/spaces",
+        f"{server.control_url}/api/spaces",
         json={"title": "Browser town hall", "description": "Real Chromium, fake microphones."},
         headers={"Authorization": f"Bearer {server.admin_key}"},
     ).json()
@@ -270,7 +205,7 @@ def test_host_and_listener_in_chromium(server: Server) -> None:
             # One person, one session: naming themselves, the probe, the HLS polls and
             # the Ogg fallback all count the guest once; the two server-side captures
             # are anonymous streams, one session each.
-            counts = httpx.get(f"{server.control}/api/spaces/{space['id']}").json()["room"]
+            counts = httpx.get(f"{server.control_url}/api/spaces/{space['id']}").json()["room"]
             assert counts["total_tuned_in"] == 1 + 2, counts
             packets = guest.evaluate("window.townhall.mic.packetsSent()")
             assert packets > 50, packets
@@ -283,7 +218,7 @@ def test_host_and_listener_in_chromium(server: Server) -> None:
             expect(host.locator("#replay-card")).to_be_visible()
             expect(guest.locator("#replay-card")).to_be_visible()
             expect(guest.locator("#replay-link")).to_have_attribute(
-                "href", f"{server.audience}/replay/{space['id']}.ogg"
+                "href", f"{server.audience_url}/replay/{space['id']}.ogg"
             )
             expect(guest.locator("body")).to_have_attribute("data-mic", "off")
             host.screenshot(path=str(ARTIFACTS / "host-ended.png"), full_page=True)

@@ -11,15 +11,13 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-import av
 import httpx
 import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError
 
 from townhall.media.mixer import Pcm
 from townhall.peers.links import StageLink
-from townhall.stage.audio import FrameAssembler, PacedPcmTrack, PcmSource
+from townhall.stage.audio import PacedPcmTrack, PcmSource, read_pcm
 from townhall.stage.ice import allow_loopback_candidates, rtc_configuration
 
 
@@ -78,16 +76,7 @@ class Speaker:
             await asyncio.sleep(0.02)
 
     async def _listen(self, track: MediaStreamTrack) -> None:
-        assembler = FrameAssembler()
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            now = time.monotonic()
-            assert isinstance(frame, av.AudioFrame)
-            for pcm in assembler.push(frame):
-                self.heard.add(now, pcm)
+        await read_pcm(track, lambda pcm, at: self.heard.add(at, pcm))
 
     async def leave(self) -> None:
         if self._reader is not None:

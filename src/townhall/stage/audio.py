@@ -6,6 +6,7 @@ import asyncio
 import fractions
 import time
 from collections import deque
+from collections.abc import Callable
 
 import av
 import numpy as np
@@ -43,6 +44,21 @@ class FrameAssembler:
             frames.append(self._buf[:FRAME_SAMPLES].copy())
             self._buf = self._buf[FRAME_SAMPLES:]
         return frames
+
+
+async def read_pcm(track: MediaStreamTrack, on_pcm: Callable[[Pcm, float], None]) -> None:
+    """Hand every 20 ms mono frame of a received track to ``on_pcm(pcm, arrived_at)``
+    until the track ends."""
+    assembler = FrameAssembler()
+    while True:
+        try:
+            frame = await track.recv()
+        except MediaStreamError:
+            return
+        now = time.monotonic()
+        assert isinstance(frame, av.AudioFrame)
+        for pcm in assembler.push(frame):
+            on_pcm(pcm, now)
 
 
 def to_audio_frame(pcm: Pcm, pts: int) -> av.AudioFrame:

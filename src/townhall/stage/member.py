@@ -5,17 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import time
 from collections import deque
 from dataclasses import dataclass, field
 
-import av
 import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection
-from aiortc.mediastreams import MediaStreamError
 
 from townhall.media.mixer import Pcm
-from townhall.stage.audio import FrameAssembler, OutboundTrack
+from townhall.stage.audio import OutboundTrack, read_pcm
 
 # A frame quieter than this is treated as no signal (a muted or dead microphone).
 SILENCE_DBFS = -60.0
@@ -102,16 +99,7 @@ class StageMember:
         return now - since if since is not None else math.inf
 
     async def read(self, track: MediaStreamTrack) -> None:
-        assembler = FrameAssembler()
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            now = time.monotonic()
-            assert isinstance(frame, av.AudioFrame)
-            for pcm in assembler.push(frame):
-                self.accept(pcm, now)
+        await read_pcm(track, self.accept)
 
     async def close(self) -> None:
         if self.reader is not None:
