@@ -1,0 +1,66 @@
+"""The recorder writes a valid replay as it goes, and a complete VOD at the end."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+
+from tests.audio import amplitude_at, decode
+from townhall.media.hls import HlsConfig
+from townhall.media.mixer import FRAME_SAMPLES, SAMPLE_RATE_HZ
+from townhall.media.program import ProgramEncoder
+from townhall.recorder import Recorder, RecorderConfig
+
+
+def tone(i: int, hz: float = 440.0) -> np.ndarray:
+    t = (np.arange(FRAME_SAMPLES) + i * FRAME_SAMPLES) / SAMPLE_RATE_HZ
+    return (np.sin(2 * np.pi * hz * t) * 0.3 * 32767).astype(np.int16)
+
+
+async def record(root: Path, ticks: int, finish: bool) -> Recorder:
+    encoder, rec = (
+        ProgramEncoder(),
+        Recorder(root, "sp", HlsConfig(), RecorderConfig(fsync_interval_s=0.0)),
+    )
+    init_written = False
+    for i in range(ticks):
+        out = encoder.encode(tone(i))
+        if out.ogg_pages:
+            if rec.ogg_path.stat().st_size == 0:
+                rec.write_ogg(encoder.ogg_header, float(i))
+            rec.write_ogg(b"".join(p.data for p in out.ogg_pages), float(i))
+        for frag in out.fragments:
+            if not init_written and encoder.init_segment:
+                rec.write_init(encoder.init_segment)
+                init_written = True
+            rec.write_part(frag.data, frag.sample_count * FRAME_SAMPLES / SAMPLE_RATE_HZ, float(i))
+        await asyncio.sleep(0)
+    if finish:
+        rec.finish()
+    return rec
+
+
+def test_the_recording_is_playable_while_the_space_is_still_live(tmp_path: Path) -> None:
+    rec = asyncio.run(record(tmp_path, ticks=250, finish=False))  # 5 s, never finished
+    audio = decode(rec.ogg_path.read_bytes())
+    assert len(audio) > 4 * SAMPLE_RATE_HZ and amplitude_at(audio, 440) > 0.1
+    playlist = (tmp_path / "sp" / "vod.m3u8").read_text()
+    assert "#EXT-X-PLAYLIST-TYPE:EVENT" in playlist and "#EXT-X-ENDLIST" not in playlist
+
+
+def test_the_finished_recording_is_a_complete_vod(tmp_path: Path) -> None:
+    asyncio.run(record(tmp_path, ticks=260, finish=True))  # 5.2 s: a short last segment
+    playlist = (tmp_path / "sp" / "vod.m3u8").read_text()
+    assert "#EXT-X-PLAYLIST-TYPE:VOD" in playlist and playlist.endswith("#EXT-X-ENDLIST\n")
+    durations = [
+        float(line[8:].rstrip(",")) for line in playlist.splitlines() if line.startswith("#EXTINF:")
+    ]
+    assert durations[:2] == [2.0, 2.0] and 0 < durations[-1] < 2.0
+    media = (tmp_path / "sp" / "init.mp4").read_bytes() + b"".join(
+        (tmp_path / "sp" / f"s{n}.m4s").read_bytes() for n in range(len(durations))
+    )
+    audio = decode(media, "mp4")
+    assert abs(len(audio) / SAMPLE_RATE_HZ - sum(durations)) < 0.1
+    assert amplitude_at(audio, 440) > 0.1
