@@ -348,9 +348,11 @@ class FlashResult:
             ),
             (
                 "listeners failed",
-                f"{s['failed']} (connected {s['connected']}/{s['listeners']})",
+                f"{s['failed']} (connected {s['connected']}/{self.plan.listeners})",
                 "0",
-                s["failed"] == 0 and s["connected"] == s["listeners"],
+                s["failed"] == 0
+                and s["connected"] == self.plan.listeners
+                and not s["watchdog_fired"],
             ),
         ]
         for h in self.hearings:
