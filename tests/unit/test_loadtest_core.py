@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
 import pytest
 
 from townhall.loadtest.arrivals import Arrival, deal, schedule
+from townhall.loadtest.listeners import newest_granule
 from townhall.loadtest.stats import (
     Histogram,
     ListenerRecord,
@@ -24,6 +26,8 @@ from townhall.loadtest.wire import (
     playlist_url,
     timescale,
 )
+from townhall.media.mixer import FRAME_SAMPLES
+from townhall.media.program import ProgramEncoder
 
 
 # -- arrivals ------------------------------------------------------------------------------
@@ -156,3 +160,18 @@ def test_timescale_reads_mdhd() -> None:
     mdhd = _box(b"mdhd", b"\x00\x00\x00\x00" + b"\0" * 8 + struct.pack(">I", 48_000) + b"\0" * 8)
     init = _box(b"ftyp", b"iso6") + _box(b"moov", _box(b"trak", _box(b"mdia", mdhd)))
     assert timescale(init) == 48_000
+
+
+def test_newest_granule_dates_a_chunk_by_its_freshest_page() -> None:
+    encoder = ProgramEncoder()
+    pages = []
+    for i in range(60):
+        t = (np.arange(FRAME_SAMPLES) + i * FRAME_SAMPLES) / 48_000
+        pages += encoder.encode((np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16)).ogg_pages
+    chunk = b"".join(p.data for p in pages)
+    assert newest_granule(chunk) == pages[-1].granule > 0
+    assert newest_granule(encoder.ogg_header) == 0  # header pages carry granule 0
+    assert newest_granule(chunk[5:40]) is None  # no header starts in this slice
+    # A header cut before its granule is complete is skipped for the previous one.
+    cut = len(chunk) - len(pages[-1].data) + 10
+    assert newest_granule(chunk[:cut]) == pages[-2].granule
