@@ -32,7 +32,7 @@ from townhall.loadtest.worker import (
 )
 
 MAX_SOCKETS_PER_PROCESS = 15_000  # this sandbox caps open files at about 20k a process
-START_DELAY_S = 1.0  # lets every worker fork and start its loop before the first arrival
+START_DELAY_S = 3.0  # lets every worker spawn, import and start its loop before the first arrival
 WATCHDOG_GRACE_S = 15.0
 
 
@@ -110,7 +110,9 @@ def _worker_plans(plan: LoadPlan, start_at: float) -> list[WorkerPlan]:
 def _run_workers(
     plan: LoadPlan, sampler: ServerSampler | None, progress: TextIO | None
 ) -> tuple[dict[str, Tally], bool]:
-    ctx = mp.get_context("fork")  # fast, and nothing in the parent runs a loop yet
+    # spawn, not fork: a caller may have threads running (aiortc decoders, executors,
+    # a test runner), and a forked child can deadlock on a lock one of them held.
+    ctx = mp.get_context("spawn")
     inbox = ctx.Queue()
     start_at = time.monotonic() + START_DELAY_S
     procs = [
