@@ -16,6 +16,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     f.add_argument("--cpu", type=int, default=0, help="the core every server is pinned to")
     f.add_argument("--wrk-connections", type=int, default=200)
     f.add_argument("--wrk-seconds", type=float, default=3.0)
+    f.add_argument("--wrk-rounds", type=int, default=3, help="alternating rounds; medians")
     f.add_argument(
         "--flush-interval", type=float, default=1.0, help="townhall's Ogg write interval (s)"
     )
@@ -39,13 +40,14 @@ def _fanout(args: argparse.Namespace) -> int:
     from townhall.bench.fanout import BenchPlan, run_fanout_bench
 
     plan = BenchPlan(
-        args.listeners,
-        args.seconds,
-        args.cpu,
-        args.wrk_connections,
-        args.wrk_seconds,
-        args.flush_interval,
-        args.audience_workers,
+        listeners=args.listeners,
+        seconds=args.seconds,
+        cpu=args.cpu,
+        wrk_connections=args.wrk_connections,
+        wrk_seconds=args.wrk_seconds,
+        wrk_rounds=args.wrk_rounds,
+        flush_interval_s=args.flush_interval,
+        audience_workers=args.audience_workers,
     )
     result = run_fanout_bench(plan)
     print(result.table())
