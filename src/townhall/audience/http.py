@@ -96,17 +96,18 @@ class HttpConnection(asyncio.Protocol):
         on_lost: Callable[[HttpConnection], None],
         ready: Mapping[bytes, bytes] | None = None,
         counted: Mapping[bytes, tuple[str, bytes]] | None = None,
-        on_counted: Callable[[str, str, str], None] | None = None,
+        on_counted: Callable[[str, HttpConnection], None] | None = None,
     ) -> None:
         self.handler = handler
         self.on_lost = on_lost
         # Complete responses for immutable resources, keyed by the exact request target:
         # a hit is answered before any URL parsing or routing (the LL-HLS hot path).
         self.ready: Mapping[bytes, bytes] = ready if ready is not None else {}
-        # Like ``ready``, but each hit is reported as ``on_counted(space, peer, agent)``:
+        # Like ``ready``, but each hit is reported as ``on_counted(space, connection)``:
         # playlist polls, which is how an HLS player is counted as a listener.
         self.counted: Mapping[bytes, tuple[str, bytes]] = counted if counted is not None else {}
         self.on_counted = on_counted
+        self.session: str | None = None  # the listener session this connection counts as
         self.transport: asyncio.Transport | None = None
         self.streaming = False
         self._parser = httptools.HttpRequestParser(self)
@@ -162,7 +163,7 @@ class HttpConnection(asyncio.Protocol):
         if hit is None and (counted := self.counted.get(self._url)) is not None:
             space_id, hit = counted
             if self.on_counted is not None:
-                self.on_counted(space_id, self.peer, self._headers.get("user-agent", ""))
+                self.on_counted(space_id, self)
         if hit is not None and self._parser.get_method() == b"GET":
             return self.send(hit, self._parser.should_keep_alive())
         try:
@@ -179,6 +180,10 @@ class HttpConnection(asyncio.Protocol):
             peer=self.peer,
         )
         self._dispatch(request)
+
+    @property
+    def user_agent(self) -> str:
+        return self._headers.get("user-agent", "")
 
     # -- replies -------------------------------------------------------------------
     def _dispatch(self, request: Request) -> None:

@@ -152,7 +152,7 @@ class AudienceServer:
     # -- serving ---------------------------------------------------------------------
     def protocol(self) -> HttpConnection:
         conn = HttpConnection(
-            self.handle, self.connections.discard, self._cache, self._playlists, self._seen
+            self.handle, self.connections.discard, self._cache, self._playlists, self._seen_on
         )
         self.connections.add(conn)
         return conn
@@ -287,8 +287,16 @@ class AudienceServer:
         if self.presence is None:
             return
         if sid is None or not _SESSION_ID.match(sid):
-            sid = "hls-" + hashlib.blake2b(f"{peer}|{agent}".encode(), digest_size=9).hexdigest()
+            sid = _anonymous_hls_session(peer, agent)
         self.presence.seen(space_id, sid)
+
+    def _seen_on(self, space_id: str, conn: HttpConnection) -> None:
+        """A playlist served from the fast path: the connection's session, hashed once."""
+        if self.presence is None:
+            return
+        if conn.session is None:
+            conn.session = _anonymous_hls_session(conn.peer, conn.user_agent)
+        self.presence.seen(space_id, conn.session)
 
     def _playlist_bytes(self, channel: Channel, cache: str) -> bytes:
         # Keyed by the body's identity, not id(): a freed body's id can be reused by a
@@ -406,6 +414,10 @@ class AudienceServer:
 
 
 _OGG_HEAD = stream_head("audio/ogg", (("X-Content-Type-Options", "nosniff"),))
+
+
+def _anonymous_hls_session(peer: str, agent: str) -> str:
+    return "hls-" + hashlib.blake2b(f"{peer}|{agent}".encode(), digest_size=9).hexdigest()
 
 
 def _playlist_target(space_id: str) -> bytes:
