@@ -21,7 +21,7 @@ from townhall.config import ServerConfig
 from townhall.errors import BadRequest, Conflict, Forbidden, Unavailable
 from townhall.live import LiveSpace
 from townhall.ratelimit import RateLimiter
-from townhall.recorder import Recorder
+from townhall.recorder import Recorder, seal_after_crash
 from townhall.room.events import RoomEvent
 from townhall.room.state import Role, Room, SpaceState
 from townhall.stage.runtime import StageRuntime
@@ -71,6 +71,11 @@ class Townhall:
         self.audience = AudienceServer(self.config.audience, self.config.recordings_dir)
         self.feed_sinks.append(self.audience.apply)
         self.audience.presence = self
+        for space_id in self.store.end_orphaned(time.time()):
+            seal_after_crash(self.config.recordings_dir, space_id)
+            log.warning(
+                "space %s was live when the last process died; its replay is sealed", space_id
+            )
 
     # -- admin ---------------------------------------------------------------------
     def check_admin(self, key: str) -> None:

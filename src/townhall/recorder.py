@@ -28,6 +28,18 @@ class RecorderConfig:
     fsync_interval_s: float = 2.0
 
 
+def seal_after_crash(root: Path, space_id: str) -> None:
+    """Close the replay of a Space whose process died: the Ogg file is already valid up
+    to its last flushed page; the HLS playlist becomes a VOD with ENDLIST."""
+    playlist = root / space_id / "vod.m3u8"
+    if not playlist.is_file():
+        return
+    text = playlist.read_text().replace("#EXT-X-PLAYLIST-TYPE:EVENT", "#EXT-X-PLAYLIST-TYPE:VOD")
+    if "#EXT-X-ENDLIST" not in text:
+        text += "#EXT-X-ENDLIST\n"
+    playlist.write_text(text)
+
+
 class Recorder:
     def __init__(self, root: Path, space_id: str, hls: HlsConfig, config: RecorderConfig) -> None:
         self.config = config

@@ -78,6 +78,14 @@ class Store:
             f"UPDATE spaces SET state = ?, {column} = ? WHERE id = ?", (state, at, space_id)
         )
 
+    def end_orphaned(self, at: float) -> list[str]:
+        """Spaces still 'live' from a process that died: mark them ended, return their ids."""
+        rows = self._db.execute("SELECT id FROM spaces WHERE state = 'live'").fetchall()
+        self._db.execute(
+            "UPDATE spaces SET state = 'ended', ended_at = ? WHERE state = 'live'", (at,)
+        )
+        return [str(r[0]) for r in rows]
+
     def spaces(self, limit: int = 100) -> list[SpaceRecord]:
         rows = self._db.execute("SELECT * FROM spaces ORDER BY created_at DESC LIMIT ?", (limit,))
         return [SpaceRecord(*r) for r in rows]

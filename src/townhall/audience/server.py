@@ -41,7 +41,7 @@ from typing import Protocol
 
 from townhall.audience.channel import Channel, ChannelConfig
 from townhall.audience.fanout import Fanout
-from townhall.audience.feed import ChannelEnded, FeedMessage, HlsPart, RoomUpdate
+from townhall.audience.feed import ChannelEnded, FeedMessage, HlsPart
 from townhall.audience.http import (
     HttpConnection,
     Reply,
@@ -49,7 +49,7 @@ from townhall.audience.http import (
     response_bytes,
     stream_head,
 )
-from townhall.errors import BadRequest, NotFound, TownhallError, Unavailable
+from townhall.errors import BadRequest, NotFound, Unavailable
 from townhall.media.hls import part_uri, segment_uri
 
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -433,8 +433,4 @@ def _int_param(req: Request, name: str) -> int | None:
     return int(raw)
 
 
-def room_update(space_id: str, json_text: str) -> RoomUpdate:
-    return RoomUpdate(space_id, json_text, time.monotonic())
-
-
-__all__ = ["AudienceConfig", "AudienceServer", "TownhallError"]
+__all__ = ["AudienceConfig", "AudienceServer", "ListenerPresence"]
