@@ -485,3 +485,31 @@ async def plain_playlist_scenario(program: Program) -> None:
     assert server.builds == builds + 1
     # Three polls from one client: three reports of the same (address, agent) session.
     assert len(presence.sessions) == 3 and len(set(presence.sessions)) == 1
+
+
+# -- slow and idle clients ---------------------------------------------------------------
+def test_slowloris_and_idle_keepalive_sockets_are_closed(program: Program) -> None:
+    run(slow_clients_scenario(program))
+
+
+async def slow_clients_scenario(program: Program) -> None:
+    config = AudienceConfig(head_timeout_s=0.5, idle_timeout_s=0.8)
+    async with serving(config) as running:
+        running.server.apply(HlsInit(SPACE, program.init))
+        feed_parts(running.server, program, 0, 2)
+        slow_r, slow_w = await asyncio.open_connection(HOST, running.port)
+        idle_r, idle_w = await asyncio.open_connection(HOST, running.port)
+        idle_w.write(f"GET /live/{SPACE}/init.mp4 HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        assert (await idle_r.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        started = time.monotonic()
+        for byte in b"GET /live/":  # a head that trickles in, a byte every 0.2 s
+            slow_w.write(bytes([byte]))
+            await asyncio.sleep(0.2)
+            if slow_r.at_eof():
+                break
+        slow_closed = await asyncio.wait_for(slow_r.read(), 3.0)
+        slow_after = time.monotonic() - started
+        await asyncio.wait_for(idle_r.read(), 3.0)  # EOF once idle too long (after the body)
+        idle_after = time.monotonic() - started
+    assert slow_closed == b"" and slow_after < 2.5, slow_after
+    assert idle_after < 3.0, idle_after

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -116,6 +117,8 @@ class HttpConnection(asyncio.Protocol):
         self._head_bytes = 0
         self._task: asyncio.Task[None] | None = None
         self.peer = ""
+        self.last_active = time.monotonic()
+        self.head_started_at: float | None = None  # a request head is arriving since then
 
     # -- asyncio.Protocol ----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -131,6 +134,8 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.streaming:
             return  # a stream listener has nothing more to say; ignore, bounded
+        if self._head_bytes == 0:
+            self.head_started_at = time.monotonic()
         self._head_bytes += len(data)
         if self._head_bytes > self.max_head_bytes:
             return self._fail(431, "request head too large")
@@ -159,6 +164,7 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._head_bytes = 0
+        self.head_started_at = None
         hit = self.ready.get(self._url)
         if hit is None and (counted := self.counted.get(self._url)) is not None:
             space_id, hit = counted
@@ -218,8 +224,18 @@ class HttpConnection(asyncio.Protocol):
             # RFC 9110 9.3.2: the same head as GET, no body (the length still says it).
             data = data[: data.find(b"\r\n\r\n") + 4]
         self.transport.write(data)
+        self.last_active = time.monotonic()
         if not keep_alive:
             self.transport.close()
+
+    def overstayed(self, now: float, head_timeout_s: float, idle_timeout_s: float) -> bool:
+        """A slow request head (slowloris) or an idle keep-alive holds a socket for
+        nothing; streams and requests waiting on a part are bounded elsewhere."""
+        if self.streaming or self._task is not None:
+            return False
+        if self.head_started_at is not None:
+            return now - self.head_started_at > head_timeout_s
+        return now - self.last_active > idle_timeout_s
 
     def take_over(self, head: bytes) -> asyncio.Transport:
         """Turn this connection into a stream; the fan-out engine writes from now on."""

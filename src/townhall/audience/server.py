@@ -76,6 +76,9 @@ class AudienceConfig:
     # Kernel send buffer of a stream listener. Left alone, Linux grows it to megabytes,
     # so a stalled reader would hide there for minutes before the engine could see it.
     stream_sndbuf_bytes: int = 32 * 1024
+    # A request head must arrive within this; an idle keep-alive is closed after that.
+    head_timeout_s: float = 10.0
+    idle_timeout_s: float = 30.0
     # Feed bytes queued for one worker process before it is dropped (workers.py).
     max_worker_backlog_bytes: int = 8 * 1024 * 1024
 
@@ -381,10 +384,26 @@ class AudienceServer:
 
     # -- the flush loop --------------------------------------------------------------
     async def run_flusher(self) -> None:
+        next_reap = time.monotonic() + 1.0
         while True:
             await asyncio.sleep(self.config.flush_tick_s)
             await self.flush_due()
-            self.drop_ended(time.monotonic())
+            now = time.monotonic()
+            self.drop_ended(now)
+            if now >= next_reap:
+                next_reap = now + 1.0
+                self.reap_idle(now)
+
+    def reap_idle(self, now: float) -> int:
+        """Close connections that hold a socket without a request in flight."""
+        c = self.config
+        stale = [
+            x for x in self.connections if x.overstayed(now, c.head_timeout_s, c.idle_timeout_s)
+        ]
+        for conn in stale:
+            if conn.transport is not None:
+                conn.transport.close()
+        return len(stale)
 
     async def flush_due(self) -> None:
         for channel in list(self.channels.values()):
