@@ -368,7 +368,8 @@ def test_two_workers_serve_one_port(program: Program) -> None:
 
 
 async def workers_scenario(program: Program) -> None:
-    pool = WorkerPool(WorkerSpec(AudienceConfig(), None, HOST, 0), count=2)
+    presence = SeenSessions()
+    pool = WorkerPool(WorkerSpec(AudienceConfig(), None, HOST, 0), count=2, presence=presence)
     await pool.start()
     try:
         pool.publish(OggHeader(SPACE, program.header))
@@ -383,6 +384,8 @@ async def workers_scenario(program: Program) -> None:
         await asyncio.sleep(2.0)
         feeding.cancel()
         assert all(len(p.raw) > 2_000 for p in listeners)
+        # Every worker's listeners are counted in the main process, each one once.
+        assert len(set(presence.opened)) == 16
         for proto in listeners:
             assert abs(dominant_hz(program.header + bytes(proto.raw), "ogg") - TONE_HZ) < 5
     finally:
@@ -452,9 +455,10 @@ class SeenSessions:
     """A presence sink that records what the audience port reports (a real fake)."""
 
     sessions: list[str] = field(default_factory=list)
+    opened: list[str] = field(default_factory=list)
 
     def stream_opened(self, space_id: str, session_id: str, conn_id: str) -> None:
-        pass
+        self.opened.append(conn_id)
 
     def stream_closed(self, space_id: str, session_id: str, conn_id: str, ended: bool) -> None:
         pass

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 import pickle
 import socket
 import struct
@@ -30,16 +31,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Any
 
 import uvloop
 
 from townhall.audience.feed import FeedMessage
-from townhall.audience.server import AudienceConfig, AudienceServer
+from townhall.audience.server import AudienceConfig, AudienceServer, ListenerPresence
 
 log = logging.getLogger(__name__)
 
 _LENGTH = struct.Struct(">I")
-_READY = b"R"
 # Our own process writes these frames; the bound only guards against a broken stream.
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 
@@ -56,7 +57,23 @@ class WorkerSpec:
     port: int
 
 
-def encode_frame(msg: FeedMessage) -> bytes:
+@dataclass(frozen=True)
+class WorkerReady:
+    """A worker's first word back: it listens on the shared port."""
+
+
+@dataclass(frozen=True)
+class PresenceReport:
+    """A worker's listener presence, for the main process's honest counters."""
+
+    event: str  # "opened", "closed" or "seen"
+    space_id: str
+    session_id: str
+    conn_id: str = ""
+    session_ended: bool = False
+
+
+def encode_frame(msg: object) -> bytes:
     body = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
     return _LENGTH.pack(len(body)) + body
 
@@ -67,9 +84,9 @@ class FrameDecoder:
     def __init__(self) -> None:
         self._buf = bytearray()
 
-    def feed(self, data: bytes) -> list[FeedMessage]:
+    def feed(self, data: bytes) -> list[Any]:
         self._buf += data
-        out: list[FeedMessage] = []
+        out: list[Any] = []
         while len(self._buf) >= _LENGTH.size:
             (size,) = _LENGTH.unpack_from(self._buf)
             if size > MAX_FRAME_BYTES:
@@ -82,6 +99,44 @@ class FrameDecoder:
 
 
 # -- the worker process -------------------------------------------------------------
+class _PresenceRelay:
+    """ListenerPresence in a worker: reports go back to the main process, framed.
+
+    Connection ids get the worker's pid so two workers' connections never collide.
+    """
+
+    def __init__(self, transport: asyncio.Transport, pid: int) -> None:
+        self._transport = transport
+        self._pid = pid
+
+    def stream_opened(self, space_id: str, session_id: str, conn_id: str) -> None:
+        self._send(PresenceReport("opened", space_id, session_id, f"{self._pid}:{conn_id}"))
+
+    def stream_closed(
+        self, space_id: str, session_id: str, conn_id: str, session_ended: bool
+    ) -> None:
+        conn = f"{self._pid}:{conn_id}"
+        self._send(PresenceReport("closed", space_id, session_id, conn, session_ended))
+
+    def seen(self, space_id: str, session_id: str) -> None:
+        self._send(PresenceReport("seen", space_id, session_id))
+
+    def _send(self, report: PresenceReport) -> None:
+        if not self._transport.is_closing():
+            self._transport.write(encode_frame(report))
+
+
+def apply_presence(presence: ListenerPresence, report: PresenceReport) -> None:
+    if report.event == "opened":
+        presence.stream_opened(report.space_id, report.session_id, report.conn_id)
+    elif report.event == "closed":
+        presence.stream_closed(
+            report.space_id, report.session_id, report.conn_id, report.session_ended
+        )
+    else:
+        presence.seen(report.space_id, report.session_id)
+
+
 class _FeedReader(asyncio.Protocol):
     def __init__(self, apply: FeedSink, closed: asyncio.Future[None]) -> None:
         self._apply = apply
@@ -112,7 +167,8 @@ async def _serve_worker(spec: WorkerSpec, feed: socket.socket) -> None:
     transport, _ = await loop.create_unix_connection(
         lambda: _FeedReader(server.apply, closed), sock=feed
     )
-    transport.write(_READY)
+    server.presence = _PresenceRelay(transport, os.getpid())
+    transport.write(encode_frame(WorkerReady()))
     await closed  # the main process went away or dropped us
     listener.close()
     flusher.cancel()
@@ -125,17 +181,24 @@ async def _serve_worker(spec: WorkerSpec, feed: socket.socket) -> None:
 class _WorkerLink(asyncio.Protocol):
     """The main process's end of one worker's feed socket."""
 
-    def __init__(self, on_lost: Callable[[_WorkerLink], None]) -> None:
+    def __init__(
+        self, on_lost: Callable[[_WorkerLink], None], presence: ListenerPresence | None
+    ) -> None:
         self.transport: asyncio.Transport | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._on_lost = on_lost
+        self._presence = presence
+        self._decoder = FrameDecoder()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
-        if _READY in data and not self.ready.done():
-            self.ready.set_result(None)
+        for msg in self._decoder.feed(data):
+            if isinstance(msg, WorkerReady) and not self.ready.done():
+                self.ready.set_result(None)
+            elif isinstance(msg, PresenceReport) and self._presence is not None:
+                apply_presence(self._presence, msg)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.ready.done():
@@ -153,6 +216,7 @@ class WorkerPool:
     links: list[_WorkerLink] = field(default_factory=list)
     processes: list[BaseProcess] = field(default_factory=list)
     dropped: int = 0
+    presence: ListenerPresence | None = None  # where the workers' listeners are counted
 
     @property
     def port(self) -> int:
@@ -190,7 +254,9 @@ class WorkerPool:
         theirs.close()
         ours.setblocking(False)
         loop = asyncio.get_running_loop()
-        _, link = await loop.create_unix_connection(lambda: _WorkerLink(self._lost), sock=ours)
+        _, link = await loop.create_unix_connection(
+            lambda: _WorkerLink(self._lost, self.presence), sock=ours
+        )
         self.links.append(link)
         self.processes.append(proc)
 
@@ -247,7 +313,8 @@ async def serve_audience(
                 await flusher
 
         return stop_local
-    pool = WorkerPool(WorkerSpec(server.config, server.recordings_dir, host, port), workers)
+    spec = WorkerSpec(server.config, server.recordings_dir, host, port)
+    pool = WorkerPool(spec, workers, presence=server.presence)
     await pool.start()
     # Replace only the in-process audience; other sinks (if any) keep their place.
     if server.apply in sinks:
