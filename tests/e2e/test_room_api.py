@@ -82,6 +82,24 @@ async def live_host(space: Space) -> Speaker:
     return host
 
 
+async def host_and_guest(space: Space) -> tuple[Speaker, Speaker, str]:
+    """A live Space with the host (440 Hz) and an invited guest (660 Hz) heard on stage."""
+    host = await live_host(space)
+    guest = Speaker(await space.invite("Guest"), ToneSource(660))
+    await guest.join()
+    async with httpx.AsyncClient(timeout=10) as client:
+
+        async def guest_live() -> bool:
+            seats = (await room(client, space))["stage"]
+            return any(s["role"] == "speaker" and s["live"] for s in seats)  # type: ignore[union-attr,index]
+
+        await wait_until(guest_live)
+        seats = (await room(client, space))["stage"]
+    await asyncio.sleep(1.0)  # a second of both voices in the mix
+    guest_id = next(s["id"] for s in seats if s["role"] == "speaker")  # type: ignore[union-attr,index]
+    return host, guest, str(guest_id)
+
+
 async def test_counts_are_honest_under_duplicates_tabs_and_reconnects(server: Server) -> None:
     space = await server.create_space("counts")
     await space.start()
@@ -144,16 +162,9 @@ async def test_listener_cannot_publish_until_brought_up_and_mic_checked(server: 
 
 async def test_demoted_speaker_leaves_the_program_within_a_second(server: Server) -> None:
     space = await server.create_space("demote")
-    host = await live_host(space)
-    guest_link = await space.invite("Guest")
-    guest = Speaker(guest_link, ToneSource(660))
-    await guest.join()
+    host, guest, guest_id = await host_and_guest(space)
     async with httpx.AsyncClient(timeout=10) as client:
-        await asyncio.sleep(1.5)
         assert amplitude_at(heard_after(host, time.monotonic() - 0.8), 660) > PRESENT
-        guest_id = next(
-            s["id"] for s in (await room(client, space))["stage"] if s["role"] == "speaker"
-        )  # type: ignore[union-attr,index]
         demoted_at = time.monotonic()
         resp = await command(client, space, space.host_token, "move_to_audience", guest_id)
         assert resp.status_code == 200, resp.text
@@ -170,15 +181,8 @@ async def test_demoted_speaker_leaves_the_program_within_a_second(server: Server
 
 async def test_mute_is_heard_and_only_the_speaker_unmutes_themselves(server: Server) -> None:
     space = await server.create_space("mute")
-    host = await live_host(space)
-    guest_link = await space.invite("Guest")
-    guest = Speaker(guest_link, ToneSource(660))
-    await guest.join()
+    host, guest, guest_id = await host_and_guest(space)
     async with httpx.AsyncClient(timeout=10) as client:
-        await asyncio.sleep(1.5)
-        guest_id = next(
-            s["id"] for s in (await room(client, space))["stage"] if s["role"] == "speaker"
-        )  # type: ignore[union-attr,index]
         assert (await command(client, space, space.host_token, "mute", guest_id)).status_code == 200
         muted_at = time.monotonic()
         await asyncio.sleep(2.0)
@@ -186,7 +190,7 @@ async def test_mute_is_heard_and_only_the_speaker_unmutes_themselves(server: Ser
         refused = await command(client, space, space.host_token, "unmute", guest_id)
         assert refused.status_code == 403 and refused.json()["error"] == "forbidden"
         assert (
-            await command(client, space, guest_link.token, "unmute", guest_id)
+            await command(client, space, guest.link.token, "unmute", guest_id)
         ).status_code == 200
         unmuted_at = time.monotonic()
         await asyncio.sleep(1.5)

@@ -145,6 +145,20 @@ export async function shareLink(url, title, statusEl) {
   }
 }
 
+/** After the end, poll the Space until its replay links appear (written within seconds). */
+export async function waitForReplay(spaceId, info) {
+  for (let attempt = 0; attempt < 6; attempt++) {
+    try {
+      info = await api(`/api/spaces/${spaceId}`);
+      if (info.replay) break;
+    } catch (e) {
+      showError(e, "Loading the replay");
+    }
+    await sleep(1000 * (attempt + 1));
+  }
+  return info;
+}
+
 export function formatCount(n) {
   n = Number(n || 0);
   if (n >= 1e6) return `${(n / 1e6).toFixed(n >= 1e7 ? 0 : 1)}M`;

@@ -1,6 +1,7 @@
 // The listener page: play the live program, react, raise a hand, and when invited,
 // come up on stage (audience stream stopped first, then the microphone).
 import {
+  waitForReplay,
   $, h, api, ApiError, showError, note, sleep, backoffDelay, spaceIdFromPath, listenLink,
   shareLink, formatCount, stateLabel, renderReactions, roomEvents, AudiencePlayer, StageMic,
   stageSocket,
@@ -439,15 +440,7 @@ async function onEnded() {
     socket = null;
   }
   if (events) events.close();
-  for (let attempt = 0; attempt < 6; attempt++) {
-    try {
-      info = await api(`/api/spaces/${spaceId}`);
-      if (info.replay) break;
-    } catch (e) {
-      showError(e, "Loading the replay");
-    }
-    await sleep(1000 * (attempt + 1));
-  }
+  info = await waitForReplay(spaceId, info);
   render();
 }
 

@@ -1,7 +1,8 @@
 // The stage page for the host, co-hosts and speakers: the microphone (WebRTC), live
 // meters, mic checks, the hand queue and moderation.
 import {
-  $, h, api, ApiError, showError, note, sleep, spaceIdFromPath, tokenFromFragment, listenLink,
+  waitForReplay,
+  $, h, api, ApiError, showError, note, spaceIdFromPath, tokenFromFragment, listenLink,
   shareLink, formatCount, stateLabel, renderReactions, roomEvents, StageMic, stageSocket,
   meterPercent,
 } from "/static/common.js";
@@ -314,15 +315,7 @@ async function onEnded() {
   if (events) {
     events.close();
   }
-  for (let attempt = 0; attempt < 6; attempt++) {
-    try {
-      info = await api(`/api/spaces/${spaceId}`);
-      if (info.replay) break;
-    } catch (e) {
-      showError(e, "Loading the replay");
-    }
-    await sleep(1000 * (attempt + 1));
-  }
+  info = await waitForReplay(spaceId, info);
   render();
 }
 
