@@ -13,6 +13,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     f = bsub.add_parser("fanout", help="Ogg listeners vs Icecast2; LL-HLS req/s vs nginx")
     f.add_argument("--listeners", type=int, default=5_000)
     f.add_argument("--seconds", type=float, default=20.0, help="length of each swarm")
+    f.add_argument("--over", type=float, help="arrivals spread over this many seconds")
     f.add_argument("--cpu", type=int, default=0, help="the core every server is pinned to")
     f.add_argument("--wrk-connections", type=int, default=200)
     f.add_argument("--wrk-seconds", type=float, default=3.0)
@@ -48,6 +49,7 @@ def _fanout(args: argparse.Namespace) -> int:
         wrk_rounds=args.wrk_rounds,
         flush_interval_s=args.flush_interval,
         audience_workers=args.audience_workers,
+        over_s=args.over,
     )
     result = run_fanout_bench(plan)
     print(result.table())
