@@ -27,6 +27,7 @@ import os
 import pickle
 import socket
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
@@ -103,11 +104,16 @@ class _PresenceRelay:
     """ListenerPresence in a worker: reports go back to the main process, framed.
 
     Connection ids get the worker's pid so two workers' connections never collide.
+    A session's polls are sent at most once per ``seen_every_s``: the counters need a
+    heartbeat within tens of seconds, and a playlist hit must stay a dict lookup.
     """
 
-    def __init__(self, transport: asyncio.Transport, pid: int) -> None:
+    def __init__(self, transport: asyncio.Transport, pid: int, seen_every_s: float = 1.0) -> None:
         self._transport = transport
         self._pid = pid
+        self._seen_every_s = seen_every_s
+        self._seen_recently: set[tuple[str, str]] = set()
+        self._seen_since = time.monotonic()
 
     def stream_opened(self, space_id: str, session_id: str, conn_id: str) -> None:
         self._send(PresenceReport("opened", space_id, session_id, f"{self._pid}:{conn_id}"))
@@ -119,7 +125,13 @@ class _PresenceRelay:
         self._send(PresenceReport("closed", space_id, session_id, conn, session_ended))
 
     def seen(self, space_id: str, session_id: str) -> None:
-        self._send(PresenceReport("seen", space_id, session_id))
+        now = time.monotonic()
+        if now - self._seen_since >= self._seen_every_s:
+            self._seen_recently.clear()  # bounded: one period's sessions at most
+            self._seen_since = now
+        if (space_id, session_id) not in self._seen_recently:
+            self._seen_recently.add((space_id, session_id))
+            self._send(PresenceReport("seen", space_id, session_id))
 
     def _send(self, report: PresenceReport) -> None:
         if not self._transport.is_closing():

@@ -1,0 +1,55 @@
+"""Audience workers report presence to the main process: framed, deduplicated, exact."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from townhall.audience.workers import FrameDecoder, PresenceReport, _PresenceRelay, apply_presence
+
+
+@dataclass
+class FakeTransport:
+    """The two methods of an asyncio transport the relay uses."""
+
+    written: bytearray = field(default_factory=bytearray)
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return False
+
+
+@dataclass
+class Counted:
+    calls: list[tuple[object, ...]] = field(default_factory=list)
+
+    def stream_opened(self, space_id: str, session_id: str, conn_id: str) -> None:
+        self.calls.append(("opened", space_id, session_id, conn_id))
+
+    def stream_closed(self, space_id: str, session_id: str, conn_id: str, ended: bool) -> None:
+        self.calls.append(("closed", space_id, session_id, conn_id, ended))
+
+    def seen(self, space_id: str, session_id: str) -> None:
+        self.calls.append(("seen", space_id, session_id))
+
+
+def test_reports_cross_the_process_boundary_and_polls_are_deduplicated() -> None:
+    transport = FakeTransport()
+    relay = _PresenceRelay(transport, pid=42, seen_every_s=3600)  # type: ignore[arg-type]
+    relay.stream_opened("sp", "ogg-1", "1")
+    for _ in range(1_000):  # one HLS player polling hard
+        relay.seen("sp", "hls-abc")
+    relay.seen("sp", "hls-def")
+    relay.stream_closed("sp", "ogg-1", "1", True)
+    reports = FrameDecoder().feed(bytes(transport.written))
+    assert all(isinstance(r, PresenceReport) for r in reports)
+    counted = Counted()
+    for report in reports:
+        apply_presence(counted, report)
+    assert counted.calls == [
+        ("opened", "sp", "ogg-1", "42:1"),
+        ("seen", "sp", "hls-abc"),
+        ("seen", "sp", "hls-def"),
+        ("closed", "sp", "ogg-1", "42:1", True),
+    ]
