@@ -90,14 +90,17 @@ class Capture:
         except BaseException as e:  # reported by result()
             self.error = e
 
-    def result(self) -> tuple[float, float]:
-        """(amplitude at 440 Hz, amplitude at 660 Hz) over what was heard."""
+    def result(self, last_s: float | None = None) -> tuple[float, float]:
+        """(amplitude at 440 Hz, amplitude at 660 Hz) over what was heard, or over its
+        last ``last_s`` seconds (past the join burst of already-produced audio)."""
         self._thread.join(30)
         if self.error:
             raise self.error
         signal = decode(self.data)
         assert len(signal) > 48_000, f"heard only {len(signal)} samples"
         signal = signal[4800:]  # skip the first 100 ms (decoder start-up)
+        if last_s is not None:
+            signal = signal[-int(last_s * 48_000) :]
         return amplitude_at(signal, 440.0), amplitude_at(signal, 660.0)
 
 
@@ -211,6 +214,16 @@ def test_host_and_listener_in_chromium(server: Server) -> None:
             assert packets > 50, packets
             host.screenshot(path=str(ARTIFACTS / "host-live.png"), full_page=True)
             guest.screenshot(path=str(ARTIFACTS / "listener-on-stage.png"), full_page=True)
+
+            # -- the new speaker mutes, then unmutes, themselves --------------------
+            guest.locator("#mute").click()
+            expect(guest.locator("#mute")).to_have_attribute("aria-pressed", "true")
+            muted = Capture(ogg_url, 2.5).result(last_s=1.0)[1]
+            guest.locator("#mute").click()
+            expect(guest.locator("#mute")).to_have_attribute("aria-pressed", "false")
+            unmuted = Capture(ogg_url, 2.5).result(last_s=1.0)[1]
+            assert muted < 0.01, f"a muted speaker is still in the program ({muted:.3f})"
+            assert unmuted > 0.05, f"an unmuted speaker is not back ({unmuted:.3f})"
 
             # -- the end: both pages offer the replay --------------------------------
             host.locator("#end").click()

@@ -49,7 +49,10 @@ async def _pump(ws: WebSocket, watcher: Watcher) -> None:
             if watcher.dropped:
                 await ws.close(code=CLOSE_TOO_SLOW, reason="too slow; reconnect to resync")
                 break
-            await ws.send_json(getter.result())
+            try:
+                await ws.send_json(getter.result())
+            except WebSocketDisconnect:
+                break  # the page went away mid-send; the reader sees the close too
     finally:
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect):

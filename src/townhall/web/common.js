@@ -515,6 +515,25 @@ export class StageMic {
     if (this.stream) for (const t of this.stream.getAudioTracks()) t.enabled = !muted;
   }
 
+  /**
+   * Mute or unmute yourself: locally first when muting (a mute must be instant), and
+   * only after the room agrees when unmuting. `seat()` reads your seat from the room;
+   * `send(command)` posts it. On failure the mic follows the room's view again.
+   */
+  async toggleSelfMute(seat, send) {
+    const current = seat();
+    if (!current) return;
+    const muting = !current.muted;
+    try {
+      if (muting) this.setMuted(true);
+      await send(muting ? "mute" : "unmute");
+      if (!muting) this.setMuted(false);
+    } catch (e) {
+      showError(e, muting ? "Mute" : "Unmute");
+      this.setMuted(!!seat()?.muted);
+    }
+  }
+
   async packetsSent() {
     if (!this.pc) return 0;
     let n = 0;

@@ -415,17 +415,7 @@ async function leaveStage() {
 }
 
 async function toggleMute() {
-  const seat = mySeat();
-  if (!seat) return;
-  const muting = !seat.muted;
-  try {
-    if (muting) mic.setMuted(true);
-    await command(muting ? "mute" : "unmute", me());
-    if (!muting) mic.setMuted(false);
-  } catch (e) {
-    showError(e, muting ? "Mute" : "Unmute");
-    mic.setMuted(!!mySeat()?.muted);
-  }
+  await mic.toggleSelfMute(mySeat, (name) => command(name, me()));
 }
 
 let endedHandled = false;

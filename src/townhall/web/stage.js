@@ -374,17 +374,7 @@ async function end() {
 }
 
 async function toggleMute() {
-  const seat = mySeat();
-  if (!seat) return;
-  const muting = !seat.muted;
-  try {
-    if (muting) mic.setMuted(true); // local first: a mute must be instant
-    await command(muting ? "mute" : "unmute", you);
-    if (!muting) mic.setMuted(false);
-  } catch (e) {
-    showError(e, muting ? "Mute" : "Unmute");
-    mic.setMuted(!!mySeat()?.muted);
-  }
+  await mic.toggleSelfMute(mySeat, (name) => command(name, you));
 }
 
 async function leave() {
