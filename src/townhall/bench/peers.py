@@ -73,6 +73,21 @@ def icecast_config(port: int, workdir: Path, max_clients: int) -> str:
 
 
 @contextlib.contextmanager
+def pinned_server(command: list[str], cpu: int, port: int) -> Iterator[int]:
+    """Run a peer server pinned to ``cpu``; yields its pid once ``port`` answers."""
+    proc = subprocess.Popen(
+        ["taskset", "-c", str(cpu), *command],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        yield proc.pid
+    finally:
+        stop(proc)
+
+
+@contextlib.contextmanager
 def icecast(cpu: int, max_clients: int) -> Iterator[tuple[int, int]]:
     """Yields ``(pid, port)`` of a running Icecast."""
     port = free_port()
@@ -82,16 +97,10 @@ def icecast(cpu: int, max_clients: int) -> Iterator[tuple[int, int]]:
     workdir.chmod(0o777)
     conf = workdir / "icecast.xml"
     conf.write_text(icecast_config(port, workdir, max_clients))
-    proc = subprocess.Popen(
-        ["taskset", "-c", str(cpu), require("icecast2")["icecast2"], "-c", str(conf)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     try:
-        wait_for_port(port)
-        yield proc.pid, port
+        with pinned_server([require("icecast2")["icecast2"], "-c", str(conf)], cpu, port) as pid:
+            yield pid, port
     finally:
-        stop(proc)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -180,16 +189,9 @@ def nginx(root: Path, workdir: Path, cpu: int) -> Iterator[tuple[int, int]]:
     port = free_port()
     conf = workdir / "nginx.conf"
     conf.write_text(nginx_config(port, root, workdir))
-    proc = subprocess.Popen(
-        ["taskset", "-c", str(cpu), require("nginx")["nginx"], "-p", str(workdir), "-c", str(conf)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port)
-        yield proc.pid, port
-    finally:
-        stop(proc)
+    command = [require("nginx")["nginx"], "-p", str(workdir), "-c", str(conf)]
+    with pinned_server(command, cpu, port) as pid:
+        yield pid, port
 
 
 # -- wrk --------------------------------------------------------------------------------------
