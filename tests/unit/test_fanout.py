@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -62,12 +63,13 @@ def test_every_subscriber_gets_the_identical_chunk_object() -> None:
     assert report.written == 50 and report.chunk_bytes == len(b"page-1page-2")
 
 
-def test_join_bytes_are_built_once_per_flush_and_shared() -> None:
+def test_join_bytes_are_built_once_per_chunk_and_shared() -> None:
     fanout = make()
     fanout.publish(b"p1", 0.0)
     fanout.flush(0.0)
     sinks = subscribe(fanout, 3)
     assert sinks[0].writes[0] is sinks[1].writes[0] is sinks[2].writes[0]
+    assert sinks[0].writes[0] == b"HEADp1"
 
 
 def test_nothing_pending_means_no_write() -> None:
@@ -100,24 +102,101 @@ def test_interval_shrinks_back_slowly() -> None:
 def test_coalesced_pages_become_one_chunk_and_one_write() -> None:
     fanout = make(flush_interval_s=0.2)
     sinks = subscribe(fanout, 3)
+    fanout.publish(b"page0;", 0.0)
+    fanout.flush(0.0)
     fanout.pass_took(0.5)  # a slow pass: the next interval is 1 s
-    last_flush = 0.0
-    now = 0.0
-    for i in range(5):
-        now = 0.2 * (i + 1)
+    for i in range(1, 6):
+        now = 0.2 * i
         fanout.publish(f"page{i};".encode(), now)
-        assert fanout.due(last_flush, now) == (now - last_flush >= 1.0)
-    assert fanout.due(last_flush, 1.0)
+        assert (fanout.next_due(now) is not None) == (i == 5)
     fanout.flush(1.0)
-    assert sinks[0].writes[1:] == [b"page0;page1;page2;page3;page4;"]
+    assert sinks[0].writes[1:] == [b"page0;", b"page1;page2;page3;page4;page5;"]
 
 
-def test_due_only_with_pending_pages() -> None:
+def test_due_only_with_pages_not_yet_sent() -> None:
     fanout = make(flush_interval_s=0.2)
-    assert not fanout.due(0.0, 10.0)
+    assert fanout.next_due(10.0) is None
     fanout.publish(b"x", 10.0)
-    assert fanout.due(0.0, 10.0)
-    assert not fanout.due(9.9, 10.0)
+    assert fanout.next_due(10.0) is not None
+    fanout.flush(10.0)
+    assert fanout.next_due(10.5) is None
+    fanout.publish(b"y", 10.1)
+    assert fanout.next_due(10.1) is None  # its turn is at 10.2
+    assert fanout.next_due(10.2) is not None
+
+
+# -- staggered cohorts ---------------------------------------------------------------------
+def test_cohorts_split_the_crowd_evenly() -> None:
+    fanout = make(flush_interval_s=1.0, cohort_spacing_s=0.2)
+    subscribe(fanout, 1003)
+    assert [len(c.members) for c in fanout.cohorts] == [201, 201, 201, 200, 200]
+
+
+def test_each_cohort_gets_one_write_per_interval_at_its_own_phase() -> None:
+    fanout = make(flush_interval_s=1.0, cohort_spacing_s=0.2)
+    sinks = subscribe(fanout, 10)
+    writes_at: dict[int, list[float]] = {i: [] for i in range(10)}
+    for tick in range(150):  # 3 s of 20 ms ticks, a page every tick
+        now = tick * 0.02
+        fanout.publish(f"{tick};".encode(), now)
+        while (cohort := fanout.next_due(now)) is not None:
+            chunk = fanout.take_chunk(cohort, now)
+            fanout.write_to(list(cohort.members.items()), chunk, now)
+            for key in cohort.members:
+                writes_at[key].append(now)
+    for key, times in writes_at.items():
+        assert len(times) == 3, key
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert gaps == pytest.approx([1.0, 1.0], abs=0.021)  # to the 20 ms tick
+    phases = sorted({round(times[0], 2) for times in writes_at.values()})
+    assert phases == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8], abs=0.021)  # spread evenly
+    for sink in sinks:  # every page exactly once, in order, after the header
+        pages = sink.received.removeprefix(b"HEAD").split(b";")[:-1]
+        assert pages == [str(i).encode() for i in range(len(pages))]
+        assert len(pages) >= 101  # through its last turn (at 2.0 s or later)
+
+
+def test_a_chunk_ends_at_the_newest_page_for_every_cohort() -> None:
+    fanout = make(flush_interval_s=1.0, cohort_spacing_s=0.2)
+    sinks = subscribe(fanout, 5)
+    for tick in range(100):
+        now = tick * 0.1
+        fanout.publish(f"{tick};".encode(), now)
+        while (cohort := fanout.next_due(now)) is not None:
+            chunk = fanout.take_chunk(cohort, now)
+            assert chunk.endswith(f"{tick};".encode())
+            fanout.write_to(list(cohort.members.items()), chunk, now)
+    assert all(len(s.writes) >= 9 for s in sinks)
+
+
+def test_newcomer_burst_stops_where_its_cohort_stopped() -> None:
+    fanout = make(flush_interval_s=1.0, cohort_spacing_s=0.5, join_burst_s=10.0)
+    fanout.publish(b"p0;", 0.0)
+    fanout.flush(0.0)  # cohort 0 has had p0; cohort 1's turn is at 0.5
+    fanout.publish(b"p1;", 0.3)
+    subscribe(fanout, 1)  # to cohort 0 (both empty: the first)
+    (late,) = subscribe(fanout, 1)  # to cohort 1, which has had nothing
+    assert late.writes[0] == b"HEAD"
+    fanout.flush(0.5)
+    assert late.received == b"HEADp0;p1;"
+
+
+def test_leaving_frees_a_place_in_its_cohort() -> None:
+    fanout = make(flush_interval_s=1.0, cohort_spacing_s=0.5)
+    subscribe(fanout, 4)
+    fanout.unsubscribe(0)
+    fanout.unsubscribe(2)
+    assert [len(c.members) for c in fanout.cohorts] == [0, 2]
+    subscribe(fanout, 1)
+    assert [len(c.members) for c in fanout.cohorts] == [1, 2]
+
+
+def test_a_cohort_pass_is_scaled_to_a_full_round() -> None:
+    fanout = make(flush_interval_s=1.0, cohort_spacing_s=0.2, max_pass_fraction=0.5)
+    subscribe(fanout, 1000)
+    fanout.pass_took(0.15, covered=200)  # 0.75 s for everyone: more than half of 1 s
+    assert fanout.last_pass_s == pytest.approx(0.75)
+    assert fanout.interval_s == pytest.approx(1.5)
 
 
 # -- slow and stalled subscribers -------------------------------------------------------------
@@ -156,7 +235,7 @@ def test_subscriber_leaving_mid_pass_is_not_written() -> None:
     fanout = make()
     a, b = subscribe(fanout, 2)
     fanout.publish(b"x", 0.0)
-    chunk = fanout.take_chunk()
+    chunk = fanout.take_chunk(fanout.cohorts[0], 0.0)
     items = list(fanout.subscribers.items())
     fanout.unsubscribe(1)
     fanout.write_to(items, chunk, 0.0)
@@ -167,7 +246,8 @@ def test_close_all_flushes_the_healthy_and_aborts_the_stalled() -> None:
     fanout = make(max_listener_buffer_bytes=100)
     ok, stuck = subscribe(fanout, 2)
     stuck.buffered = 1000
-    fanout.close_all(b"last")
+    fanout.publish(b"last", 0.0)
+    fanout.close_all()
     assert ok.writes[-1] == b"last" and ok.closed
     assert stuck.aborted and stuck.writes == [b"HEAD"]
     assert not fanout.subscribers

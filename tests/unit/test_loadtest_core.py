@@ -92,6 +92,11 @@ def test_the_join_burst_is_not_counted_as_late() -> None:
     assert after_join_burst(arrivals) == [(5.2, 0.6)]
 
 
+def test_a_join_burst_split_over_two_reads_is_still_pre_roll() -> None:
+    arrivals = [(5.0, 0.0), (5.01, 0.4), (5.9, 1.4), (6.9, 2.4)]
+    assert after_join_burst(arrivals) == [(5.9, 1.4), (6.9, 2.4)]
+
+
 def test_stalls_count_long_gaps_including_a_silent_end() -> None:
     assert stalls([0.0, 0.2, 2.0, 2.2], end_s=2.4, gap_s=1.5) == 1
     assert stalls([0.0, 0.2], end_s=5.0, gap_s=1.5) == 1

@@ -2,22 +2,29 @@
 
 Design, in the order that matters under load:
 
-1. **Shared bytes.** Pages published between two flushes are joined once into one
-   immutable ``bytes`` chunk; a flush is then one ``write()`` of that same object per
-   subscriber. Nothing per listener is encoded, copied or parsed.
-2. **Bounded per-subscriber buffers.** A subscriber whose transport buffer is above
+1. **Shared bytes.** Pages published between two writes are joined once into one
+   immutable ``bytes`` chunk; a write pass is then one ``write()`` of that same object
+   per subscriber. Nothing per listener is encoded, copied or parsed.
+2. **Staggered cohorts.** Subscribers are dealt into ``K = interval / cohort_spacing_s``
+   cohorts whose turns are spread evenly over the interval. Each listener still gets
+   one write per interval, but the process writes to 1/K of the crowd at a time: a
+   pass blocks the loop K times less, and the crowd's chunks arrive spread over the
+   interval instead of all at once. A chunk ends at the newest page, so every cohort's
+   chunk is fresh when it is written.
+3. **Bounded per-subscriber buffers.** A subscriber whose transport buffer is above
    ``max_listener_buffer_bytes`` is skipped for this chunk (it rejoins at the live edge
    on the next page, which Ogg players resynchronise on). One that stays above it for
    ``stall_cutoff_s`` is cut off with ``abort()``: ``close()`` would wait for a buffer
    that a stalled reader never drains. Nobody's backlog can delay anyone else or grow
    memory.
-3. **Coalescing instead of falling behind.** The adapter reports how long each pass
-   took. When a pass takes longer than the flush interval, the next interval grows to a
-   multiple of the pass time, so the engine makes fewer, larger writes: latency grows
-   gracefully and nobody is dropped for it. It shrinks back as the load falls.
-4. **Admission.** Past ``max_listeners`` or when passes eat more than
-   ``max_pass_fraction`` of the interval even at the longest interval, a newcomer gets
-   ``Unavailable`` with a jittered retry-after. Those already connected are not touched.
+4. **Coalescing instead of falling behind.** The adapter reports how long each pass
+   took. When a full round over all cohorts would take more than ``max_pass_fraction``
+   of the interval, the interval grows, so the engine makes fewer, larger writes:
+   latency grows gracefully and nobody is dropped for it. It shrinks back as the load
+   falls.
+5. **Admission.** Past ``max_listeners`` or when rounds eat more than
+   ``max_pass_fraction`` of even the longest interval, a newcomer gets ``Unavailable``
+   with a jittered retry-after. Those already connected are not touched.
 
 Pure: the engine sees subscribers only through the ``Sink`` protocol and gets ``now``
 and randomness from the caller.
@@ -47,19 +54,26 @@ class Sink(Protocol):
 class FanoutConfig:
     flush_interval_s: float = 0.2
     max_flush_interval_s: float = 2.0
+    # Cohort turns are this far apart; an interval of 1 s makes five cohorts.
+    cohort_spacing_s: float = 0.2
     max_listener_buffer_bytes: int = 64 * 1024
     stall_cutoff_s: float = 10.0
     max_listeners: int = 60_000
-    # A pass may use this much of the interval before the engine coalesces further.
+    # A full round may use this much of the interval before the engine coalesces further.
     max_pass_fraction: float = 0.5
     join_burst_s: float = 0.6
     retry_after_s: float = 5.0
+
+    @property
+    def cohorts(self) -> int:
+        return max(1, round(self.flush_interval_s / self.cohort_spacing_s))
 
 
 @dataclass
 class Subscriber:
     sink: Sink
     joined_at: float
+    cohort: int = 0
     over_since: float | None = None
     skipped_chunks: int = 0
 
@@ -74,8 +88,20 @@ class FlushReport:
 
 @dataclass
 class _Page:
+    seq: int
     data: bytes
     at: float
+
+
+@dataclass
+class Cohort:
+    """Subscribers written together; ``sent_to`` is the first page they have not had."""
+
+    index: int
+    members: dict[int, Subscriber] = field(default_factory=dict)
+    sent_to: int = 0
+    due_at: float | None = None  # set when the first page arrives
+    join: bytes | None = None  # header + burst for a newcomer, built once per chunk
 
 
 @dataclass
@@ -84,42 +110,58 @@ class Fanout:
     header: bytes = b""
     subscribers: dict[int, Subscriber] = field(default_factory=dict)
     interval_s: float = 0.0
-    _pending: list[_Page] = field(default_factory=list)
-    _recent: deque[_Page] = field(default_factory=deque)
-    _join_bytes: bytes | None = None
+    last_pass_s: float = 0.0  # the last full round's estimated cost
+    cohorts: list[Cohort] = field(default_factory=list)
+    _pages: deque[_Page] = field(default_factory=deque)
+    _next_seq: int = 0
     _join_header: bytes = b""
-    last_pass_s: float = 0.0
 
     def __post_init__(self) -> None:
         self.interval_s = self.config.flush_interval_s
+        self.cohorts = [Cohort(i) for i in range(self.config.cohorts)]
 
     # -- program side ------------------------------------------------------------
     def publish(self, page: bytes, now: float) -> None:
-        self._pending.append(_Page(page, now))
+        if self._next_seq == 0:  # the first page sets the cohorts' phases
+            step = self.interval_s / len(self.cohorts)
+            for c in self.cohorts:
+                c.due_at = now + c.index * step
+        self._pages.append(_Page(self._next_seq, page, now))
+        self._next_seq += 1
 
-    def due(self, last_flush_at: float, now: float) -> bool:
-        return bool(self._pending) and now - last_flush_at >= self.interval_s
+    def next_due(self, now: float) -> Cohort | None:
+        """A cohort whose turn has come and that has pages it has not had."""
+        for c in self.cohorts:
+            if c.due_at is not None and c.due_at <= now and c.sent_to < self._next_seq:
+                return c
+        return None
 
-    def take_chunk(self) -> bytes:
-        # Only flushed pages go into the join burst, so a newcomer never gets a page
-        # twice (once in the burst, once in the next chunk).
-        pages, self._pending = self._pending, []
-        self._recent.extend(pages)
-        if pages:
-            edge = pages[-1].at
-            # ">=" so that join_burst_s=0 keeps nothing (the SSE stream sends a snapshot).
-            while self._recent and edge - self._recent[0].at >= self.config.join_burst_s:
-                self._recent.popleft()
-            self._join_bytes = None
-        return b"".join(p.data for p in pages)
+    def take_chunk(self, cohort: Cohort, now: float) -> bytes:
+        """The pages ``cohort`` has not had, as one chunk; schedules its next turn."""
+        chunk = b"".join(p.data for p in self._pages if p.seq >= cohort.sent_to)
+        cohort.sent_to = self._next_seq
+        cohort.join = None
+        if cohort.due_at is not None:
+            # Keep the phase; after a stall, do not fire back to back.
+            cohort.due_at = max(cohort.due_at + self.interval_s, now + self.interval_s / 2)
+        self._forget_old_pages()
+        return chunk
+
+    def _forget_old_pages(self) -> None:
+        unsent = min(c.sent_to for c in self.cohorts)
+        keep_s = self.config.join_burst_s + self.config.max_flush_interval_s
+        newest = self._pages[-1].at if self._pages else 0.0
+        while self._pages and self._pages[0].seq < unsent and newest - self._pages[0].at >= keep_s:
+            self._pages.popleft()
 
     def flush(self, now: float) -> FlushReport:
-        """Write the pending chunk to everyone. Returns what happened for metrics."""
-        chunk = self.take_chunk()
-        if not chunk:
-            return FlushReport(0, 0, 0, 0)
-        written, skipped, cut = self.write_to(self.subscribers.items(), chunk, now)
-        return FlushReport(written, skipped, cut, len(chunk))
+        """Write every due cohort its chunk in one go (tests and small callers)."""
+        written = skipped = cut = size = 0
+        while (cohort := self.next_due(now)) is not None:
+            chunk = self.take_chunk(cohort, now)
+            w, s, c = self.write_to(list(cohort.members.items()), chunk, now)
+            written, skipped, cut, size = written + w, skipped + s, cut + c, size + len(chunk)
+        return FlushReport(written, skipped, cut, size)
 
     def write_to(
         self, subs: Iterable[tuple[int, Subscriber]], chunk: bytes, now: float
@@ -148,14 +190,21 @@ class Fanout:
             self.cut_off(key)
         return written, skipped, len(stalled)
 
-    def pass_took(self, seconds: float) -> None:
-        """Adapt the interval to the measured cost of the last pass (coalescing)."""
-        self.last_pass_s = seconds
-        wanted = seconds / self.config.max_pass_fraction
+    def pass_took(self, seconds: float, covered: int | None = None) -> None:
+        """Adapt the interval to the cost of a pass over ``covered`` subscribers."""
+        total = len(self.subscribers)
+        # A cohort's pass stands for its share of the round: scale it to all cohorts.
+        round_s = seconds * total / covered if covered else seconds
+        self.last_pass_s = round_s
+        wanted = round_s / self.config.max_pass_fraction
         base, cap = self.config.flush_interval_s, self.config.max_flush_interval_s
         # Grow at once, shrink slowly, so one quiet pass does not undo coalescing.
         target = max(base, min(cap, wanted))
         if target >= self.interval_s:
+            # Turns already scheduled move out too, so the growth holds from now on.
+            for c in self.cohorts:
+                if c.due_at is not None:
+                    c.due_at += target - self.interval_s
             self.interval_s = target
         else:
             self.interval_s = 0.8 * self.interval_s + 0.2 * target
@@ -177,34 +226,54 @@ class Fanout:
         base = self.config.retry_after_s
         return base + rng.uniform(0, base)
 
-    def join_bytes(self) -> bytes:
-        """Header plus a short burst from the live edge, built once per page."""
+    def join_bytes(self, cohort: Cohort) -> bytes:
+        """Header plus a short burst up to what ``cohort`` has had, built once per chunk.
+
+        The burst stops where the cohort's last chunk stopped, so a newcomer never gets
+        a page twice (once in the burst, once in its cohort's next chunk).
+        """
         # The header is a plain attribute the channel may set late; rebuild if it changed.
-        if self._join_bytes is None or self._join_header is not self.header:
-            self._join_header = self.header
-            self._join_bytes = self.header + b"".join(p.data for p in self._recent)
-        return self._join_bytes
+        if cohort.join is None or self._join_header is not self.header:
+            if self._join_header is not self.header:
+                for c in self.cohorts:
+                    c.join = None
+                self._join_header = self.header
+            had = [p for p in self._pages if p.seq < cohort.sent_to]
+            edge = had[-1].at if had else 0.0
+            # "<" so that join_burst_s=0 keeps nothing (the SSE stream sends a snapshot).
+            burst = b"".join(p.data for p in had if edge - p.at < self.config.join_burst_s)
+            cohort.join = self.header + burst
+        return cohort.join
 
     def subscribe(self, key: int, sink: Sink, now: float) -> None:
-        self.subscribers[key] = Subscriber(sink, now)
-        sink.write(self.join_bytes())
+        # The smallest cohort keeps the passes even through a join storm.
+        cohort = min(self.cohorts, key=lambda c: len(c.members))
+        sub = Subscriber(sink, now, cohort.index)
+        self.subscribers[key] = cohort.members[key] = sub
+        sink.write(self.join_bytes(cohort))
 
     def unsubscribe(self, key: int) -> None:
-        self.subscribers.pop(key, None)
-
-    def cut_off(self, key: int) -> None:
         sub = self.subscribers.pop(key, None)
         if sub is not None:
+            self.cohorts[sub.cohort].members.pop(key, None)
+
+    def cut_off(self, key: int) -> None:
+        sub = self.subscribers.get(key)
+        if sub is not None:
+            self.unsubscribe(key)
             sub.sink.abort()
 
-    def close_all(self, final: bytes = b"") -> None:
-        """End of the channel: flush the last chunk to those keeping up, abort the rest."""
+    def close_all(self) -> None:
+        """End of the channel: the pages each cohort has not had, then close; abort the stalled."""
         limit = self.config.max_listener_buffer_bytes
-        for sub in self.subscribers.values():
-            if sub.sink.get_write_buffer_size() > limit:
-                sub.sink.abort()
-                continue
-            if final:
-                sub.sink.write(final)
-            sub.sink.close()
+        for cohort in self.cohorts:
+            final = self.take_chunk(cohort, 0.0)
+            for sub in cohort.members.values():
+                if sub.sink.get_write_buffer_size() > limit:
+                    sub.sink.abort()
+                    continue
+                if final:
+                    sub.sink.write(final)
+                sub.sink.close()
+            cohort.members.clear()
         self.subscribers.clear()

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Protocol
 
 from townhall.audience.channel import Channel, ChannelConfig
-from townhall.audience.fanout import Fanout
+from townhall.audience.fanout import Cohort, Fanout
 from townhall.audience.feed import ChannelEnded, FeedMessage, HlsPart
 from townhall.audience.http import (
     HttpConnection,
@@ -76,6 +76,10 @@ class AudienceConfig:
     # Kernel send buffer of a stream listener. Left alone, Linux grows it to megabytes,
     # so a stalled reader would hide there for minutes before the engine could see it.
     stream_sndbuf_bytes: int = 32 * 1024
+    # Audience worker processes run this much nicer than the main process: the stage's
+    # 20 ms clock outranks bulk fan-out, so a join storm that saturates the core delays
+    # chunks a little, never the speakers.
+    worker_nice: int = 8
     # A request head must arrive within this; an idle keep-alive is closed after that.
     head_timeout_s: float = 10.0
     idle_timeout_s: float = 30.0
@@ -121,7 +125,6 @@ class AudienceServer:
     connections: set[HttpConnection] = field(default_factory=set)
     builds: int = 0  # cacheable responses built (each served to any number of requests)
     presence: ListenerPresence | None = None
-    _flushed_at: dict[tuple[str, str], float] = field(default_factory=dict)
 
     # -- feed ------------------------------------------------------------------------
     def apply(self, msg: FeedMessage) -> None:
@@ -137,8 +140,8 @@ class AudienceServer:
     def _finish(self, channel: Channel) -> None:
         if channel.ended_at is None:
             channel.ended_at = time.monotonic()
-            channel.ogg.close_all(channel.ogg.take_chunk())
-            channel.events.close_all(channel.events.take_chunk())
+            channel.ogg.close_all()
+            channel.events.close_all()
 
     def drop_ended(self, now: float) -> None:
         """Bounded memory: forget channels that ended more than ``ended_grace_s`` ago."""
@@ -149,8 +152,6 @@ class AudienceServer:
                 prefix = f"/live/{space_id}/".encode()
                 for target in [t for t in self._cache if t.startswith(prefix)]:
                     del self._cache[target]
-                for key in [k for k in self._flushed_at if k[0] == space_id]:
-                    del self._flushed_at[key]
 
     # -- serving ---------------------------------------------------------------------
     def protocol(self) -> HttpConnection:
@@ -407,17 +408,15 @@ class AudienceServer:
 
     async def flush_due(self) -> None:
         for channel in list(self.channels.values()):
-            for name, fanout in (("ogg", channel.ogg), ("events", channel.events)):
-                key = (channel.space_id, name)
-                now = time.monotonic()
-                if fanout.due(self._flushed_at.get(key, 0.0), now):
-                    self._flushed_at[key] = now
-                    await self._pass(fanout, now)
+            for fanout in (channel.ogg, channel.events):
+                while (cohort := fanout.next_due(time.monotonic())) is not None:
+                    await self._pass(fanout, cohort)
 
-    async def _pass(self, fanout: Fanout, now: float) -> None:
-        """One flush, in slices so the loop still accepts and answers between them."""
-        chunk = fanout.take_chunk()
-        subs = list(fanout.subscribers.items())
+    async def _pass(self, fanout: Fanout, cohort: Cohort) -> None:
+        """One cohort's turn, in slices so the loop still accepts and answers between them."""
+        now = time.monotonic()
+        chunk = fanout.take_chunk(cohort, now)
+        subs = list(cohort.members.items())
         step = self.config.pass_slice
         busy = 0.0
         for i in range(0, len(subs), step):
@@ -429,7 +428,7 @@ class AudienceServer:
             busy += time.thread_time() - started
             if i + step < len(subs):
                 await asyncio.sleep(0)
-        fanout.pass_took(busy)
+        fanout.pass_took(busy, len(subs))
 
 
 _OGG_HEAD = stream_head("audio/ogg", (("X-Content-Type-Options", "nosniff"),))

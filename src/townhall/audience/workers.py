@@ -166,6 +166,8 @@ class _FeedReader(asyncio.Protocol):
 
 def worker_main(spec: WorkerSpec, feed: socket.socket) -> None:
     """Entry point of a worker process."""
+    with contextlib.suppress(OSError):  # not allowed here: run at the main's priority
+        os.nice(spec.audience.worker_nice)
     uvloop.run(_serve_worker(spec, feed))
 
 

@@ -1,7 +1,8 @@
 """The two kinds of simulated listener, as thin asyncio adapters around ListenerRecord.
 
-* Ogg: one endless GET; Ogg page headers are parsed as bytes arrive (RFC 3533) so each
-  page gets its arrival time and granule position (RFC 7845 section 4: 48 kHz).
+* Ogg: one endless GET; once the head is in, the socket is read in batches by the
+  process's ``StreamReader`` and each chunk is dated by its newest Ogg page header
+  (RFC 3533), whose granule position counts 48 kHz samples (RFC 7845 section 4).
 * LL-HLS: blocking playlist reloads on the preload hint (RFC 8216bis 6.2.5.2), each new
   part fetched once on the same keep-alive connection; a part's media time is its
   ``tfdt`` decode time.
@@ -28,6 +29,7 @@ from townhall.loadtest.client import (
     connect,
 )
 from townhall.loadtest.stats import ListenerRecord
+from townhall.loadtest.streams import Stream, StreamReader
 from townhall.loadtest.wire import Target, decode_time, timescale
 from townhall.peers.backoff import Backoff
 from townhall.peers.listen import _PlaylistView as PlaylistView
@@ -90,58 +92,63 @@ class OggPageClock:
     def __init__(self, rec: ListenerRecord) -> None:
         self.rec = rec
 
-    def feed(self, data: bytes) -> None:
-        self.rec.bytes_received += len(data)
-        granule = newest_granule(data)
+    def feed(self, data: bytes | bytearray, size: int, now: float) -> None:
+        """``size`` new bytes at the start of ``data`` (a reused buffer), read at ``now``."""
+        self.rec.bytes_received += size
+        granule = newest_granule(data, size)
         if granule is None or granule <= 0:
             return  # no page header here, or only the OpusHead/OpusTags pages (granule 0)
-        now = time.monotonic()
         if self.rec.first_media_at is None:
             self.rec.first_media_at = now
         self.rec.arrivals.append((now, granule / OPUS_GRANULE_RATE_HZ))
 
 
-def newest_granule(data: bytes) -> int | None:
-    """The granule position of the last page header that starts in ``data``."""
-    end = len(data)
+def newest_granule(data: bytes | bytearray, size: int | None = None) -> int | None:
+    """The granule position of the last page header that starts in ``data[:size]``."""
+    end = len(data) if size is None else size
+    limit = end
     while (at := data.rfind(b"OggS", 0, end)) >= 0:
-        if at + 14 <= len(data) and data[at + 4] == 0:
+        if at + 14 <= limit and data[at + 4] == 0:
             return int.from_bytes(data[at + 6 : at + 14], "little", signed=True)
         end = at
     return None
 
 
-async def listen_ogg(plan: ListenerPlan, rng: random.Random, rec: ListenerRecord) -> None:
+async def listen_ogg(
+    plan: ListenerPlan,
+    rng: random.Random,
+    rec: ListenerRecord,
+    reader: StreamReader,
+    source_ip: str | None = None,
+) -> None:
     rec.skip_join_burst = True
     clock = OggPageClock(rec)
-    opened: list[HttpClientConnection] = []
+    opened: list[Stream] = []
 
-    async def open_stream() -> asyncio.Future[None]:
-        conn = await connect(plan.target, min(plan.request_timeout_s, _left(plan)))
-        opened.append(conn)
+    async def attempt() -> Stream:
+        stream = reader.open(plan.target, clock.feed, source_ip)
+        opened.append(stream)
         try:
-            async with asyncio.timeout(plan.request_timeout_s):
-                return await conn.stream(plan.target, plan.target.path, clock.feed)
+            async with asyncio.timeout(min(plan.request_timeout_s, max(0.0, _left(plan)))):
+                await stream.opened
         except TimeoutError as exc:
-            conn.close()
+            stream.close()
             raise ConnectionDropped("no response head in time") from exc
-        except ClientError:
-            conn.close()
-            raise
+        return stream
 
     try:
-        ended = await with_backoff(plan, rng, rec, open_stream)
+        stream = await with_backoff(plan, rng, rec, attempt)
         rec.connected = True
         async with asyncio.timeout(_left(plan)):
-            await ended
+            await stream.ended
     except TimeoutError:
         pass  # the run is over: the normal end of an endless stream
     except (ClientError, GaveUp, ValueError) as exc:
         rec.failure = _reason(exc)
     finally:
-        for conn in opened:
-            conn.close()
-        rec.ended_at = time.monotonic()
+        for each in opened:
+            each.close()
+        rec.ended_at = min(time.monotonic(), plan.end_at)  # not the teardown after it
 
 
 def _reason(exc: Exception) -> str:
@@ -196,7 +203,7 @@ async def listen_hls(plan: ListenerPlan, rng: random.Random, rec: ListenerRecord
         rec.failure = _reason(exc) if not str(exc).startswith("GET") else str(exc)[:60]
     finally:
         session.close()
-        rec.ended_at = time.monotonic()
+        rec.ended_at = min(time.monotonic(), plan.end_at)  # not the teardown after it
 
 
 async def _follow_playlist(session: HlsSession, plan: ListenerPlan, rec: ListenerRecord) -> None:

@@ -75,12 +75,17 @@ def lateness(arrivals: Sequence[Arrival]) -> list[float]:
     return [o - best for o in offsets]
 
 
+# A pre-roll larger than one read arrives over consecutive reads (the batch reader polls
+# every 10 ms); the next real chunk comes a flush interval (at least 0.2 s) later.
+JOIN_BURST_WINDOW_S = 0.1
+
+
 def after_join_burst(arrivals: Sequence[Arrival]) -> Sequence[Arrival]:
     """Drop the units that arrived with the first media bytes (the pre-roll)."""
     if not arrivals:
         return arrivals
-    first = arrivals[0][0]
-    return [a for a in arrivals if a[0] > first]
+    until = arrivals[0][0] + JOIN_BURST_WINDOW_S
+    return [a for a in arrivals if a[0] > until]
 
 
 def stalls(arrival_times: Sequence[float], end_s: float, gap_s: float) -> int:

@@ -20,6 +20,7 @@ import uvloop
 
 from townhall.loadtest.listeners import ListenerPlan, listen_hls, listen_ogg
 from townhall.loadtest.stats import ListenerRecord, Tally
+from townhall.loadtest.streams import StreamReader, loopback_source
 from townhall.loadtest.wire import parse_target, playlist_url
 from townhall.peers.backoff import Backoff
 
@@ -89,13 +90,17 @@ class Swarm:
         self.tallies: dict[str, Tally] = {}
         self.running: set[int] = set()
         self.records: dict[int, ListenerRecord] = {}
+        self.reader = StreamReader()
 
     async def run(self) -> dict[str, Tally]:
         reporter = asyncio.create_task(self._report_progress())
+        reading = asyncio.create_task(self.reader.run())
         try:
             await asyncio.gather(*(self._listener(i, offset) for i, offset in self.plan.listeners))
         finally:
             reporter.cancel()
+            reading.cancel()
+            self.reader.close()
         self._send_progress()
         return self.tallies
 
@@ -104,8 +109,13 @@ class Swarm:
         kind = self.plan.mix.kind_of(index)
         rec = self.records[index] = ListenerRecord(kind, started_at=time.monotonic())
         rng = random.Random(self.plan.seed * 1_000_003 + index)
+        plan = self._listener_plan(kind)
         try:
-            await (listen_hls if kind == "hls" else listen_ogg)(self._listener_plan(kind), rng, rec)
+            if kind == "hls":
+                await listen_hls(plan, rng, rec)
+            else:
+                source = loopback_source(index, plan.target)
+                await listen_ogg(plan, rng, rec, self.reader, source)
         finally:
             del self.records[index]
             self.tallies.setdefault(kind, Tally()).add(rec, self.plan.stall_gap_s)
