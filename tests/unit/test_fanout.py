@@ -114,7 +114,7 @@ def test_coalesced_pages_become_one_chunk_and_one_write() -> None:
 
 
 def test_due_only_with_pages_not_yet_sent() -> None:
-    fanout = make(flush_interval_s=0.2)
+    fanout = make(flush_interval_s=0.2, fresh_page_wait_s=0.0)
     assert fanout.next_due(10.0) is None
     fanout.publish(b"x", 10.0)
     assert fanout.next_due(10.0) is not None
@@ -123,6 +123,23 @@ def test_due_only_with_pages_not_yet_sent() -> None:
     fanout.publish(b"y", 10.1)
     assert fanout.next_due(10.1) is None  # its turn is at 10.2
     assert fanout.next_due(10.2) is not None
+
+
+def test_a_due_turn_waits_for_a_fresh_page_but_not_for_ever() -> None:
+    fanout = make(flush_interval_s=0.2, fresh_page_wait_s=0.25)
+    sinks = subscribe(fanout, 1)
+    fanout.publish(b"a;", 0.0)
+    fanout.flush(0.0)
+    fanout.publish(b"b;", 0.15)  # completed before the next turn (0.2) is due
+    assert fanout.next_due(0.2) is None  # b is 50 ms old: wait for the next page
+    fanout.publish(b"c;", 0.35)
+    assert fanout.flush(0.35).written == 1
+    assert sinks[0].writes[-1] == b"b;c;"  # the chunk ends with the page just completed
+    fanout.publish(b"d;", 0.5)
+    fanout.flush(0.5)  # next turn due at 0.65
+    fanout.publish(b"e;", 0.6)  # the program stops after this page
+    assert fanout.next_due(0.85) is None
+    assert fanout.next_due(0.9) is not None  # 0.65 + 0.25: no fresh page came
 
 
 # -- staggered cohorts ---------------------------------------------------------------------
@@ -170,7 +187,9 @@ def test_a_chunk_ends_at_the_newest_page_for_every_cohort() -> None:
 
 
 def test_newcomer_burst_stops_where_its_cohort_stopped() -> None:
-    fanout = make(flush_interval_s=1.0, cohort_spacing_s=0.5, join_burst_s=10.0)
+    fanout = make(
+        flush_interval_s=1.0, cohort_spacing_s=0.5, join_burst_s=10.0, fresh_page_wait_s=0.0
+    )
     fanout.publish(b"p0;", 0.0)
     fanout.flush(0.0)  # cohort 0 has had p0; cohort 1's turn is at 0.5
     fanout.publish(b"p1;", 0.3)

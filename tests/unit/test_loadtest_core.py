@@ -125,6 +125,21 @@ def test_a_tally_reduces_records_and_merges() -> None:
     assert merged.lateness.max() == 0.1
 
 
+def test_steady_lateness_keeps_only_units_after_the_crowd_is_in() -> None:
+    rec = ListenerRecord(
+        "ogg",
+        started_at=0.0,
+        connected=True,
+        first_media_at=1.0,
+        ended_at=4.0,
+        arrivals=[(1.0, 0.0), (2.6, 1.0), (3.0, 2.0), (4.0, 3.0)],  # late, then on time
+    )
+    t = Tally()
+    t.add(rec, stall_gap_s=1.5, steady_from=2.9)
+    assert t.lateness.max() == 0.6  # the storm's late unit counts overall
+    assert t.steady_lateness.total == 2 and t.steady_lateness.max() == 0.0
+
+
 # -- wire ---------------------------------------------------------------------------------------
 def test_target_and_playlist_url() -> None:
     url = "http://127.0.0.1:8001/live/abc.ogg"

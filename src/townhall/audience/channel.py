@@ -30,7 +30,9 @@ WaitKey = tuple[int, int | None]  # (msn, part) of a blocking request
 class ChannelConfig:
     fanout: FanoutConfig = field(default_factory=FanoutConfig)
     events: FanoutConfig = field(
-        default_factory=lambda: FanoutConfig(flush_interval_s=0.25, join_burst_s=0.0)
+        default_factory=lambda: FanoutConfig(
+            flush_interval_s=0.25, join_burst_s=0.0, fresh_page_wait_s=0.0
+        )
     )
     hls: HlsConfig = field(default_factory=HlsConfig)
     max_waiters: int = 200_000

@@ -24,6 +24,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     f.add_argument(
         "--audience-workers", type=int, default=0, help="townhall audience processes, all on --cpu"
     )
+    f.add_argument(
+        "--stage-off-core",
+        action="store_true",
+        help="run townhall's stage (its program source) on the swarm's core, as Icecast's "
+        "source is: only the fan-out processes are measured",
+    )
     f.add_argument("--json", type=Path, help="also write the results here")
     f.set_defaults(run=_fanout)
     fl = bsub.add_parser("flash", help="issue 4's flash crowd: listeners storm in, stage gaps")
@@ -31,7 +37,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fl.add_argument("--over", type=float, default=10.0, help="arrivals spread over (s)")
     fl.add_argument("--duration", type=float, default=20.0, help="length of the load run (s)")
     fl.add_argument("--cpu", type=int, default=0, help="the core the server is pinned to")
-    fl.add_argument("--workers", type=int, default=2, help="townhall audience processes")
+    fl.add_argument("--workers", type=int, default=3, help="townhall audience processes")
     fl.add_argument("--mix", choices=["ogg", "hls", "mixed"], default="ogg")
     fl.add_argument("--json", type=Path, help="also write the results here")
     fl.set_defaults(run=_flash)
@@ -50,6 +56,7 @@ def _fanout(args: argparse.Namespace) -> int:
         flush_interval_s=args.flush_interval,
         audience_workers=args.audience_workers,
         over_s=args.over,
+        stage_off_core=args.stage_off_core,
     )
     result = run_fanout_bench(plan)
     print(result.table())

@@ -28,6 +28,8 @@ import psutil
 from townhall.bench.peers import OggRelay, icecast, nginx, require, wrk
 from townhall.bench.stack import LiveSpace, live_space
 from townhall.loadtest import Arrival, LoadPlan, Mix, Report, run_loadtest
+from townhall.loadtest.probe import listening_pids
+from townhall.loadtest.wire import parse_target
 from townhall.peers.listen import parse_playlist
 
 
@@ -61,6 +63,10 @@ class BenchPlan:
     # has one core; about 2,000 connects/s is what it sustains without falling behind.
     over_s: float | None = None
 
+    # Icecast's source (the relay) runs off the measured core. With this, townhall's
+    # stage does too, and the measured core holds only the audience processes.
+    stage_off_core: bool = False
+
     @property
     def arrive_over_s(self) -> float:
         return self.over_s if self.over_s is not None else min(5.0, self.seconds / 3)
@@ -84,6 +90,7 @@ class SwarmRow:
             "failed": row["failed"],
             "lateness_p50_s": row["lateness_p50_s"],
             "lateness_p99_s": row["lateness_p99_s"],
+            "steady_p99_s": row["steady_lateness_p99_s"],
             "stalls": row["stalls"],
             "cpu_mean_percent": usage.cpu_mean if usage else None,
             "cpu_max_percent": usage.cpu_max if usage else None,
@@ -112,9 +119,10 @@ class BenchResult:
     def table(self) -> str:
         rows = [s.summary() for s in self.swarms]
         cols = list(rows[0]) if rows else []
+        where = "audience processes" if self.plan.stage_off_core else "server"
         lines = [
             f"Ogg push, {self.plan.listeners} listeners, {self.plan.seconds:g} s, "
-            f"server on CPU {self.plan.cpu}:"
+            f"{where} on CPU {self.plan.cpu}:"
         ]
         lines.append("".join(f"{c:>18}" for c in cols))
         lines += ["".join(f"{_cell(r[c]):>18}" for c in cols) for r in rows]
@@ -180,15 +188,21 @@ def run_fanout_bench(plan: BenchPlan) -> BenchResult:
         live_space(cpu=plan.cpu, server_args=plan.server_args()) as space,
         tempfile.TemporaryDirectory() as tmp,
     ):
+        if plan.stage_off_core:  # the workers, already spawned, stay on the measured core
+            pin_threads([space.server_pid], {client_cpu})
         _compare_hls(space, Path(tmp), plan, client_cpu, result)
-        result.swarms.append(_swarm("townhall", space.ogg_url, space.server_pid, plan))
+        # Off core, the CPU and memory measured are the audience processes' alone.
+        measured = None if plan.stage_off_core else space.server_pid
+        result.swarms.append(_swarm("townhall", space.ogg_url, measured, plan))
         with _moved(space.server_pid, client_cpu):
             result.swarms.append(_icecast_swarm(space, plan))
     return result
 
 
-def _swarm(name: str, url: str, pid: int, plan: BenchPlan) -> SwarmRow:
-    idle = rss_of(pid)
+def _swarm(name: str, url: str, pid: int | None, plan: BenchPlan) -> SwarmRow:
+    """``pid``: the server process tree to measure; None: the processes on the port."""
+    port = parse_target(url).port
+    idle = rss_of(pid) if pid else sum(rss_of(p) for p in listening_pids(port))
     load = LoadPlan(
         url,
         plan.listeners,
@@ -205,15 +219,26 @@ def _swarm(name: str, url: str, pid: int, plan: BenchPlan) -> SwarmRow:
 def _moved(pid: int, cpu: int) -> Iterator[None]:
     # townhall keeps feeding Icecast during its turn, but off the measured core.
     root = psutil.Process(pid)
-    procs = [root, *root.children(recursive=True)]  # audience workers too
-    before = [p.cpu_affinity() for p in procs]
-    for p in procs:
-        p.cpu_affinity([cpu])
+    before = pin_threads([pid, *(p.pid for p in root.children(recursive=True))], {cpu})
     try:
         yield
     finally:
-        for p, affinity in zip(procs, before, strict=True):
-            p.cpu_affinity(affinity)
+        for tid, cpus in before.items():
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(tid, cpus)
+
+
+def pin_threads(pids: list[int], cpus: set[int]) -> dict[int, set[int]]:
+    """Pin every thread of these processes (affinity is per thread: pinning a pid moves
+    only its main thread); returns each thread's previous affinity."""
+    before: dict[int, set[int]] = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for tid in map(int, os.listdir(f"/proc/{pid}/task")):
+                with contextlib.suppress(OSError):  # a thread that just ended
+                    before[tid] = os.sched_getaffinity(tid)
+                    os.sched_setaffinity(tid, cpus)
+    return before
 
 
 def _icecast_swarm(space: LiveSpace, plan: BenchPlan) -> SwarmRow:

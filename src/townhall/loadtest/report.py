@@ -19,6 +19,8 @@ TABLE_METRICS = (
     "lateness_p50_s",
     "lateness_p99_s",
     "lateness_max_s",
+    "steady_lateness_p50_s",
+    "steady_lateness_p99_s",
     "stalls",
     "bytes_per_listener",
 )
@@ -103,6 +105,8 @@ def summarise(t: Tally) -> dict[str, Any]:
         "lateness_p50_s": t.lateness.percentile(50),
         "lateness_p99_s": t.lateness.percentile(99),
         "lateness_max_s": t.lateness.max(),
+        "steady_lateness_p50_s": t.steady_lateness.percentile(50),
+        "steady_lateness_p99_s": t.steady_lateness.percentile(99),
         "stalls": t.stalls,
         "bytes_per_listener": t.bytes_received // t.listeners if t.listeners else 0,
         "failures": dict(t.failures),

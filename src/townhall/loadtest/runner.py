@@ -40,6 +40,11 @@ class RemoteTargetRefused(SystemExit):
     pass
 
 
+# The steady state starts this long after the last arrival (its join burst and first
+# chunks are still arrival, not steady delivery).
+STEADY_SETTLE_S = 2.0
+
+
 @dataclass(frozen=True)
 class LoadPlan:
     url: str
@@ -101,8 +106,11 @@ def _worker_plans(plan: LoadPlan, start_at: float) -> list[WorkerPlan]:
     offsets = schedule(plan.arrival, plan.listeners, plan.over_s, plan.seed)
     hands = deal(offsets, plan.worker_count())
     end_at = start_at + plan.duration_s
+    steady_from = start_at + plan.over_s + STEADY_SETTLE_S
     return [
-        WorkerPlan(i, plan.url, hand, plan.mix, start_at, end_at, plan.seed, plan.stall_gap_s)
+        WorkerPlan(
+            i, plan.url, hand, plan.mix, start_at, end_at, plan.seed, plan.stall_gap_s, steady_from
+        )
         for i, hand in enumerate(hands)
     ]
 

@@ -126,8 +126,13 @@ class Tally:
     failures: Counter[str] = field(default_factory=Counter)
     first_audio: Histogram = field(default_factory=Histogram)
     lateness: Histogram = field(default_factory=Histogram)
+    # Lateness of the units that arrived once the crowd was in: the steady state, apart
+    # from the arrival storm.
+    steady_lateness: Histogram = field(default_factory=Histogram)
 
-    def add(self, rec: ListenerRecord, stall_gap_s: float) -> None:
+    def add(
+        self, rec: ListenerRecord, stall_gap_s: float, steady_from: float | None = None
+    ) -> None:
         self.listeners += 1
         self.connected += rec.connected
         self.retries += rec.retries
@@ -139,7 +144,12 @@ class Tally:
             self.with_media += 1
             self.first_audio.add(rec.first_media_at - rec.started_at)
         units = after_join_burst(rec.arrivals) if rec.skip_join_burst else rec.arrivals
-        self.lateness.extend(lateness(units))
+        late = lateness(units)
+        self.lateness.extend(late)
+        if steady_from is not None:
+            self.steady_lateness.extend(
+                x for x, (at, _) in zip(late, units, strict=True) if at >= steady_from
+            )
         self.stalls += stalls([a for a, _ in rec.arrivals], rec.ended_at, stall_gap_s)
 
     def merge(self, other: Tally) -> None:
@@ -156,6 +166,7 @@ class Tally:
         self.failures.update(other.failures)
         self.first_audio.merge(other.first_audio)
         self.lateness.merge(other.lateness)
+        self.steady_lateness.merge(other.steady_lateness)
 
 
 def merge_tallies(parts: Iterable[dict[str, Tally]]) -> dict[str, Tally]:
