@@ -14,6 +14,7 @@ from townhall.app import Townhall
 from townhall.audience.workers import serve_audience
 from townhall.config import ServerConfig
 from townhall.control.api import create_app
+from townhall.gcpolicy import freeze_startup_heap
 from townhall.stage.ice import allow_loopback_candidates
 
 log = logging.getLogger("townhall")
@@ -40,6 +41,7 @@ async def run(config: ServerConfig, ready: asyncio.Event | None = None) -> None:
     while not control.started and not control_task.done():
         await asyncio.sleep(0.01)
     _announce(th)
+    freeze_startup_heap()
     if ready is not None:
         ready.set()
     stop = asyncio.Event()

@@ -38,6 +38,7 @@ import uvloop
 
 from townhall.audience.feed import FeedMessage
 from townhall.audience.server import AudienceConfig, AudienceServer, ListenerPresence
+from townhall.gcpolicy import freeze_startup_heap
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,7 @@ def worker_main(spec: WorkerSpec, feed: socket.socket) -> None:
 async def _serve_worker(spec: WorkerSpec, feed: socket.socket) -> None:
     server = AudienceServer(spec.audience, spec.recordings_dir)
     listener = await server.serve(spec.host, spec.port, reuse_port=True)
+    freeze_startup_heap()
     flusher = asyncio.create_task(server.run_flusher(), name="audience-flusher")
     loop = asyncio.get_running_loop()
     closed: asyncio.Future[None] = loop.create_future()
