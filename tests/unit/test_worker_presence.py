@@ -36,7 +36,7 @@ class Counted:
 
 def test_reports_cross_the_process_boundary_and_polls_are_deduplicated() -> None:
     transport = FakeTransport()
-    relay = _PresenceRelay(transport, pid=42, seen_every_s=3600)  # type: ignore[arg-type]
+    relay = _PresenceRelay(transport, pid=42, seen_every_s=3600, batch_s=0)  # type: ignore[arg-type]
     relay.stream_opened("sp", "ogg-1", "1")
     for _ in range(1_000):  # one HLS player polling hard
         relay.seen("sp", "hls-abc")
@@ -53,3 +53,30 @@ def test_reports_cross_the_process_boundary_and_polls_are_deduplicated() -> None
         ("seen", "sp", "hls-def"),
         ("closed", "sp", "ogg-1", "42:1", True),
     ]
+
+
+def test_a_join_storm_is_written_in_batches() -> None:
+    transport = FakeTransport()
+    writes: list[int] = []
+    scheduled: list[object] = []
+
+    def write(data: bytes) -> None:
+        writes.append(len(data))
+        transport.written += data
+
+    transport.write = write  # type: ignore[method-assign]
+    relay = _PresenceRelay(
+        transport,  # type: ignore[arg-type]
+        pid=7,
+        batch_s=0.05,
+        call_later=lambda delay, fn: scheduled.append(fn),
+    )
+    for i in range(500):
+        relay.stream_opened("sp", f"ogg-{i}", str(i))
+    assert writes == [] and len(scheduled) == 1  # one timer for the whole batch
+    relay.flush()
+    assert len(writes) == 1
+    reports = FrameDecoder().feed(bytes(transport.written))
+    assert [r.session_id for r in reports] == [f"ogg-{i}" for i in range(500)]
+    relay.stream_opened("sp", "ogg-late", "x")
+    assert len(scheduled) == 2  # the next report starts the next batch

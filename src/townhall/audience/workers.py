@@ -107,14 +107,27 @@ class _PresenceRelay:
     Connection ids get the worker's pid so two workers' connections never collide.
     A session's polls are sent at most once per ``seen_every_s``: the counters need a
     heartbeat within tens of seconds, and a playlist hit must stay a dict lookup.
+    Reports are written together once per ``batch_s``: in a join storm that is one
+    write here and one read in the main process (on the stage's core) per batch, not
+    per listener.
     """
 
-    def __init__(self, transport: asyncio.Transport, pid: int, seen_every_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        pid: int,
+        seen_every_s: float = 1.0,
+        batch_s: float = 0.05,
+        call_later: Callable[[float, Callable[[], None]], object] | None = None,
+    ) -> None:
         self._transport = transport
         self._pid = pid
         self._seen_every_s = seen_every_s
         self._seen_recently: set[tuple[str, str]] = set()
         self._seen_since = time.monotonic()
+        self._batch_s = batch_s
+        self._call_later = call_later
+        self._pending: list[bytes] = []
 
     def stream_opened(self, space_id: str, session_id: str, conn_id: str) -> None:
         self._send(PresenceReport("opened", space_id, session_id, f"{self._pid}:{conn_id}"))
@@ -135,8 +148,17 @@ class _PresenceRelay:
             self._send(PresenceReport("seen", space_id, session_id))
 
     def _send(self, report: PresenceReport) -> None:
-        if not self._transport.is_closing():
-            self._transport.write(encode_frame(report))
+        self._pending.append(encode_frame(report))
+        if self._batch_s <= 0:
+            self.flush()
+        elif len(self._pending) == 1:  # the first of a batch schedules its write
+            later = self._call_later or asyncio.get_running_loop().call_later
+            later(self._batch_s, self.flush)
+
+    def flush(self) -> None:
+        batch, self._pending = b"".join(self._pending), []
+        if batch and not self._transport.is_closing():
+            self._transport.write(batch)
 
 
 def apply_presence(presence: ListenerPresence, report: PresenceReport) -> None:
