@@ -48,7 +48,11 @@ class ListenerPlan:
 
 
 class GaveUp(Exception):
-    """Retries ran out or would outlast the run."""
+    """Retries ran out or would outlast the run; ``last`` is why the last attempt failed."""
+
+    def __init__(self, retries: int, last: ClientError) -> None:
+        super().__init__(f"gave up after {retries} retries: {last}")
+        self.last = last
 
 
 async def with_backoff(
@@ -57,18 +61,19 @@ async def with_backoff(
     rec: ListenerRecord,
     attempt_once: Callable[[], Awaitable[T]],
 ) -> T:
+    last: ClientError = ConnectionDropped("no attempt fitted in the run")
     for attempt in range(plan.backoff.max_attempts):
         try:
             return await attempt_once()
         except Refused as exc:
-            delay = plan.backoff.delay(attempt, exc.retry_after_s, rng)
-        except ConnectionDropped:
-            delay = plan.backoff.delay(attempt, None, rng)
+            last, delay = exc, plan.backoff.delay(attempt, exc.retry_after_s, rng)
+        except ConnectionDropped as exc:
+            last, delay = exc, plan.backoff.delay(attempt, None, rng)
         if time.monotonic() + delay >= plan.end_at:
             break
         rec.retries += 1
         await asyncio.sleep(delay)
-    raise GaveUp(f"still refused after {rec.retries} retries")
+    raise GaveUp(rec.retries, last)
 
 
 def _left(plan: ListenerPlan) -> float:
@@ -153,7 +158,7 @@ async def listen_ogg(
 
 def _reason(exc: Exception) -> str:
     if isinstance(exc, GaveUp):
-        return "refused"
+        return "refused" if isinstance(exc.last, Refused) else _reason(exc.last)
     if isinstance(exc, ValueError):
         return "bad media"  # lost Ogg sync, or an fMP4 part without a decode time
     return "dropped" if "lost" in str(exc) or "closed" in str(exc) else str(exc)[:60]

@@ -2,7 +2,8 @@
 progress, samples the server, enforces the time bounds and builds the report.
 
 Bounds: every listener stops at ``duration_s`` after the start; a watchdog terminates
-any worker still running ``WATCHDOG_GRACE_S`` later, so a run never outlives its budget.
+any worker still running a grace later (15 s + 0.5 ms per listener), so a run never
+outlives its budget.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ from townhall.loadtest.worker import (
 MAX_SOCKETS_PER_PROCESS = 15_000  # this sandbox caps open files at about 20k a process
 START_DELAY_S = 3.0  # lets every worker spawn, import and start its loop before the first arrival
 WATCHDOG_GRACE_S = 15.0
+# Every listener ends at once and is reduced to its tally; at 50,000 listeners sharing
+# one client core with the rest, that took longer than the fixed grace.
+WATCHDOG_GRACE_PER_LISTENER_S = 0.0005
 
 
 class RemoteTargetRefused(SystemExit):
@@ -148,7 +152,8 @@ def _collect(
 ) -> tuple[dict[str, Tally], bool]:
     latest: dict[int, Progress] = {}
     finished: dict[int, dict[str, Tally]] = {}
-    deadline = start_at + plan.duration_s + WATCHDOG_GRACE_S
+    grace = WATCHDOG_GRACE_S + plan.listeners * WATCHDOG_GRACE_PER_LISTENER_S
+    deadline = start_at + plan.duration_s + grace
     next_tick = time.monotonic() + 1.0
     while len(finished) < len(procs) and time.monotonic() < deadline:
         _drain(inbox, latest, finished, timeout_s=max(0.0, next_tick - time.monotonic()))
