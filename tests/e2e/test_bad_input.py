@@ -41,14 +41,21 @@ def victim(server: Server) -> Iterator[Space]:
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 20
-    while httpx.get(space.hls_url, timeout=5).status_code != 200:
+    # On air means the speaker passed the mic check, not only that packets flow: on a
+    # loaded machine the bot's start-up can outlast every test here.
+    deadline = time.monotonic() + 30
+    while not speaker_is_live(space):
         assert speaker.poll() is None, speaker.stderr.read() if speaker.stderr else ""
-        assert time.monotonic() < deadline, "the victim Space never went on air"
+        assert time.monotonic() < deadline, "the victim's speaker never went live"
         time.sleep(0.1)
     yield space
     speaker.terminate()
     speaker.wait(timeout=10)
+
+
+def speaker_is_live(space: Space) -> bool:
+    resp = httpx.get(space.api("/room"), headers=space.host_headers(), timeout=5)
+    return resp.status_code == 200 and any(seat["live"] for seat in resp.json()["stage"])
 
 
 def post(space: Space, path: str, token: str | None, **kw: object) -> httpx.Response:

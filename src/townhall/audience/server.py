@@ -428,7 +428,8 @@ class AudienceServer:
             busy += time.thread_time() - started
             if i + step < len(subs):
                 await asyncio.sleep(0)
-        fanout.pass_took(busy, len(subs))
+        if subs:  # an empty cohort's turn says nothing about what a round costs
+            fanout.pass_took(busy, len(subs))
 
 
 _OGG_HEAD = stream_head("audio/ogg", (("X-Content-Type-Options", "nosniff"),))

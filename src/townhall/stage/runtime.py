@@ -154,13 +154,11 @@ class StageRuntime:
     async def connect(
         self, participant_id: str, name: str, sdp: str, kind: str
     ) -> RTCSessionDescription:
-        """Answer a member's SDP offer. A reconnect replaces the old connection."""
+        """Answer a member's SDP offer. A reconnect replaces the old connection, but only
+        once the new offer is accepted: a bad offer must not cut off a live speaker."""
         if self.ended:
             raise Conflict("the space has ended; the stage is closed")
         _validate_offer(sdp, kind, self.config.max_offer_bytes)
-        old = self.members.pop(participant_id, None)
-        if old is not None:
-            await old.close()
         pc = RTCPeerConnection(rtc_configuration())
         member = StageMember(participant_id, name, pc, self.config.member)
         self._wire(member)
@@ -176,6 +174,9 @@ class StageRuntime:
         except Exception as exc:  # aiortc raises ValueError and friends on a bad offer
             await pc.close()
             raise BadRequest(f"could not accept the SDP offer: {exc}") from exc
+        old = self.members.pop(participant_id, None)
+        if old is not None:
+            await old.close()
         self.members[participant_id] = member
         return pc.localDescription
 
