@@ -117,7 +117,7 @@ async def serving(config: AudienceConfig) -> AsyncIterator[Running]:
     yield Running(server, listener.sockets[0].getsockname()[1])
     flusher.cancel()
     listener.close()
-    for conn in list(server.connections):
+    for conn in [*server.connections, *server.streams]:
         if conn.transport is not None:
             conn.transport.abort()
 
@@ -276,7 +276,7 @@ async def watch_cutoff(running: Running, expect: int, timeout_s: float) -> tuple
                 over_since[key] = sub.over_since
         buffered = sum(
             c.transport.get_write_buffer_size()
-            for c in running.server.connections
+            for c in running.server.streams
             if c.transport is not None and not c.transport.is_closing()
         )
         peak = max(peak, buffered)

@@ -158,7 +158,7 @@ def test_each_cohort_gets_one_write_per_interval_at_its_own_phase() -> None:
         fanout.publish(f"{tick};".encode(), now)
         while (cohort := fanout.next_due(now)) is not None:
             chunk = fanout.take_chunk(cohort, now)
-            fanout.write_to(list(cohort.members.items()), chunk, now)
+            fanout.write_to(list(cohort.members.values()), chunk, now)
             for key in cohort.members:
                 writes_at[key].append(now)
     for key, times in writes_at.items():
@@ -182,7 +182,7 @@ def test_a_chunk_ends_at_the_newest_page_for_every_cohort() -> None:
         while (cohort := fanout.next_due(now)) is not None:
             chunk = fanout.take_chunk(cohort, now)
             assert chunk.endswith(f"{tick};".encode())
-            fanout.write_to(list(cohort.members.items()), chunk, now)
+            fanout.write_to(list(cohort.members.values()), chunk, now)
     assert all(len(s.writes) >= 9 for s in sinks)
 
 
@@ -255,9 +255,9 @@ def test_subscriber_leaving_mid_pass_is_not_written() -> None:
     a, b = subscribe(fanout, 2)
     fanout.publish(b"x", 0.0)
     chunk = fanout.take_chunk(fanout.cohorts[0], 0.0)
-    items = list(fanout.subscribers.items())
+    snapshot = list(fanout.subscribers.values())
     fanout.unsubscribe(1)
-    fanout.write_to(items, chunk, 0.0)
+    fanout.write_to(snapshot, chunk, 0.0)
     assert a.writes[-1] == b"x" and b.writes == [b"HEAD"]
 
 
@@ -297,6 +297,15 @@ def test_overload_refuses_newcomers_only_past_the_longest_interval() -> None:
     fanout.pass_took(1.1)  # over half of the longest interval: out of headroom
     with pytest.raises(Unavailable):
         fanout.admit(rng)
+
+
+def test_a_late_event_loop_refuses_newcomers_whatever_the_passes_cost() -> None:
+    fanout = make(max_loop_lag_s=0.5)
+    rng = random.Random(2)
+    fanout.admit(rng, loop_lag_s=0.4)
+    with pytest.raises(Unavailable) as info:
+        fanout.admit(rng, loop_lag_s=0.6)  # sibling processes are taking the core
+    assert "CPU headroom" in str(info.value) and info.value.retry_after_s >= 5.0
 
 
 # -- join burst --------------------------------------------------------------------------

@@ -22,9 +22,10 @@ Design, in the order that matters under load:
    of the interval, the interval grows, so the engine makes fewer, larger writes:
    latency grows gracefully and nobody is dropped for it. It shrinks back as the load
    falls.
-5. **Admission.** Past ``max_listeners`` or when rounds eat more than
-   ``max_pass_fraction`` of even the longest interval, a newcomer gets ``Unavailable``
-   with a jittered retry-after. Those already connected are not touched.
+5. **Admission.** Past ``max_listeners``, when rounds eat more than
+   ``max_pass_fraction`` of even the longest interval, or when the caller's event loop
+   runs late by more than ``max_loop_lag_s``, a newcomer gets ``Unavailable`` with a
+   jittered retry-after. Those already connected are not touched.
 
 Pure: the engine sees subscribers only through the ``Sink`` protocol and gets ``now``
 and randomness from the caller.
@@ -63,6 +64,9 @@ class FanoutConfig:
     max_pass_fraction: float = 0.5
     join_burst_s: float = 0.6
     retry_after_s: float = 5.0
+    # An event loop this late on its own timers has no CPU to spare, whatever its own
+    # passes cost: sibling processes on the same core are taking it.
+    max_loop_lag_s: float = 0.5
     # A due cohort waits up to this long for a page published after its due time, so
     # its chunk ends with a page that has just been completed, not one up to a page
     # length old. 0 writes at once (room events: nothing periodic to wait for).
@@ -73,13 +77,15 @@ class FanoutConfig:
         return max(1, round(self.flush_interval_s / self.cohort_spacing_s))
 
 
-@dataclass
+@dataclass(eq=False)
 class Subscriber:
+    key: int
     sink: Sink
     joined_at: float
     cohort: int = 0
     over_since: float | None = None
     skipped_chunks: int = 0
+    gone: bool = False  # left; a pass holding a snapshot of its cohort skips it
 
 
 @dataclass(frozen=True)
@@ -167,20 +173,19 @@ class Fanout:
         written = skipped = cut = size = 0
         while (cohort := self.next_due(now)) is not None:
             chunk = self.take_chunk(cohort, now)
-            w, s, c = self.write_to(list(cohort.members.items()), chunk, now)
+            w, s, c = self.write_to(list(cohort.members.values()), chunk, now)
             written, skipped, cut, size = written + w, skipped + s, cut + c, size + len(chunk)
         return FlushReport(written, skipped, cut, size)
 
     def write_to(
-        self, subs: Iterable[tuple[int, Subscriber]], chunk: bytes, now: float
+        self, subs: Iterable[Subscriber], chunk: bytes, now: float
     ) -> tuple[int, int, int]:
         """One pass (or one slice of a pass) over subscribers. The hot loop."""
         limit = self.config.max_listener_buffer_bytes
         written = skipped = 0
-        stalled: list[int] = []
-        live = self.subscribers
-        for key, sub in subs:
-            if live.get(key) is not sub:
+        stalled: list[Subscriber] = []
+        for sub in subs:
+            if sub.gone:
                 continue  # left during a sliced pass
             if sub.sink.get_write_buffer_size() > limit:
                 skipped += 1
@@ -188,14 +193,14 @@ class Fanout:
                 if sub.over_since is None:
                     sub.over_since = now
                 elif now - sub.over_since >= self.config.stall_cutoff_s:
-                    stalled.append(key)
+                    stalled.append(sub)
                 continue
             if sub.over_since is not None:
                 sub.over_since = None
             sub.sink.write(chunk)
             written += 1
-        for key in stalled:
-            self.cut_off(key)
+        for sub in stalled:
+            self.cut_off(sub.key)
         return written, skipped, len(stalled)
 
     def pass_took(self, seconds: float, covered: int | None = None) -> None:
@@ -223,10 +228,10 @@ class Fanout:
         limit = self.config.max_flush_interval_s * self.config.max_pass_fraction
         return self.last_pass_s > limit
 
-    def admit(self, rng: random.Random) -> None:
+    def admit(self, rng: random.Random, loop_lag_s: float = 0.0) -> None:
         if len(self.subscribers) >= self.config.max_listeners:
             raise Unavailable("this server is at its listener capacity", self.retry_after(rng))
-        if self.overloaded:
+        if self.overloaded or loop_lag_s > self.config.max_loop_lag_s:
             raise Unavailable("this server is out of CPU headroom", self.retry_after(rng))
 
     def retry_after(self, rng: random.Random) -> float:
@@ -256,13 +261,14 @@ class Fanout:
     def subscribe(self, key: int, sink: Sink, now: float) -> None:
         # The smallest cohort keeps the passes even through a join storm.
         cohort = min(self.cohorts, key=lambda c: len(c.members))
-        sub = Subscriber(sink, now, cohort.index)
+        sub = Subscriber(key, sink, now, cohort.index)
         self.subscribers[key] = cohort.members[key] = sub
         sink.write(self.join_bytes(cohort))
 
     def unsubscribe(self, key: int) -> None:
         sub = self.subscribers.pop(key, None)
         if sub is not None:
+            sub.gone = True
             self.cohorts[sub.cohort].members.pop(key, None)
 
     def cut_off(self, key: int) -> None:

@@ -122,7 +122,10 @@ class AudienceServer:
     _cache: dict[bytes, bytes] = field(default_factory=dict)
     # The current plain playlist of each channel by request target, until the next part.
     _playlists: dict[bytes, tuple[str, bytes]] = field(default_factory=dict)
+    # Request connections (reaped when idle) and streams (bounded by the fan-out engine).
     connections: set[HttpConnection] = field(default_factory=set)
+    streams: set[HttpConnection] = field(default_factory=set)
+    loop_lag_s: float = 0.0  # how late the flusher's timer fired (see run_flusher)
     builds: int = 0  # cacheable responses built (each served to any number of requests)
     presence: ListenerPresence | None = None
 
@@ -216,10 +219,9 @@ class AudienceServer:
             raise NotFound(f"space {channel.space_id!r} has ended; see {replay}")
         if not channel.ogg.header:
             raise Unavailable("the program has not started yet", 1.0 + self.rng.random())
-        channel.ogg.admit(self.rng)
+        channel.ogg.admit(self.rng, self.loop_lag_s)
         key = self._key()
-        transport = conn.take_over(_OGG_HEAD)
-        self._bound_kernel_buffer(transport)
+        transport = self._take_over(conn, _OGG_HEAD)
         channel.ogg.subscribe(key, transport, time.monotonic())
         conn.on_lost = self._unsubscriber(channel.ogg, key)
         if self.presence is not None:
@@ -239,13 +241,21 @@ class AudienceServer:
         conn.on_lost = closed
 
     def _events(self, conn: HttpConnection, channel: Channel) -> None:
-        channel.events.admit(self.rng)
+        channel.events.admit(self.rng, self.loop_lag_s)
         key = self._key()
-        transport = conn.take_over(stream_head("text/event-stream"))
-        self._bound_kernel_buffer(transport)
+        transport = self._take_over(conn, stream_head("text/event-stream"))
         channel.events.subscribe(key, transport, time.monotonic())
         transport.write(f"event: room\ndata: {channel.last_room_json}\n\n".encode())
         conn.on_lost = self._unsubscriber(channel.events, key)
+
+    def _take_over(self, conn: HttpConnection, head: bytes) -> asyncio.Transport:
+        """The connection becomes a stream: out of the idle reaper's set, and its kernel
+        send buffer bounded so the engine sees a stalled reader."""
+        self.connections.discard(conn)
+        self.streams.add(conn)
+        transport = conn.take_over(head)
+        self._bound_kernel_buffer(transport)
+        return transport
 
     def _bound_kernel_buffer(self, transport: asyncio.Transport) -> None:
         sock = transport.get_extra_info("socket")
@@ -257,7 +267,7 @@ class AudienceServer:
 
     def _unsubscriber(self, fanout: Fanout, key: int) -> Callable[[HttpConnection], None]:
         def lost(conn: HttpConnection) -> None:
-            self.connections.discard(conn)
+            self.streams.discard(conn)
             fanout.unsubscribe(key)
 
         return lost
@@ -386,8 +396,14 @@ class AudienceServer:
     # -- the flush loop --------------------------------------------------------------
     async def run_flusher(self) -> None:
         next_reap = time.monotonic() + 1.0
+        tick = self.config.flush_tick_s
         while True:
-            await asyncio.sleep(self.config.flush_tick_s)
+            asked = time.monotonic()
+            await asyncio.sleep(tick)
+            # How late the loop woke up: a decaying maximum, so one late tick counts for
+            # about half a second.
+            lag = time.monotonic() - asked - tick
+            self.loop_lag_s = max(lag, self.loop_lag_s * 0.9)
             await self.flush_due()
             now = time.monotonic()
             self.drop_ended(now)
@@ -416,7 +432,7 @@ class AudienceServer:
         """One cohort's turn, in slices so the loop still accepts and answers between them."""
         now = time.monotonic()
         chunk = fanout.take_chunk(cohort, now)
-        subs = list(cohort.members.items())
+        subs = list(cohort.members.values())
         step = self.config.pass_slice
         busy = 0.0
         for i in range(0, len(subs), step):
