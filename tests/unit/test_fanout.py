@@ -126,19 +126,19 @@ def test_due_only_with_pages_not_yet_sent() -> None:
 
 
 def test_a_due_turn_waits_for_a_fresh_page_but_not_for_ever() -> None:
-    fanout = make(flush_interval_s=0.2, fresh_page_wait_s=0.25)
+    fanout = make(flush_interval_s=0.2, fresh_page_age_s=0.1, fresh_page_wait_s=0.25)
     sinks = subscribe(fanout, 1)
     fanout.publish(b"a;", 0.0)
     fanout.flush(0.0)
-    fanout.publish(b"b;", 0.15)  # completed before the next turn (0.2) is due
-    assert fanout.next_due(0.2) is None  # b is 50 ms old: wait for the next page
-    fanout.publish(b"c;", 0.35)
-    assert fanout.flush(0.35).written == 1
+    fanout.publish(b"b;", 0.05)  # completed well before the next turn (0.2) is due
+    assert fanout.next_due(0.2) is None  # b is 150 ms old: wait for the next page
+    fanout.publish(b"c;", 0.25)
+    assert fanout.flush(0.25).written == 1
     assert sinks[0].writes[-1] == b"b;c;"  # the chunk ends with the page just completed
-    fanout.publish(b"d;", 0.5)
-    fanout.flush(0.5)  # next turn due at 0.65
-    fanout.publish(b"e;", 0.6)  # the program stops after this page
-    assert fanout.next_due(0.85) is None
+    fanout.publish(b"d;", 0.44)  # 10 ms before its turn (0.45): fresh enough, no wait
+    assert fanout.flush(0.45).written == 1
+    fanout.publish(b"e;", 0.5)  # then the program stops
+    assert fanout.next_due(0.85) is None  # due at 0.65, e is stale, still within the wait
     assert fanout.next_due(0.9) is not None  # 0.65 + 0.25: no fresh page came
 
 

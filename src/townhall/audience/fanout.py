@@ -9,8 +9,8 @@ Design, in the order that matters under load:
    cohorts whose turns are spread evenly over the interval. Each listener still gets
    one write per interval, but the process writes to 1/K of the crowd at a time: a
    pass blocks the loop K times less, and the crowd's chunks arrive spread over the
-   interval instead of all at once. A turn waits for the first page published after
-   it is due, so every chunk ends with a page that has just been completed.
+   interval instead of all at once. A turn whose newest page is stale waits for the
+   next one, so every chunk ends with a page that has just been completed.
 3. **Bounded per-subscriber buffers.** A subscriber whose transport buffer is above
    ``max_listener_buffer_bytes`` is skipped for this chunk (it rejoins at the live edge
    on the next page, which Ogg players resynchronise on). One that stays above it for
@@ -67,9 +67,11 @@ class FanoutConfig:
     # An event loop this late on its own timers has no CPU to spare, whatever its own
     # passes cost: sibling processes on the same core are taking it.
     max_loop_lag_s: float = 0.5
-    # A due cohort waits up to this long for a page published after its due time, so
-    # its chunk ends with a page that has just been completed, not one up to a page
-    # length old. 0 writes at once (room events: nothing periodic to wait for).
+    # A due cohort whose newest page is older than ``fresh_page_age_s`` waits (up to
+    # ``fresh_page_wait_s``) for the next one, so its chunk ends with a page that has
+    # just been completed, not one up to a page length old. A wait of 0 writes at once
+    # (room events: nothing periodic to wait for).
+    fresh_page_age_s: float = 0.1
     fresh_page_wait_s: float = 0.25
 
     @property
@@ -142,11 +144,12 @@ class Fanout:
     def next_due(self, now: float) -> Cohort | None:
         """A cohort whose turn has come and that has pages it has not had."""
         newest = self._pages[-1].at if self._pages else 0.0
+        fresh = now - newest <= self.config.fresh_page_age_s
         wait = self.config.fresh_page_wait_s
         for c in self.cohorts:
             if c.due_at is None or c.due_at > now or c.sent_to >= self._next_seq:
                 continue
-            if newest >= c.due_at or now >= c.due_at + wait:
+            if fresh or newest >= c.due_at or now >= c.due_at + wait:
                 return c
         return None
 
