@@ -1,8 +1,8 @@
 """A lean HTTP/1.1 client connection: asyncio Protocol + httptools, one request at a time.
 
-Thousands of these share one event loop, so there are no streams, no per-chunk
-coroutine wake-ups and no copies: the response body goes to a callback as it arrives
-(the Ogg stream), or is collected until the message completes (playlists and parts).
+Thousands of these share one event loop (the LL-HLS listeners), so there are no
+streams and no per-chunk coroutine wake-ups: a response body is collected until the
+message completes (playlists and parts). Ogg streams use ``streams.py`` instead.
 
 Errors, drawn at the one boundary where they are translated::
 
@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import httptools
 
 from townhall.loadtest.wire import Target, get_request
 from townhall.peers.backoff import parse_retry_after
-
-BodySink = Callable[[bytes], None]
 
 
 class ClientError(Exception):
@@ -53,7 +50,6 @@ class HttpClientConnection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._headers: dict[str, str] = {}
         self._chunks: list[bytes] = []
-        self._sink: BodySink | None = None
         self._head: asyncio.Future[int] | None = None
         self._done: asyncio.Future[None] | None = None
         self.closed = False
@@ -71,9 +67,6 @@ class HttpClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._done is not None and not self._done.done() and self._sink is not None:
-            # A body without a length (the Ogg stream) ends with the connection.
-            self._done.set_exception(ConnectionDropped("stream closed by the server"))
         self._fail(ConnectionDropped(f"connection lost: {exc or 'closed'}"))
 
     # -- httptools callbacks ----------------------------------------------------------
@@ -85,52 +78,30 @@ class HttpClientConnection(asyncio.Protocol):
             self._head.set_result(self._parser.get_status_code())
 
     def on_body(self, body: bytes) -> None:
-        if self._sink is not None:
-            self._sink(body)
-        else:
-            self._chunks.append(body)
+        self._chunks.append(body)
 
     def on_message_complete(self) -> None:
         if self._done is not None and not self._done.done():
             self._done.set_result(None)
 
     # -- requests ---------------------------------------------------------------------
-    def _send(self, target: Target, path: str, sink: BodySink | None) -> None:
+    def _send(self, target: Target, path: str) -> None:
         if self.closed or self.transport is None:
             raise ConnectionDropped("connection already closed")
         loop = asyncio.get_running_loop()
-        self._headers, self._chunks, self._sink = {}, [], sink
+        self._headers, self._chunks = {}, []
         self._head, self._done = loop.create_future(), loop.create_future()
         self.transport.write(get_request(target, path))
 
     async def get(self, target: Target, path: str) -> Response:
         """A whole response (a playlist or a part); raises Refused on 503."""
-        self._send(target, path, None)
+        self._send(target, path)
         assert self._head is not None and self._done is not None
         status = await self._head
         await self._done
         body = b"".join(self._chunks)
-        self._raise_for_refusal(status)
+        raise_for_refusal(status, self._headers)
         return Response(status, self._headers, body)
-
-    async def stream(self, target: Target, path: str, sink: BodySink) -> asyncio.Future[None]:
-        """Start an endless GET; returns once the head is in, with a future for its end."""
-        self._send(target, path, None)
-        assert self._head is not None and self._done is not None
-        status = await self._head
-        self._raise_for_refusal(status)
-        if status != 200:
-            await self._done
-            raise ConnectionDropped(f"GET {path}: status {status}")
-        # Bytes parsed with the head were already collected; hand them on in order.
-        for chunk in self._chunks:
-            sink(chunk)
-        self._sink = sink
-        return self._done
-
-    def _raise_for_refusal(self, status: int) -> None:
-        if status == 503:
-            raise Refused(parse_retry_after(self._headers.get("retry-after")))
 
     def _fail(self, exc: ClientError) -> None:
         for fut in (self._head, self._done):
@@ -142,6 +113,12 @@ class HttpClientConnection(asyncio.Protocol):
         if self.transport is not None:
             with contextlib.suppress(Exception):
                 self.transport.abort()
+
+
+def raise_for_refusal(status: int, headers: dict[str, str]) -> None:
+    """A 503 becomes Refused, carrying its Retry-After (headers lower-cased)."""
+    if status == 503:
+        raise Refused(parse_retry_after(headers.get("retry-after")))
 
 
 async def connect(target: Target, timeout_s: float) -> HttpClientConnection:

@@ -32,9 +32,8 @@ from enum import Enum, auto
 
 import httptools
 
-from townhall.loadtest.client import ClientError, ConnectionDropped, Refused
+from townhall.loadtest.client import ClientError, ConnectionDropped, raise_for_refusal
 from townhall.loadtest.wire import Target, get_request
-from townhall.peers.backoff import parse_retry_after
 
 MAX_HEAD_BYTES = 64 * 1024
 # A byte-level sink: (buffer, how many bytes at its start are new, when they were read).
@@ -160,8 +159,7 @@ class StreamReader:
         head, rest = stream.head[: end + 4], stream.head[end + 4 :]
         stream.head = b""
         status, headers = parse_head(head)
-        if status == 503:
-            raise Refused(parse_retry_after(headers.get("retry-after")))
+        raise_for_refusal(status, headers)
         if status != 200:
             raise ConnectionDropped(f"GET: status {status}")
         stream.state = _State.STREAMING

@@ -96,7 +96,6 @@ class Swarm:
     def __init__(self, plan: WorkerPlan, outbox: Outbox) -> None:
         self.plan, self.outbox = plan, outbox
         self.tallies: dict[str, Tally] = {}
-        self.running: set[int] = set()
         self.records: dict[int, ListenerRecord] = {}
         self.reader = StreamReader()
 
