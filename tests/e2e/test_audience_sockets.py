@@ -58,7 +58,7 @@ def encode_tone(seconds: float) -> Program:
         pcm = (8000 * np.sin(2 * np.pi * TONE_HZ * n / SAMPLE_RATE_HZ)).astype(np.int16)
         out = encoder.encode(pcm)
         pages += out.ogg_pages
-        parts += [(f.data, f.sample_count / SAMPLE_RATE_HZ) for f in out.fragments]
+        parts += [(f.data, f.sample_count * FRAME_SAMPLES / SAMPLE_RATE_HZ) for f in out.fragments]
     assert encoder.init_segment is not None
     return Program(encoder.ogg_header, pages, encoder.init_segment, parts)
 
@@ -407,7 +407,7 @@ def test_a_worker_that_falls_behind_is_dropped_without_stalling_the_stage(
 
 async def stuck_worker_scenario(program: Program) -> None:
     config = AudienceConfig(max_worker_backlog_bytes=256 * 1024)
-    pool = WorkerPool(WorkerSpec(config, None, HOST, 0), count=1)
+    pool = WorkerPool(WorkerSpec(config, None, HOST, 0), count=1, drop_grace_s=0.5)
     await pool.start()
     (proc,) = pool.processes
     assert proc.pid is not None
@@ -419,13 +419,85 @@ async def stuck_worker_scenario(program: Program) -> None:
             pool.publish(OggPages(SPACE, page.data, time.monotonic()))
             slowest = max(slowest, time.perf_counter() - started)
             await asyncio.sleep(0)
-        assert pool.dropped == 1 and not pool.links
+        assert pool.dropped == 1 and proc not in [link.process for link in pool.links]
         # A blocking write to a stopped reader would hang for good; any finite bound
         # proves the stage never waits. Generous, so a noisy machine cannot flake it.
         assert slowest < 1.0
+        # The hung process is killed (it would keep taking newcomers on the shared
+        # port) and a fresh worker takes its place.
+        await until(lambda: pool.restarts == 1 and not proc.is_alive(), timeout_s=20.0)
+        assert proc.exitcode == -signal.SIGKILL
+        health = json.loads((await fetch(pool.port, "/healthz")).body)
+        assert health["pid"] == pool.links[0].process.pid != proc.pid
     finally:
-        os.kill(proc.pid, signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGCONT)
         await pool.close()
+
+
+async def until(condition: Callable[[], bool], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+def test_a_worker_that_dies_is_replaced_and_serves_the_live_channel_at_once(
+    program: Program,
+) -> None:
+    run(replaced_worker_scenario(program))
+
+
+async def replaced_worker_scenario(program: Program) -> None:
+    config = hls_config()
+    pool = WorkerPool(WorkerSpec(config, None, HOST, 0), count=1, restart_delay_s=0.1)
+    await pool.start()
+    feeding = asyncio.create_task(publish_program_via(pool, program))
+    try:
+        # Past the feed log's LL-HLS window (36 parts here), so the replacement's replay
+        # starts mid-stream and must number its parts from their seq.
+        await until(lambda: parts_published(pool) > 40, timeout_s=20.0)
+        (first,) = pool.links
+        assert first.process.pid is not None
+        os.kill(first.process.pid, signal.SIGKILL)  # a crash, or the OOM killer
+        await until(lambda: pool.restarts == 1, timeout_s=20.0)
+        (second,) = pool.links
+        assert second.process.pid != first.process.pid
+        # A newcomer on the replacement hears the program at once: header, burst, live.
+        loop = asyncio.get_running_loop()
+        _, listener = await loop.create_connection(lambda: OggListener({}, True), HOST, pool.port)
+        await asyncio.sleep(1.5)
+        feeding.cancel()
+        assert abs(dominant_hz(bytes(listener.raw), "ogg") - TONE_HZ) < 5
+        # LL-HLS numbering goes on where the lost worker's was: the preload hint names
+        # the part after the last one published, as it would on a worker that saw all.
+        msn, index = divmod(parts_published(pool), config.channel.hls.parts_per_segment)
+        playlist = (await fetch(pool.port, f"/live/{SPACE}/index.m3u8")).body.decode()
+        assert f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="p{msn}.{index}.m4s"' in playlist
+        media = b"".join([(await fetch(pool.port, f"/live/{SPACE}/{uri}")).body
+                          for uri in ("init.mp4", f"s{msn - 1}.m4s")])  # fmt: skip
+        assert abs(dominant_hz(media, "mp4") - TONE_HZ) < 5
+    finally:
+        feeding.cancel()
+        await pool.close()
+
+
+def parts_published(pool: WorkerPool) -> int:
+    seqs = [m.seq for m in pool.feed_log.replay() if isinstance(m, HlsPart) and m.seq is not None]
+    return max(seqs, default=-1) + 1
+
+
+async def publish_program_via(pool: WorkerPool, program: Program) -> None:
+    """Ogg pages and LL-HLS parts at SPEED x real time, parts numbered as the stage does."""
+    pool.publish(OggHeader(SPACE, program.header))
+    pool.publish(HlsInit(SPACE, program.init))
+    parts = iter(enumerate(program.parts))
+    for i, page in enumerate(program.pages):
+        pool.publish(OggPages(SPACE, page.data, time.monotonic()))
+        if i % 2 == 1:  # a 0.2 s page, a 0.4-0.5 s part: about one part per two pages
+            seq, (data, duration_s) = next(parts)
+            pool.publish(HlsPart(SPACE, data, duration_s, time.time(), seq))
+        await asyncio.sleep(0.2 / SPEED)
 
 
 # -- ended channels ------------------------------------------------------------------------

@@ -212,3 +212,29 @@ def test_vod_playlist_lists_every_segment_and_ends() -> None:
     assert "#EXT-X-TARGETDURATION:2" in playlist
     assert [ln for ln in playlist if ln.endswith(".m4s")] == [segment_uri(i) for i in range(3)]
     assert "#EXTINF:1.200," in playlist and playlist[-1] == "#EXT-X-ENDLIST"
+
+
+# -- a packager that joins mid-stream (a replacement audience worker) ------------------
+def test_a_late_packager_numbers_parts_as_one_that_saw_the_whole_stream() -> None:
+    whole = packager(parts=0)
+    late = packager(parts=0)
+    for seq in range(23):
+        msn, index = whole.next_part
+        data, at = f"[{msn}.{index}]".encode(), T0 + 0.5 * seq
+        whole.add_part(data, 0.5, at, seq)
+        if seq >= 9:  # joins at part 9: mid-segment 2, so it starts with segment 3
+            late.add_part(data, 0.5, at, seq)
+    assert late.next_part == whole.next_part == (5, 3)
+    assert late.segments[0].msn == 3
+    for msn in (3, 4):  # the complete ones
+        assert late.segment(msn) is not None
+        assert late.segment(msn).data == whole.segment(msn).data  # type: ignore[union-attr]
+    assert late.playlist().split(b"#EXT-X-MEDIA-SEQUENCE:")[1].startswith(b"3\n")
+    assert late.part(5, 2) == whole.part(5, 2)
+    assert late.ready(5, 2) and not late.ready(5, 3)
+
+
+def test_parts_without_numbers_start_at_segment_zero() -> None:
+    hls = packager(parts=0)
+    hls.add_part(b"x", 0.5, T0)
+    assert hls.next_part == (0, 1)

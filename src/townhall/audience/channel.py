@@ -66,8 +66,8 @@ class Channel:
                 self.ogg.publish(data, at)
             case HlsInit(data=data):
                 self.hls.init_segment = data
-            case HlsPart(data=data, duration_s=d, at=at):
-                self.hls.add_part(data, d, at)
+            case HlsPart(data=data, duration_s=d, at=at, seq=seq):
+                self.hls.add_part(data, d, at, seq)
                 self._wake()
             case RoomUpdate(json=text, at=at):
                 self.last_room_json = text

@@ -10,11 +10,14 @@ applies the messages to its own ``AudienceServer``, exactly as the main process 
 with no workers.
 
 A worker whose socket backlog passes ``max_worker_backlog_bytes`` has fallen behind;
-it is dropped with a log line (its socket closed, so it ends its listeners and exits).
-The stage never waits for a worker.
+it is dropped with a log line (its socket closed, so it ends its listeners and exits,
+or is killed if it does not). The stage never waits for a worker. A worker that is
+dropped or dies is replaced, and the replacement is brought up to date from the
+``FeedLog`` before it gets live messages.
 
-Framing on the socket: a 4-byte big-endian length, then the pickled ``FeedMessage``.
-The worker answers one byte, ``R``, once it listens on the port.
+Framing on the socket: a 4-byte big-endian length, then a pickled message: the main
+process sends ``FeedMessage``s; the worker sends ``WorkerReady`` once it listens on the
+port, then ``PresenceReport``s.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import pickle
 import socket
 import struct
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
@@ -36,7 +40,7 @@ from typing import Any
 
 import uvloop
 
-from townhall.audience.feed import FeedMessage
+from townhall.audience.feed import FeedLog, FeedMessage
 from townhall.audience.server import AudienceConfig, AudienceServer, ListenerPresence
 from townhall.gcpolicy import freeze_startup_heap
 
@@ -220,8 +224,12 @@ class _WorkerLink(asyncio.Protocol):
     """The main process's end of one worker's feed socket."""
 
     def __init__(
-        self, on_lost: Callable[[_WorkerLink], None], presence: ListenerPresence | None
+        self,
+        process: BaseProcess,
+        on_lost: Callable[[_WorkerLink], None],
+        presence: ListenerPresence | None,
     ) -> None:
+        self.process = process
         self.transport: asyncio.Transport | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._on_lost = on_lost
@@ -246,7 +254,15 @@ class _WorkerLink(asyncio.Protocol):
 
 @dataclass
 class WorkerPool:
-    """N audience worker processes on one port, fed by ``publish``."""
+    """N audience worker processes on one port, fed by ``publish``, and kept at N.
+
+    A worker that dies (a crash, the OOM killer) or is dropped for falling behind is
+    replaced: the replacement gets the ``FeedLog`` replay (headers, the last room
+    snapshot, the join burst, the LL-HLS window) before any live message, so it serves
+    every live channel at once and numbers LL-HLS parts as its siblings do. At most
+    ``max_restarts`` replacements per ``restart_window_s``: a worker that cannot stay
+    up is left down, and the log says so, rather than respawned in a tight loop.
+    """
 
     spec: WorkerSpec
     count: int
@@ -254,7 +270,24 @@ class WorkerPool:
     links: list[_WorkerLink] = field(default_factory=list)
     processes: list[BaseProcess] = field(default_factory=list)
     dropped: int = 0
+    restarts: int = 0
     presence: ListenerPresence | None = None  # where the workers' listeners are counted
+    restart_delay_s: float = 0.5
+    max_restarts: int = 5
+    restart_window_s: float = 60.0
+    # A dropped worker gets this long to exit on its own before it is killed: a hung
+    # process would keep its place in the port's SO_REUSEPORT group and take newcomers.
+    drop_grace_s: float = 2.0
+    feed_log: FeedLog = field(init=False)
+    _closing: bool = False
+    _restarted_at: deque[float] = field(default_factory=deque)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        hls = self.spec.audience.channel.hls
+        window_parts = (hls.window_segments + 1) * hls.parts_per_segment
+        # 5 Ogg pages a second: 20 is 4 s, past any join burst.
+        self.feed_log = FeedLog(keep_ogg_pages=20, keep_hls_parts=window_parts)
 
     @property
     def port(self) -> int:
@@ -263,10 +296,12 @@ class WorkerPool:
     async def start(self) -> None:
         reservation = self._reserve_port()
         try:
-            for _ in range(self.count):
-                await self._spawn()
-            ready = [link.ready for link in self.links]
-            await asyncio.wait_for(asyncio.gather(*ready), self.start_timeout_s)
+            links = [await self._spawn() for _ in range(self.count)]
+            await asyncio.wait_for(
+                asyncio.gather(*(link.ready for link in links)), self.start_timeout_s
+            )
+            for link in links:
+                self._admit(link)
         finally:
             if reservation is not None:
                 reservation.close()
@@ -283,23 +318,32 @@ class WorkerPool:
         )
         return sock
 
-    async def _spawn(self) -> None:
+    async def _spawn(self) -> _WorkerLink:
         # spawn, not fork: the main process runs an event loop and threads.
         ctx = multiprocessing.get_context("spawn")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         proc = ctx.Process(target=worker_main, args=(self.spec, theirs), daemon=True)
         proc.start()
         theirs.close()
+        self.processes.append(proc)
         ours.setblocking(False)
         loop = asyncio.get_running_loop()
         _, link = await loop.create_unix_connection(
-            lambda: _WorkerLink(self._lost, self.presence), sock=ours
+            lambda: _WorkerLink(proc, self._lost, self.presence), sock=ours
         )
+        return link
+
+    def _admit(self, link: _WorkerLink) -> None:
+        """Replay, then live: both written in this one call, so no message falls between."""
+        assert link.transport is not None
+        replay = self.feed_log.replay()
+        if replay:
+            link.transport.write(b"".join(encode_frame(m) for m in replay))
         self.links.append(link)
-        self.processes.append(proc)
 
     def publish(self, msg: FeedMessage) -> None:
         """Called by the stage; never blocks. One pickle, one write per worker."""
+        self.feed_log.record(msg)
         frame = encode_frame(msg)
         limit = self.spec.audience.max_worker_backlog_bytes
         for link in list(self.links):
@@ -316,13 +360,54 @@ class WorkerPool:
         assert link.transport is not None
         link.transport.abort()
         self._lost(link)
+        asyncio.get_running_loop().call_later(self.drop_grace_s, _kill_if_alive, link.process)
 
     def _lost(self, link: _WorkerLink) -> None:
-        if link in self.links:
-            self.links.remove(link)
-            log.warning("audience worker feed closed; %d workers left", len(self.links))
+        if link not in self.links:
+            return
+        self.links.remove(link)
+        if self._closing:
+            return
+        log.warning("audience worker %s left; %d of %d serving",
+                    link.process.pid, len(self.links), self.count)  # fmt: skip
+        task = asyncio.get_running_loop().create_task(self._replace(), name="audience-respawn")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _replace(self) -> None:
+        while not self._closing:
+            now = time.monotonic()
+            while self._restarted_at and now - self._restarted_at[0] > self.restart_window_s:
+                self._restarted_at.popleft()
+            if len(self._restarted_at) >= self.max_restarts:
+                log.error("audience workers restarted %d times in %.0f s; leaving one down",
+                          self.max_restarts, self.restart_window_s)  # fmt: skip
+                return
+            self._restarted_at.append(now)
+            await asyncio.sleep(self.restart_delay_s)
+            self._reap()
+            try:
+                link = await self._spawn()
+                await asyncio.wait_for(link.ready, self.start_timeout_s)
+            except (OSError, ConnectionError, TimeoutError) as exc:
+                log.error("audience worker failed to start: %s", exc)
+                continue
+            if self._closing:
+                return
+            self._admit(link)
+            self.restarts += 1
+            log.warning("audience worker %s replaced a lost one; %d of %d serving",
+                        link.process.pid, len(self.links), self.count)  # fmt: skip
+            return
+
+    def _reap(self) -> None:
+        """Forget exited processes (``is_alive`` also collects their exit status)."""
+        self.processes = [p for p in self.processes if p.is_alive()]
 
     async def close(self) -> None:
+        self._closing = True
+        for task in list(self._tasks):
+            task.cancel()
         for link in list(self.links):
             if link.transport is not None:
                 link.transport.close()
@@ -330,6 +415,12 @@ class WorkerPool:
             await asyncio.to_thread(proc.join, 5.0)
             if proc.is_alive():
                 proc.terminate()
+
+
+def _kill_if_alive(proc: BaseProcess) -> None:
+    if proc.is_alive():
+        log.error("dropped audience worker %s did not exit; killing it", proc.pid)
+        proc.kill()
 
 
 async def serve_audience(

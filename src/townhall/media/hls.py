@@ -102,9 +102,19 @@ class HlsPackager:
         self._playlist: bytes | None = None
 
     # -- input -------------------------------------------------------------------
-    def add_part(self, data: bytes, duration_s: float, now: float) -> list[HlsEvent]:
+    def add_part(
+        self, data: bytes, duration_s: float, now: float, seq: int | None = None
+    ) -> list[HlsEvent]:
+        """Add the next part. ``seq`` is its number since the stream began: a packager
+        that joins mid-stream starts at the next segment boundary and numbers segments
+        from there, as every packager that saw the whole stream does."""
         if self.ended:
             raise RuntimeError("packager has ended")
+        if seq is not None and not self.segments and self._next_msn == 0:
+            msn, index = divmod(seq, self.config.parts_per_segment)
+            if index:
+                return []  # mid-segment: its first parts are not ours to number
+            self._next_msn = msn
         current = self._open_segment(now)
         part = Part(current.msn, len(current.parts), data, duration_s)
         current.parts.append(part)

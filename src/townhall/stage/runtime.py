@@ -67,6 +67,7 @@ class StageRuntime:
     _encoder: ProgramEncoder | None = None
     _headers_sent: bool = False
     _init_sent: bool = False
+    _parts_sent: int = 0  # numbers each HLS part, so late audience processes agree
     _task: asyncio.Task[None] | None = None
     ended: bool = False
 
@@ -146,7 +147,8 @@ class StageRuntime:
             self.publish(HlsInit(self.space_id, init))
             if self.recorder is not None:
                 self.recorder.write_init(init)
-        self.publish(HlsPart(self.space_id, data, duration_s, now))
+        self.publish(HlsPart(self.space_id, data, duration_s, now, self._parts_sent))
+        self._parts_sent += 1
         if self.recorder is not None:
             self.recorder.write_part(data, duration_s, now)
 
