@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 from townhall.audience.feed import FeedMessage
 from townhall.audience.server import AudienceServer
+from townhall.audience.workers import WorkerPool
 from townhall.config import ServerConfig
 from townhall.errors import BadRequest, Conflict, Forbidden, Unavailable
 from townhall.live import LiveSpace
@@ -56,6 +57,7 @@ class Townhall:
     audience: AudienceServer = field(init=False)
     spaces: dict[str, LiveSpace] = field(default_factory=dict)
     feed_sinks: list[Callable[[FeedMessage], None]] = field(default_factory=list)
+    audience_pool: WorkerPool | None = None  # the audience worker processes, if any
     actions_limiter: RateLimiter = field(
         default_factory=lambda: RateLimiter(rate_per_s=2.0, burst=10)
     )

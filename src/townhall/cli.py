@@ -50,6 +50,13 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     s.add_argument("--public-audience-url")
     s.add_argument("--audience-workers", type=int)
     s.add_argument(
+        "--audience-worker-nice",
+        type=int,
+        help="how much nicer than the stage the workers run (default 8: a saturated core "
+        "delays chunks, never the speakers; 0 on a box shared with other busy processes, "
+        "which would otherwise take the workers' CPU)",
+    )
+    s.add_argument(
         "--stream-flush-interval-s",
         type=float,
         help="how often the Ogg stream is written to listeners (default 0.2; grows under load)",
@@ -70,7 +77,11 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         fanout["flush_interval_s"] = args.stream_flush_interval_s
     if getattr(args, "max_listeners", None) is not None:
         fanout["max_listeners"] = args.max_listeners
-    return with_stream_fanout(replace(config, **flags), **fanout)
+    config = with_stream_fanout(replace(config, **flags), **fanout)
+    if getattr(args, "audience_worker_nice", None) is not None:
+        audience = replace(config.audience, worker_nice=args.audience_worker_nice)
+        config = replace(config, audience=audience)
+    return config
 
 
 def _serve(args: argparse.Namespace) -> int:

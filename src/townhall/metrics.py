@@ -38,12 +38,33 @@ class TownhallCollector(Collector):
         events = GaugeMetricFamily(
             "townhall_event_listeners", "SSE room-event listeners", labels=["space"]
         )
-        for space_id, channel in self.th.audience.channels.items():
-            streams.add_metric([space_id], len(channel.ogg.subscribers))
-            interval.add_metric([space_id], channel.ogg.interval_s)
-            pass_s.add_metric([space_id], channel.ogg.last_pass_s)
-            events.add_metric([space_id], len(channel.events.subscribers))
+        pool = self.th.audience_pool
+        # With workers, the main process serves nobody: their reports (at most a second
+        # old) are the truth.
+        stats = pool.stats() if pool is not None else self.th.audience.stats()
+        for c in stats:
+            streams.add_metric([c.space_id], c.ogg_listeners)
+            interval.add_metric([c.space_id], c.interval_s)
+            pass_s.add_metric([c.space_id], c.pass_s)
+            events.add_metric([c.space_id], c.event_listeners)
         yield from (streams, interval, pass_s, events)
+        if pool is not None:
+            yield GaugeMetricFamily(
+                "townhall_audience_workers", "audience worker processes serving", len(pool.links)
+            )
+            yield CounterMetricFamily(
+                "townhall_audience_worker_restarts",
+                "audience workers replaced after dying or falling behind",
+                pool.restarts,
+            )
+            lag = GaugeMetricFamily(
+                "townhall_audience_worker_loop_lag_seconds",
+                "how late each worker's event loop runs (admission refuses past a bound)",
+                labels=["pid"],
+            )
+            for link in pool.links:
+                lag.add_metric([str(link.process.pid)], link.stats.loop_lag_s)
+            yield lag
 
     def _stage(self) -> Iterator[Metric]:
         ticks = CounterMetricFamily("townhall_stage_ticks", "20 ms mixer ticks", labels=["space"])

@@ -34,7 +34,7 @@ async def run(config: ServerConfig, ready: asyncio.Event | None = None) -> None:
             access_log=False,
         )
     )
-    stop_audience = await serve_audience(
+    stop_audience, th.audience_pool = await serve_audience(
         th.audience, th.feed_sinks, config.host, config.audience_port, config.audience_workers
     )
     control_task = asyncio.create_task(control.serve(), name="control")

@@ -384,8 +384,11 @@ async def workers_scenario(program: Program) -> None:
         await asyncio.sleep(2.0)
         feeding.cancel()
         assert all(len(p.raw) > 2_000 for p in listeners)
-        # Every worker's listeners are counted in the main process, each one once.
-        assert len(set(presence.opened)) == 16
+        # Every worker's listeners are counted in the main process, each one once: an
+        # unnamed stream is its own session, whichever worker holds it.
+        assert len(set(presence.opened)) == len(set(presence.stream_sessions)) == 16
+        # The workers' reports add up in the main process, for /metrics.
+        await until(lambda: sum(c.ogg_listeners for c in pool.stats()) == 16, timeout_s=5.0)
         for proto in listeners:
             assert abs(dominant_hz(program.header + bytes(proto.raw), "ogg") - TONE_HZ) < 5
     finally:
@@ -528,9 +531,11 @@ class SeenSessions:
 
     sessions: list[str] = field(default_factory=list)
     opened: list[str] = field(default_factory=list)
+    stream_sessions: list[str] = field(default_factory=list)
 
     def stream_opened(self, space_id: str, session_id: str, conn_id: str) -> None:
         self.opened.append(conn_id)
+        self.stream_sessions.append(session_id)
 
     def stream_closed(self, space_id: str, session_id: str, conn_id: str, ended: bool) -> None:
         pass

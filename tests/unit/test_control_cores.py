@@ -117,6 +117,9 @@ def test_config_from_environment_then_flags() -> None:
     assert flagged.audience_port == 9100
     assert flagged.audience.channel.fanout.flush_interval_s == 1.0
     assert with_stream_fanout(ServerConfig()) == ServerConfig()
+    assert flagged.audience.worker_nice == ServerConfig().audience.worker_nice == 8
+    nice = server_config(_parser().parse_args(["serve", "--audience-worker-nice", "0"]))
+    assert nice.audience.worker_nice == 0
 
 
 def test_errors_carry_their_wire_meaning() -> None:

@@ -9,7 +9,7 @@ Endpoints (all GET, all CORS-open, all errors JSON):
     /live/{space}/s{msn}.m4s          full segment
     /events/{space}                   SSE room events, coalesced
     /replay/{space}.ogg, /replay/{space}/...   the recording (see recorder.py)
-    /healthz, /metrics
+    /healthz                          which process answered (metrics: the control port)
 
 Caching (RFC 9111) is set for a CDN: parts, segments and the init segment never change
 (immutable, a year); a playlist answered to a blocking request names a fixed point so
@@ -111,6 +111,26 @@ def session_of(req: Request, fallback: str) -> str:
     return sid if _SESSION_ID.match(sid) else fallback
 
 
+@dataclass(frozen=True)
+class ChannelStats:
+    """One channel's fan-out at a glance, for /metrics; several processes' add up."""
+
+    space_id: str
+    ogg_listeners: int
+    event_listeners: int
+    interval_s: float  # the flush interval: above the configured one, it is coalescing
+    pass_s: float  # the last full round's cost
+
+    def merged(self, other: ChannelStats) -> ChannelStats:
+        return ChannelStats(
+            self.space_id,
+            self.ogg_listeners + other.ogg_listeners,
+            self.event_listeners + other.event_listeners,
+            max(self.interval_s, other.interval_s),
+            max(self.pass_s, other.pass_s),
+        )
+
+
 @dataclass
 class AudienceServer:
     config: AudienceConfig = field(default_factory=AudienceConfig)
@@ -128,6 +148,18 @@ class AudienceServer:
     loop_lag_s: float = 0.0  # how late the flusher's timer fired (see run_flusher)
     builds: int = 0  # cacheable responses built (each served to any number of requests)
     presence: ListenerPresence | None = None
+
+    def stats(self) -> list[ChannelStats]:
+        return [
+            ChannelStats(
+                space_id,
+                len(c.ogg.subscribers),
+                len(c.events.subscribers),
+                c.ogg.interval_s,
+                c.ogg.last_pass_s,
+            )
+            for space_id, c in self.channels.items()
+        ]
 
     # -- feed ------------------------------------------------------------------------
     def apply(self, msg: FeedMessage) -> None:
@@ -225,10 +257,14 @@ class AudienceServer:
         channel.ogg.subscribe(key, transport, time.monotonic())
         conn.on_lost = self._unsubscriber(channel.ogg, key)
         if self.presence is not None:
-            anonymous = f"ogg-{key}"
-            self._track_stream(conn, channel.space_id, session_of(req, anonymous), key)
+            # The pid keeps unnamed streams apart across the workers on one port.
+            anonymous = f"ogg-{os.getpid()}-{key}"
+            session = session_of(req, anonymous)
+            self._track_stream(conn, channel.space_id, session, key, session == anonymous)
 
-    def _track_stream(self, conn: HttpConnection, space_id: str, session: str, key: int) -> None:
+    def _track_stream(
+        self, conn: HttpConnection, space_id: str, session: str, key: int, unnamed: bool
+    ) -> None:
         presence, lost = self.presence, conn.on_lost
         assert presence is not None
         presence.stream_opened(space_id, session, str(key))
@@ -236,7 +272,7 @@ class AudienceServer:
         def closed(c: HttpConnection) -> None:
             lost(c)
             # An unnamed stream is its own session: it ends with the connection.
-            presence.stream_closed(space_id, session, str(key), session == f"ogg-{key}")
+            presence.stream_closed(space_id, session, str(key), unnamed)
 
         conn.on_lost = closed
 

@@ -41,7 +41,12 @@ from typing import Any
 import uvloop
 
 from townhall.audience.feed import FeedLog, FeedMessage
-from townhall.audience.server import AudienceConfig, AudienceServer, ListenerPresence
+from townhall.audience.server import (
+    AudienceConfig,
+    AudienceServer,
+    ChannelStats,
+    ListenerPresence,
+)
 from townhall.gcpolicy import freeze_startup_heap
 
 log = logging.getLogger(__name__)
@@ -77,6 +82,17 @@ class PresenceReport:
     session_id: str
     conn_id: str = ""
     session_ended: bool = False
+
+
+@dataclass(frozen=True)
+class WorkerStats:
+    """A worker's fan-out state, sent every ``STATS_EVERY_S`` for the main's /metrics."""
+
+    channels: tuple[ChannelStats, ...]
+    loop_lag_s: float
+
+
+STATS_EVERY_S = 1.0
 
 
 def encode_frame(msg: object) -> bytes:
@@ -211,12 +227,20 @@ async def _serve_worker(spec: WorkerSpec, feed: socket.socket) -> None:
     )
     server.presence = _PresenceRelay(transport, os.getpid())
     transport.write(encode_frame(WorkerReady()))
+    reporter = asyncio.create_task(_report_stats(server, transport), name="worker-stats")
     await closed  # the main process went away or dropped us
     listener.close()
     flusher.cancel()
+    reporter.cancel()
     for channel in server.channels.values():
         channel.ogg.close_all()
         channel.events.close_all()
+
+
+async def _report_stats(server: AudienceServer, transport: asyncio.Transport) -> None:
+    while not transport.is_closing():
+        await asyncio.sleep(STATS_EVERY_S)
+        transport.write(encode_frame(WorkerStats(tuple(server.stats()), server.loop_lag_s)))
 
 
 # -- the main process -----------------------------------------------------------------
@@ -230,6 +254,7 @@ class _WorkerLink(asyncio.Protocol):
         presence: ListenerPresence | None,
     ) -> None:
         self.process = process
+        self.stats = WorkerStats((), 0.0)
         self.transport: asyncio.Transport | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._on_lost = on_lost
@@ -245,6 +270,8 @@ class _WorkerLink(asyncio.Protocol):
                 self.ready.set_result(None)
             elif isinstance(msg, PresenceReport) and self._presence is not None:
                 apply_presence(self._presence, msg)
+            elif isinstance(msg, WorkerStats):
+                self.stats = msg
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.ready.done():
@@ -400,6 +427,14 @@ class WorkerPool:
                         link.process.pid, len(self.links), self.count)  # fmt: skip
             return
 
+    def stats(self) -> list[ChannelStats]:
+        """Every serving worker's last report, added up per channel."""
+        merged: dict[str, ChannelStats] = {}
+        for link in self.links:
+            for c in link.stats.channels:
+                merged[c.space_id] = merged[c.space_id].merged(c) if c.space_id in merged else c
+        return list(merged.values())
+
     def _reap(self) -> None:
         """Forget exited processes (``is_alive`` also collects their exit status)."""
         self.processes = [p for p in self.processes if p.is_alive()]
@@ -425,11 +460,11 @@ def _kill_if_alive(proc: BaseProcess) -> None:
 
 async def serve_audience(
     server: AudienceServer, sinks: list[FeedSink], host: str, port: int, workers: int
-) -> Callable[[], Awaitable[None]]:
+) -> tuple[Callable[[], Awaitable[None]], WorkerPool | None]:
     """Start the audience plane in this process (workers=0) or in worker processes.
 
-    With workers, the feed goes to the pool instead of ``server.apply``. Returns
-    the coroutine function that stops it.
+    With workers, the feed goes to the pool instead of ``server.apply``. Returns the
+    coroutine function that stops it, and the pool if there is one.
     """
     if workers <= 0:
         listener = await server.serve(host, port)
@@ -441,7 +476,7 @@ async def serve_audience(
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
 
-        return stop_local
+        return stop_local, None
     spec = WorkerSpec(server.config, server.recordings_dir, host, port)
     pool = WorkerPool(spec, workers, presence=server.presence)
     await pool.start()
@@ -450,4 +485,4 @@ async def serve_audience(
         sinks.remove(server.apply)
     sinks.append(pool.publish)
     log.info("%d audience workers serve port %d", workers, pool.port)
-    return pool.close
+    return pool.close, pool

@@ -30,7 +30,7 @@ from townhall.loadtest.client import (
 )
 from townhall.loadtest.stats import ListenerRecord
 from townhall.loadtest.streams import Stream, StreamReader
-from townhall.loadtest.wire import Target, decode_time, timescale
+from townhall.loadtest.wire import Target, decode_time, timescale, with_query
 from townhall.peers.backoff import Backoff
 from townhall.peers.listen import _PlaylistView as PlaylistView
 from townhall.peers.listen import parse_playlist
@@ -227,7 +227,7 @@ async def _follow_playlist(session: HlsSession, plan: ListenerPlan, rec: Listene
         if view.ended or view.hint is None:
             return
         msn, part = view.hint
-        reload = f"{plan.target.path}?_HLS_msn={msn}&_HLS_part={part}"
+        reload = with_query(plan.target.path, _HLS_msn=msn, _HLS_part=part)
         view = parsed_playlist(await session.get(reload))
 
 

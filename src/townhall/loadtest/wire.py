@@ -14,7 +14,7 @@ import ipaddress
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from townhall.media.fmp4 import child, split_boxes
 
@@ -41,6 +41,12 @@ def parse_target(url: str) -> Target:
     if parts.query:
         path += "?" + parts.query
     return Target(parts.hostname, parts.port or 80, path)
+
+
+def with_query(path: str, **params: object) -> str:
+    """``path`` with ``params`` added to its query string (``?`` or ``&`` as needed)."""
+    extra = urlencode({k: str(v) for k, v in params.items()})
+    return f"{path}{'&' if '?' in path else '?'}{extra}"
 
 
 def playlist_url(ogg_url: str) -> str:

@@ -22,7 +22,7 @@ import uvloop
 from townhall.loadtest.listeners import ListenerPlan, listen_hls, listen_ogg
 from townhall.loadtest.stats import ListenerRecord, Tally
 from townhall.loadtest.streams import StreamReader, loopback_source
-from townhall.loadtest.wire import parse_target, playlist_url
+from townhall.loadtest.wire import parse_target, playlist_url, with_query
 from townhall.peers.backoff import Backoff
 
 PROGRESS_INTERVAL_S = 1.0
@@ -116,7 +116,7 @@ class Swarm:
         kind = self.plan.mix.kind_of(index)
         rec = self.records[index] = ListenerRecord(kind, started_at=time.monotonic())
         rng = random.Random(self.plan.seed * 1_000_003 + index)
-        plan = self._listener_plan(kind)
+        plan = self._listener_plan(kind, index)
         try:
             if kind == "hls":
                 await listen_hls(plan, rng, rec)
@@ -129,9 +129,13 @@ class Swarm:
                 rec, self.plan.stall_gap_s, self.plan.steady_from
             )
 
-    def _listener_plan(self, kind: str) -> ListenerPlan:
+    def _listener_plan(self, kind: str, index: int) -> ListenerPlan:
         url = playlist_url(self.plan.ogg_url) if kind == "hls" else self.plan.ogg_url
-        return ListenerPlan(parse_target(url), self.plan.end_at, self.plan.backoff)
+        target = parse_target(url)
+        # Each simulated listener names its session, as the web player does, so the
+        # server's listener count can be checked against the crowd.
+        target = target.with_path(with_query(target.path, sid=f"lt{self.plan.seed}-{index}"))
+        return ListenerPlan(target, self.plan.end_at, self.plan.backoff)
 
     async def _report_progress(self) -> None:
         while True:
