@@ -28,6 +28,7 @@ from tests.audio import (
     ogg_pages,
     pcm16_to_float,
     peak_frequency,
+    tone_windows,
 )
 from tests.e2e.conftest import Server, Space
 from townhall.peers.listen import listen_hls, listen_ogg, parse_playlist, remux_to_ogg
@@ -91,7 +92,11 @@ async def test_one_speaker_heard_over_ogg_and_ll_hls(server: Server) -> None:
     for name, audio in (("ogg", decode(bytes(ogg.data))), ("hls", decode(bytes(hls.data), "mp4"))):
         assert len(audio) > 1.5 * SAMPLE_RATE_HZ, f"{name}: only {len(audio)} samples"
         assert abs(peak_frequency(audio) - 440) < 5, name
-        assert amplitude_at(audio, 440) > 0.1, name
+        # Per 20 ms window, not one FFT over the capture: a frame the stage concealed
+        # under hypervisor steal breaks the tone's phase, and a whole-capture FFT then
+        # reads a tone present throughout as faint.
+        heard = float(tone_windows(audio, 440).mean())
+        assert heard > 0.8, (name, heard)
         assert amplitude_at(audio, 660) < 0.01, name
     # The LL-HLS bytes are a real fMP4 stream: they remux to Ogg without re-encoding.
     assert has_tone(decode(remux_to_ogg(bytes(hls.data))), 440)
