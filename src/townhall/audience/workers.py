@@ -17,7 +17,7 @@ dropped or dies is replaced, and the replacement is brought up to date from the
 
 Framing on the socket: a 4-byte big-endian length, then a pickled message: the main
 process sends ``FeedMessage``s; the worker sends ``WorkerReady`` once it listens on the
-port, then ``PresenceReport``s.
+port, then ``PresenceReport``s and, every second, ``WorkerStats``.
 """
 
 from __future__ import annotations
@@ -413,11 +413,14 @@ class WorkerPool:
             self._restarted_at.append(now)
             await asyncio.sleep(self.restart_delay_s)
             self._reap()
+            link: _WorkerLink | None = None
             try:
                 link = await self._spawn()
                 await asyncio.wait_for(link.ready, self.start_timeout_s)
             except (OSError, ConnectionError, TimeoutError) as exc:
                 log.error("audience worker failed to start: %s", exc)
+                if link is not None:  # not serving, but it may hold a place on the port
+                    _kill_if_alive(link.process)
                 continue
             if self._closing:
                 return
@@ -454,7 +457,7 @@ class WorkerPool:
 
 def _kill_if_alive(proc: BaseProcess) -> None:
     if proc.is_alive():
-        log.error("dropped audience worker %s did not exit; killing it", proc.pid)
+        log.error("audience worker %s is not serving and did not exit; killing it", proc.pid)
         proc.kill()
 
 
