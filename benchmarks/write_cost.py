@@ -23,21 +23,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import psutil
 import uvloop
 
 from townhall.bench.fanout import other_cpu, pin_threads
-from townhall.bench.stack import free_port, live_space, stop
+from townhall.bench.peers import pinned_server
+from townhall.bench.stack import free_port, live_space
 from townhall.loadtest import Arrival, LoadPlan, Mix, run_loadtest
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: audio/ogg\r\nCache-Control: no-store\r\n\r\n"
@@ -125,25 +123,11 @@ def townhall_round(args: argparse.Namespace, cpu: int, client_cpu: int) -> Sampl
         return _swarm("townhall", space.ogg_url, worker.pid, args)
 
 
-@contextlib.contextmanager
-def bare_server(cpu: int, chunk_bytes: int) -> Iterator[tuple[int, int]]:
-    port = free_port()
-    cmd = ["taskset", "-c", str(cpu), sys.executable, "-m", "benchmarks.write_cost",
-           "--serve", str(port), "--chunk-bytes", str(chunk_bytes)]  # fmt: skip
-    proc = subprocess.Popen(cmd)
-    try:
-        deadline = time.monotonic() + 10.0
-        while not any(c.laddr.port == port for c in psutil.Process(proc.pid).net_connections()):
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("the bare writer did not start")
-            time.sleep(0.1)
-        yield proc.pid, port
-    finally:
-        stop(proc)
-
-
 def bare_round(args: argparse.Namespace, cpu: int) -> Sample:
-    with bare_server(cpu, args.chunk_bytes) as (pid, port):
+    port = free_port()
+    command = [sys.executable, "-m", "benchmarks.write_cost",
+               "--serve", str(port), "--chunk-bytes", str(args.chunk_bytes)]  # fmt: skip
+    with pinned_server(command, cpu, port) as pid:
         return _swarm("bare uvloop", f"http://127.0.0.1:{port}/bench.ogg", pid, args)
 
 
