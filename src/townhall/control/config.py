@@ -1,0 +1,30 @@
+"""Bounds and limits of the control plane, each named with its unit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    """A token bucket per key: ``burst`` actions at once, refilled at ``rate_per_s``."""
+
+    rate_per_s: float
+    burst: int
+    max_keys: int = 100_000
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    # A request body past this is refused with 413 before it is read whole.
+    max_body_bytes: int = 64 * 1024
+    # Listener sign-ins per client address.
+    signin_limit: RateLimitConfig = field(default_factory=lambda: RateLimitConfig(5.0, 50))
+    # Room commands and reactions per participant.
+    actions_limit: RateLimitConfig = field(default_factory=lambda: RateLimitConfig(2.0, 10))
+    # Messages queued for one stage WebSocket before it is closed as too slow.
+    watcher_queue_messages: int = 64
+    # Spaces held in memory at once (live ones are always held; idle ones are evicted).
+    max_cached_spaces: int = 1_024
+    # How often the coalesced room snapshot may go to the audience's SSE stream.
+    room_update_interval_s: float = 0.25
