@@ -7,12 +7,15 @@ import asyncio
 import json
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
-from townhall.config import ServerConfig, from_env, with_stream_fanout
+from townhall.settings import Assign, SettingError
+
+if TYPE_CHECKING:
+    from townhall.config import ServerConfig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,54 +43,84 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    s = sub.add_parser("serve", help="run the server (control API + web UI, and audience)")
-    s.add_argument("--host")
-    s.add_argument("--control-port", type=int)
-    s.add_argument("--audience-port", type=int)
-    s.add_argument("--data-dir", type=Path)
-    s.add_argument("--public-control-url")
-    s.add_argument("--public-audience-url")
-    s.add_argument("--audience-workers", type=int)
-    s.add_argument(
+# The named flags of ``townhall serve``: shorthands for ``--set PATH=VALUE``.
+_SERVE_FLAGS: tuple[tuple[str, str, str], ...] = (
+    ("--host", "host", "address both ports listen on"),
+    ("--control-port", "control_port", "port of the control API and web pages"),
+    ("--audience-port", "audience_port", "port listeners stream from"),
+    ("--data-dir", "data_dir", "where the database and recordings live"),
+    ("--public-control-url", "public_control_url", "control URL put in links"),
+    ("--public-audience-url", "public_audience_url", "audience URL put in links"),
+    ("--audience-workers", "audience_workers", "audience processes sharing the port"),
+    (
         "--audience-worker-nice",
-        type=int,
-        help="how much nicer than the stage the workers run (default 8: a saturated core "
+        "audience.worker_nice",
+        "how much nicer than the stage the workers run (default 8: a saturated core "
         "delays chunks, never the speakers; 0 on a box shared with other busy processes, "
         "which would otherwise take the workers' CPU)",
+    ),
+    (
+        "--stream-flush-interval-s",
+        "audience.channel.fanout.flush_interval_s",
+        "how often the Ogg stream is written to listeners (default 0.2; grows under load)",
+    ),
+    (
+        "--max-listeners",
+        "audience.channel.fanout.max_listeners",
+        "stream listeners per process before 503",
+    ),
+)
+
+
+def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    s = sub.add_parser(
+        "serve",
+        help="run the server (control API + web UI, and audience)",
+        description="Every setting has a path (see --print-config). Precedence: defaults < "
+        "--config FILE < TOWNHALL_<PATH> environment variables (levels joined by __, "
+        "e.g. TOWNHALL_AUDIENCE__CHANNEL__FANOUT__FLUSH_INTERVAL_S) < flags.",
     )
     s.add_argument(
-        "--stream-flush-interval-s",
-        type=float,
-        help="how often the Ogg stream is written to listeners (default 0.2; grows under load)",
+        "--config", type=Path, metavar="FILE", help="a TOML file whose tables mirror the paths"
     )
-    s.add_argument("--max-listeners", type=int, help="stream listeners per process before 503")
+    s.add_argument(
+        "--set",
+        action=Assign,
+        metavar="PATH=VALUE",
+        help="set any setting, e.g. --set room.max_participants=5000 (repeatable)",
+    )
+    for flag, path, text in _SERVE_FLAGS:
+        s.add_argument(flag, action=Assign, path=path, metavar="VALUE", help=f"{text} [{path}]")
+    s.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective settings as TOML and exit",
+    )
     s.set_defaults(run=_serve)
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
-    config = from_env(ServerConfig())
-    flags = {
-        k: v
-        for k, v in vars(args).items()
-        if k in ServerConfig.__dataclass_fields__ and v is not None
-    }
-    fanout: dict[str, float | int] = {}
-    if getattr(args, "stream_flush_interval_s", None) is not None:
-        fanout["flush_interval_s"] = args.stream_flush_interval_s
-    if getattr(args, "max_listeners", None) is not None:
-        fanout["max_listeners"] = args.max_listeners
-    config = with_stream_fanout(replace(config, **flags), **fanout)
-    if getattr(args, "audience_worker_nice", None) is not None:
-        audience = replace(config.audience, worker_nice=args.audience_worker_nice)
-        config = replace(config, audience=audience)
-    return config
+    """The configuration ``townhall serve`` runs with: defaults < ``--config`` < the
+    environment < flags. Raises SettingError naming a bad key or value."""
+    from townhall.config import load
+
+    return load(file=args.config, flags=args.settings or ())
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from townhall.config import to_toml
+
+    try:
+        config = server_config(args)
+    except SettingError as e:
+        print(f"townhall serve: error: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(to_toml(config), end="")
+        return 0
     from townhall.serve import main as serve_main
 
-    serve_main(server_config(args))
+    serve_main(config)
     return 0
 
 

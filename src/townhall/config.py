@@ -1,17 +1,31 @@
-"""The root configuration: one typed dataclass per component, combined here.
+"""The root configuration: one typed dataclass per component, combined in one tree.
 
-Set from defaults, then the environment (``TOWNHALL_<FIELD>``), then CLI flags.
+Every setting is named by its path through the tree (``audience.channel.fanout.
+flush_interval_s``) and set, in rising precedence, from the defaults below, a TOML file
+whose tables mirror the tree, ``TOWNHALL_<PATH>`` environment variables (levels joined by
+``__``) and flags. :mod:`townhall.settings` does the walking, so a field added to any
+component config is settable at once, everywhere.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from townhall import settings
 from townhall.audience.server import AudienceConfig
+from townhall.control.config import ControlConfig
 from townhall.recorder import RecorderConfig
+from townhall.room.counting import CounterConfig
+from townhall.room.state import RoomConfig
 from townhall.stage.runtime import StageConfig
+
+ENV_PREFIX = "TOWNHALL_"
+# Variables with the prefix that are not server settings: the ``space`` command's server
+# and admin key, and where the pages find hls.js.
+OTHER_ENV_NAMES = frozenset({"TOWNHALL_URL", "TOWNHALL_ADMIN_KEY", "TOWNHALL_HLS_JS"})
 
 
 @dataclass(frozen=True)
@@ -23,11 +37,13 @@ class ServerConfig:
     # The URLs people are given; default to the listening address.
     public_control_url: str = ""
     public_audience_url: str = ""
-    max_body_bytes: int = 64 * 1024
     audience_workers: int = 0
     stage: StageConfig = field(default_factory=StageConfig)
     audience: AudienceConfig = field(default_factory=AudienceConfig)
     recorder: RecorderConfig = field(default_factory=RecorderConfig)
+    room: RoomConfig = field(default_factory=RoomConfig)
+    counter: CounterConfig = field(default_factory=CounterConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
 
     @property
     def control_url(self) -> str:
@@ -46,43 +62,26 @@ class ServerConfig:
         return self.data_dir / "recordings"
 
 
-_SCALARS = {
-    "host",
-    "control_port",
-    "audience_port",
-    "data_dir",
-    "public_control_url",
-    "public_audience_url",
-    "max_body_bytes",
-    "audience_workers",
-}
+def from_env(base: ServerConfig, env: Mapping[str, str] | None = None) -> ServerConfig:
+    """``base`` with every ``TOWNHALL_<PATH>`` variable of ``env`` (default: the process's)."""
+    env = os.environ if env is None else env
+    return settings.from_env(base, env, ENV_PREFIX, ignore=OTHER_ENV_NAMES)
 
 
-def from_env(base: ServerConfig, env: dict[str, str] | None = None) -> ServerConfig:
-    env = dict(os.environ) if env is None else env
-    changes: dict[str, object] = {}
-    for f in fields(base):
-        raw = env.get(f"TOWNHALL_{f.name.upper()}")
-        if f.name in _SCALARS and raw is not None:
-            changes[f.name] = _coerce(getattr(base, f.name), raw)
-    return replace(base, **changes)  # type: ignore[arg-type]
+def load(
+    file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Iterable[settings.Assignment] = (),
+) -> ServerConfig:
+    """The effective configuration: defaults < ``file`` (TOML) < ``env`` < ``flags``.
+
+    Raises :class:`townhall.settings.SettingError` naming the key and the expected type.
+    """
+    config = ServerConfig()
+    if file is not None:
+        config = settings.from_toml_file(config, file)
+    return settings.with_values(from_env(config, env), flags)
 
 
-def with_stream_fanout(base: ServerConfig, **changes: float | int) -> ServerConfig:
-    """Set fields of the Ogg stream's FanoutConfig (e.g. ``flush_interval_s``)."""
-    if not changes:
-        return base
-    channel = base.audience.channel
-    fanout = replace(channel.fanout, **changes)  # type: ignore[arg-type]
-    audience = replace(base.audience, channel=replace(channel, fanout=fanout))
-    return replace(base, audience=audience)
-
-
-def _coerce(current: object, raw: str) -> object:
-    if isinstance(current, bool):
-        return raw.lower() in ("1", "true", "yes")
-    if isinstance(current, int):
-        return int(raw)
-    if isinstance(current, Path):
-        return Path(raw)
-    return raw
+def to_toml(config: ServerConfig) -> str:
+    return settings.to_toml(config)

@@ -8,7 +8,7 @@ import jwt
 import pytest
 
 from townhall.cli import _parser, server_config
-from townhall.config import ServerConfig, from_env, with_stream_fanout
+from townhall.config import ServerConfig, from_env
 from townhall.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from townhall.ratelimit import RateLimited, RateLimiter
 from townhall.store import Store
@@ -116,7 +116,6 @@ def test_config_from_environment_then_flags() -> None:
     flagged = server_config(args)
     assert flagged.audience_port == 9100
     assert flagged.audience.channel.fanout.flush_interval_s == 1.0
-    assert with_stream_fanout(ServerConfig()) == ServerConfig()
     assert flagged.audience.worker_nice == ServerConfig().audience.worker_nice == 8
     nice = server_config(_parser().parse_args(["serve", "--audience-worker-nice", "0"]))
     assert nice.audience.worker_nice == 0

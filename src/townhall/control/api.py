@@ -74,7 +74,7 @@ def create_app(th: Townhall) -> FastAPI:
     install_websocket(app, th)
     install_pages(app, th)
     install_metrics(app, th)
-    app.add_middleware(BodyLimit, max_bytes=th.config.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=th.config.control.max_body_bytes)
     return app
 
 
