@@ -227,7 +227,8 @@ def parse_assignment(text: str, origin: str = "--set") -> Assignment:
 class Assign(argparse.Action):
     """An argparse action that collects settings in command-line order, so the last one
     given wins. Without ``path`` it takes ``path.to.setting=value`` (``--set``); with a
-    ``path`` it is a named flag for that setting. All of them gather in ``dest``."""
+    ``path`` it is a named flag for that setting. All of them gather, as a list of
+    :class:`Assignment`, in one attribute of the namespace (``settings_dest``)."""
 
     def __init__(
         self,
