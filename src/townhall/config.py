@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from townhall.audience.server import AudienceConfig
+from townhall.control.config import ControlConfig
 from townhall.recorder import RecorderConfig
 from townhall.stage.runtime import StageConfig
 
@@ -28,6 +29,7 @@ class ServerConfig:
     stage: StageConfig = field(default_factory=StageConfig)
     audience: AudienceConfig = field(default_factory=AudienceConfig)
     recorder: RecorderConfig = field(default_factory=RecorderConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
 
     @property
     def control_url(self) -> str:
