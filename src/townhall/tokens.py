@@ -66,6 +66,4 @@ class TokenIssuer:
         role = _ROLES.get(raw_role) if isinstance(raw_role, str) else None
         if role is None:
             raise Unauthorized("the token carries no valid role")
-        return Grant(
-            space_id, role, str(claims["sub"]), str(claims.get("name", "")), claims["exp"]
-        )
+        return Grant(space_id, role, str(claims["sub"]), str(claims.get("name", "")), claims["exp"])
