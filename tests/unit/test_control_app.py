@@ -371,6 +371,9 @@ async def test_reading_the_room_joins_nobody(town: Town) -> None:
     before = await town.room(space)
     as_listener = await town.room(space, token)
     assert as_listener["participant_count"] == before["participant_count"] == 1  # the host
+    meters = await town.get(space, "/stage", token)
+    assert "a listener cannot do this" in error_of(meters, 403)
+    assert (await town.room(space))["participant_count"] == 1
     await town.command(space, token, "raise_hand")  # a command does join
     assert (await town.room(space))["participant_count"] == 2
     await town.command(space, host(space), "remove", session)
@@ -479,3 +482,23 @@ def test_the_stage_socket_joins_and_pushes_room_events(tmp_path: Path) -> None:
         with client.websocket_connect(bad) as ws, pytest.raises(WebSocketDisconnect) as closed:
             ws.receive_json()
         assert closed.value.code == 4401
+
+
+# -- presence from the audience port --------------------------------------------------
+
+
+async def test_streams_reported_by_the_audience_port_are_counted(town: Town) -> None:
+    space = await town.create()
+    await town.go_live(space)
+    presence = town.th.audience.presence
+    assert presence is not None
+    space_id = str(space["id"])
+    presence.stream_opened(space_id, "s1", "c1")
+    presence.stream_opened(space_id, "s1", "c2")  # a second tab: the same person
+    presence.stream_opened(space_id, "s2", "c3")
+    presence.stream_opened("not-held", "s9", "c9")  # dropped, not an error
+    room = await town.room(space)
+    assert (room["listening_now"], room["total_tuned_in"]) == (2, 2)
+    presence.stream_closed(space_id, "s2", "c3", session_ended=True)
+    room = await town.room(space)
+    assert (room["listening_now"], room["total_tuned_in"]) == (1, 2)

@@ -7,8 +7,10 @@ and returns domain values, and refuses with errors that carry their HTTP meaning
 
 Spaces are held in memory while they matter: a Space with a stage running or a stage
 WebSocket open is always held; the others are kept in least-recently-used order up to
-``ControlConfig.max_cached_spaces`` and rebuilt from the store when needed again. Reads
-(``public_view``, ``room``) never add a Space to that cache or anyone to a room.
+``ControlConfig.max_cached_spaces`` and rebuilt from the store when needed again (a
+scheduled Space comes back empty: its participants join again, by their tokens, with
+their next request). Reads (``public_view``, ``room``, ``stage_status``) never add a
+Space to that cache or anyone to a room.
 """
 
 from __future__ import annotations
@@ -204,7 +206,15 @@ class SpaceService:
         return await live.stage.connect(grant.participant_id, grant.name, sdp, kind)
 
     def stage_status(self, grant: Grant) -> list[dict[str, object]]:
-        return self._moderator(grant).stage_status()
+        """The stage's meters, for the host and co-hosts; reading them joins nobody."""
+        live = self._view(self._store.space(grant.space_id))
+        if live.room.is_removed(grant.participant_id):
+            raise Forbidden(f"{grant.participant_id} was removed from this space")
+        # The room's view of a participant wins over their token: they may have been
+        # promoted or demoted since it was issued.
+        role = live.room.role_of(grant.participant_id) or grant.role
+        _check_moderator(role)
+        return live.stage_status()
 
     def watch(self, space_id: str, token: str) -> Watcher:
         """Open a stage WebSocket's feed; opening it joins the room, as the page is there."""
@@ -227,8 +237,7 @@ class SpaceService:
 
     def _moderator(self, grant: Grant) -> LiveSpace:
         live = self._join(grant)
-        if live.room.role_of(grant.participant_id) not in (Role.HOST, Role.COHOST):
-            raise Forbidden(f"a {grant.role.value} cannot do this; the host or a co-host can")
+        _check_moderator(live.room.role_of(grant.participant_id) or grant.role)
         return live
 
     def _hold(self, space_id: str) -> LiveSpace:
@@ -285,3 +294,8 @@ class SpaceService:
             participants=(ParticipantRecord(record.host_id, "Host", Role.HOST, stage_seq=1),),
         )
         return Room.restore(ended, self._room_config)
+
+
+def _check_moderator(role: Role) -> None:
+    if role not in (Role.HOST, Role.COHOST):
+        raise Forbidden(f"a {role.value} cannot do this; the host or a co-host can")

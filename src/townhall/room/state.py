@@ -66,6 +66,14 @@ Time
 
 ``now`` is passed in (float seconds, monotonic or wall, the Room only records it),
 which keeps every test deterministic and lets the hand queue keep raise order.
+
+Records
+-------
+
+:meth:`Room.record` gives the whole state as plain values
+(:class:`~townhall.room.record.RoomRecord`) and :meth:`Room.restore` builds a Room
+in that state directly, checked against the same rules, without replaying commands
+or emitting events: an ended Space is rebuilt ended, a crashed live one can go on.
 """
 
 from __future__ import annotations
