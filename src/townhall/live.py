@@ -4,6 +4,10 @@ The room (pure rules) decides; this adapter feeds it commands, applies what its 
 mean to the media plane (a demoted or removed speaker is cut from the stage at once),
 tells the people on stage over their WebSockets, and publishes a coalesced snapshot to
 the audience's SSE stream a few times a second, never once per event.
+
+A command goes one way: :meth:`LiveSpace.command` looks its name up in ``COMMANDS``,
+calls the Room method the row names, and hands the events to :meth:`LiveSpace.apply`,
+which returns them with the room as it is afterwards.
 """
 
 from __future__ import annotations
@@ -13,27 +17,137 @@ import contextlib
 import enum
 import json
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Protocol
 
 from townhall.audience.feed import RoomUpdate
+from townhall.errors import BadRequest
 from townhall.room.counting import ListenerCounter
 from townhall.room.events import ParticipantRemoved, RoomEvent, SpeakerMovedToAudience
-from townhall.room.state import Room, SpaceState
-from townhall.stage.runtime import Publish, StageRuntime
+from townhall.room.roles import Role, SpaceState
+from townhall.room.state import Room
+from townhall.stage.runtime import ProgramGate, Publish
 
 # Someone on stage with no signal for this long shows as a dead microphone.
 DEAD_MIC_AFTER_S = 3.0
 # A level above this (dBFS) in the last moments counts as speaking (the indicator).
 SPEAKING_DBFS = -45.0
+# Silence shorter than this still counts as speaking (the gaps between words).
+SPEAKING_GAP_S = 0.3
 
 
+# -- the stage, as the control plane sees it -------------------------------------------
+class StageSeat(Protocol):
+    """One person connected to the stage (``stage.member.StageMember``)."""
+
+    @property
+    def mic_checked(self) -> bool: ...
+    @property
+    def level(self) -> float: ...
+    def silent_for(self, now: float) -> float: ...
+
+
+class SdpAnswer(Protocol):
+    @property
+    def sdp(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+
+
+class Stage(Protocol):
+    """What the control plane asks of a Space's stage (``stage.runtime.StageRuntime``)."""
+
+    @property
+    def members(self) -> Mapping[str, StageSeat]: ...
+    @property
+    def ticks(self) -> int: ...
+    @property
+    def clock_slips(self) -> int: ...
+    def start(self) -> None: ...
+    async def end(self) -> None: ...
+    async def connect(self, participant_id: str, name: str, sdp: str, kind: str) -> SdpAnswer: ...
+    async def disconnect(self, participant_id: str) -> None: ...
+    def status(self) -> list[dict[str, object]]: ...
+
+
+# Opens the stage of one Space: (space id, the room's program gate) -> a stage not yet
+# started. The composition root decides what a stage is (the mixer and its recorder).
+StageFactory = Callable[[str, ProgramGate], Stage]
+
+
+# -- commands ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OwnCommand:
+    """A command about the caller themselves: ``method(room, by, now)``."""
+
+    method: Callable[[Room, str, float], list[RoomEvent]]
+    needs_target = False
+
+    def run(self, room: Room, by: str, _target: str | None, now: float) -> list[RoomEvent]:
+        return self.method(room, by, now)
+
+
+@dataclass(frozen=True)
+class TargetedCommand:
+    """A command about another participant: ``method(room, by, target, now)``."""
+
+    method: Callable[[Room, str, str, float], list[RoomEvent]]
+    needs_target = True
+
+    def run(self, room: Room, by: str, target: str | None, now: float) -> list[RoomEvent]:
+        assert target, "check_command refuses a targeted command without a target"
+        return self.method(room, by, target, now)
+
+
+RoomCommand = OwnCommand | TargetedCommand
+
+# Commands a participant may send about the room, by their wire name.
+COMMANDS: Mapping[str, RoomCommand] = MappingProxyType(
+    {
+        "raise_hand": OwnCommand(Room.raise_hand),
+        "lower_hand": OwnCommand(Room.lower_hand),
+        "invite": TargetedCommand(Room.invite),
+        "withdraw_invitation": TargetedCommand(Room.withdraw_invitation),
+        "accept_invitation": OwnCommand(Room.accept_invitation),
+        "decline_invitation": OwnCommand(Room.decline_invitation),
+        "move_to_audience": TargetedCommand(Room.move_to_audience),
+        "mute": TargetedCommand(Room.mute),
+        "unmute": TargetedCommand(Room.unmute),
+        "remove": TargetedCommand(Room.remove),
+        "add_cohost": TargetedCommand(Room.add_cohost),
+        "leave": OwnCommand(Room.leave),
+    }
+)
+
+
+def check_command(name: str, target: str | None) -> RoomCommand:
+    """The row for ``name``, if it exists and has the target it needs."""
+    row = COMMANDS.get(name)
+    if row is None:
+        raise BadRequest(f"unknown command {name!r}; known: {', '.join(COMMANDS)}")
+    if row.needs_target and not target:
+        raise BadRequest(f"command {name!r} needs a 'target' participant id")
+    return row
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a command did: its events and the room right after them."""
+
+    events: list[RoomEvent]
+    room: dict[str, object]
+
+
+# -- the people on stage -------------------------------------------------------------
 @dataclass(eq=False)  # identity: each socket is its own watcher in a set
 class Watcher:
     """A stage participant's WebSocket: a bounded queue of messages to send."""
 
+    space_id: str
     participant_id: str
-    queue: asyncio.Queue[dict[str, Any]] = field(default_factory=lambda: asyncio.Queue(maxsize=64))
+    queue: asyncio.Queue[dict[str, Any]]
     dropped: bool = False
 
     def offer(self, message: dict[str, Any]) -> None:
@@ -48,32 +162,85 @@ class LiveSpace:
     room: Room
     publish: Publish
     counter: ListenerCounter = field(default_factory=ListenerCounter)
-    stage: StageRuntime | None = None
+    stage: Stage | None = None
     watchers: set[Watcher] = field(default_factory=set)
     update_interval_s: float = 0.25
+    watcher_queue_messages: int = 64
     _monitor: asyncio.Task[None] | None = None
     _last_update: str = ""
+    # Stage disconnects in flight, held so the loop does not drop them half done.
+    _cutting: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
     def space_id(self) -> str:
         return self.room.space_id
 
-    # -- events ---------------------------------------------------------------------
-    def apply(self, events: list[RoomEvent]) -> list[RoomEvent]:
+    @property
+    def idle(self) -> bool:
+        """Nothing but the room is held: no stage running, nobody watching."""
+        return self.stage is None and not self.watchers
+
+    # -- commands and events --------------------------------------------------------
+    def join(self, pid: str, name: str, role: Role, now: float) -> list[RoomEvent]:
+        """Admit ``pid`` with the role their token grants, unless already present."""
+        if self.room.role_of(pid) is not None:
+            return []
+        return self.apply(self.room.join(pid, name, role, now)).events
+
+    def command(self, by: str, name: str, target: str | None, now: float) -> Outcome:
+        return self.apply(check_command(name, target).run(self.room, by, target, now))
+
+    def react(self, by: str, emoji: str, now: float) -> Outcome:
+        return self.apply(self.room.react(by, emoji, now))
+
+    def apply(self, events: list[RoomEvent]) -> Outcome:
         for event in events:
-            if isinstance(event, SpeakerMovedToAudience | ParticipantRemoved) and self.stage:
-                pid = event.participant_id
-                asyncio.get_running_loop().create_task(self.stage.disconnect(pid))
+            if isinstance(event, SpeakerMovedToAudience | ParticipantRemoved):
+                self._cut_from_stage(event.participant_id)
             self._tell_watchers(
                 {"type": "event", "event": type(event).__name__, **_event_json(event)}
             )
+        room = self.snapshot()
         if events:
-            self._tell_watchers({"type": "room", "room": self.snapshot()})
-        return events
+            self._tell_watchers({"type": "room", "room": room})
+        return Outcome(events, room)
+
+    def _cut_from_stage(self, pid: str) -> None:
+        if self.stage is None:
+            return
+        task = asyncio.get_running_loop().create_task(self.stage.disconnect(pid))
+        self._cutting.add(task)
+        task.add_done_callback(self._cutting.discard)
 
     def _tell_watchers(self, message: dict[str, Any]) -> None:
         for watcher in list(self.watchers):
             watcher.offer(message)
+
+    # -- watchers -------------------------------------------------------------------
+    def watch(self, pid: str) -> Watcher:
+        """A new socket for ``pid``; it starts with the whole room, to sync from."""
+        watcher = Watcher(self.space_id, pid, asyncio.Queue(maxsize=self.watcher_queue_messages))
+        self.watchers.add(watcher)
+        watcher.offer({"type": "hello", "you": pid, "room": self.snapshot()})
+        return watcher
+
+    def unwatch(self, watcher: Watcher) -> None:
+        self.watchers.discard(watcher)
+
+    # -- the stage ------------------------------------------------------------------
+    def open_stage(self, stage: Stage) -> None:
+        self.stage = stage
+        stage.start()
+        # Opens the audience channel now: an early listener gets 503 + Retry-After
+        # ("not started yet") rather than 404 in the moment before the first page.
+        self.publish_update(force=True)
+        self.start_monitor()
+
+    async def close_stage(self) -> None:
+        stage, self.stage = self.stage, None
+        await self.stop_monitor()
+        if stage is not None:
+            await stage.end()
 
     # -- the monitor: mic checks, meters, coalesced audience updates -----------------
     def start_monitor(self) -> None:
@@ -102,8 +269,10 @@ class LiveSpace:
         if self.stage is None or self.room.state is not SpaceState.LIVE:
             return
         for pid, member in list(self.stage.members.items()):
-            if member.mic_checked and self.room.may_publish(pid):
-                self.apply(self.room.mic_check_passed(pid, now))
+            if not (member.mic_checked and self.room.may_publish(pid)):
+                continue
+            if events := self.room.mic_check_passed(pid, now):
+                self.apply(events)
 
     def stage_status(self) -> list[dict[str, object]]:
         if self.stage is None:
@@ -122,9 +291,12 @@ class LiveSpace:
         return [
             pid
             for pid, m in self.stage.members.items()
-            if self.room.in_program(pid) and m.silent_for(now) < 0.3 and m.level > SPEAKING_DBFS
+            if self.room.in_program(pid)
+            and m.silent_for(now) < SPEAKING_GAP_S
+            and m.level > SPEAKING_DBFS
         ]
 
+    # -- views ----------------------------------------------------------------------
     def snapshot(self) -> dict[str, object]:
         snap = self.room.snapshot()
         now = time.monotonic()
@@ -141,23 +313,25 @@ class LiveSpace:
     def public_snapshot(self) -> dict[str, object]:
         """Only what listeners need: no hand queue, no pending invitations."""
         snap = self.snapshot()
-        keys = (
-            "state",
-            "title",
-            "description",
-            "stage",
-            "speaking",
-            "listening_now",
-            "total_tuned_in",
-            "reaction_tallies",
-        )
-        return {k: snap[k] for k in keys}
+        return {k: snap[k] for k in _PUBLIC_KEYS}
 
     def publish_update(self, force: bool = False) -> None:
         text = json.dumps(self.public_snapshot(), separators=(",", ":"), ensure_ascii=False)
         if force or text != self._last_update:
             self._last_update = text
             self.publish(RoomUpdate(self.space_id, text, time.monotonic()))
+
+
+_PUBLIC_KEYS = (
+    "state",
+    "title",
+    "description",
+    "stage",
+    "speaking",
+    "listening_now",
+    "total_tuned_in",
+    "reaction_tallies",
+)
 
 
 def _event_json(event: RoomEvent) -> dict[str, object]:

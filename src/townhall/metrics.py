@@ -78,7 +78,8 @@ class TownhallCollector(Collector):
             "townhall_listening_now", "listeners with a live session", labels=["space"]
         )
         now = time.monotonic()
-        for space_id, live in self.th.spaces.items():
+        for live in self.th.service.held_spaces():
+            space_id = live.space_id
             listening.add_metric([space_id], live.counter.listening_now(now))
             if live.stage is not None:
                 ticks.add_metric([space_id], live.stage.ticks)

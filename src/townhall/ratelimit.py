@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from townhall.control.config import RateLimitConfig
 from townhall.errors import TownhallError
 
 
@@ -28,6 +29,10 @@ class RateLimiter:
     burst: float
     max_keys: int = 100_000
     _buckets: OrderedDict[str, tuple[float, float]] = field(default_factory=OrderedDict)
+
+    @classmethod
+    def of(cls, config: RateLimitConfig) -> RateLimiter:
+        return cls(config.rate_per_s, config.burst, config.max_keys)
 
     def take(self, key: str, now: float, what: str = "requests") -> None:
         tokens, last = self._buckets.pop(key, (self.burst, now))

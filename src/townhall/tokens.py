@@ -13,14 +13,15 @@ from dataclasses import dataclass
 import jwt
 
 from townhall.errors import Forbidden, Unauthorized
+from townhall.room.roles import Role
 
-ROLES = ("host", "cohost", "speaker", "listener")
+_ROLES = {role.value: role for role in Role}
 
 
 @dataclass(frozen=True)
 class Grant:
     space_id: str
-    role: str
+    role: Role
     participant_id: str
     name: str
     expires_at: float
@@ -34,18 +35,16 @@ class TokenIssuer:
     def issue(
         self,
         space_id: str,
-        role: str,
+        role: Role,
         name: str,
         participant_id: str | None = None,
         ttl_s: float | None = None,
         now: float | None = None,
     ) -> str:
-        if role not in ROLES:
-            raise ValueError(f"unknown role {role!r}")
         now = time.time() if now is None else now
         claims = {
             "space": space_id,
-            "role": role,
+            "role": role.value,
             "sub": participant_id or secrets.token_urlsafe(9),
             "name": name,
             "exp": int(now + (ttl_s or self.default_ttl_s)),
@@ -63,8 +62,8 @@ class TokenIssuer:
             raise Unauthorized(f"invalid token: {exc}") from exc
         if claims.get("space") != space_id:
             raise Forbidden("the token is for another space")
-        if claims.get("role") not in ROLES:
+        raw_role = claims.get("role")
+        role = _ROLES.get(raw_role) if isinstance(raw_role, str) else None
+        if role is None:
             raise Unauthorized("the token carries no valid role")
-        return Grant(
-            space_id, claims["role"], str(claims["sub"]), str(claims.get("name", "")), claims["exp"]
-        )
+        return Grant(space_id, role, str(claims["sub"]), str(claims.get("name", "")), claims["exp"])

@@ -21,6 +21,7 @@ import pytest
 from tests.audio import decode, has_tone
 from tests.e2e.conftest import Server, Space
 from townhall.peers.listen import listen_ogg
+from townhall.room.roles import Role
 from townhall.tokens import TokenIssuer
 
 pytestmark = pytest.mark.e2e
@@ -109,7 +110,7 @@ def test_missing_or_bad_token_is_401(victim: Space, authorization: str | None) -
 
 def test_token_signed_with_another_secret_is_401(victim: Space) -> None:
     forged = TokenIssuer("not the secret of this server, 32+ bytes long").issue(
-        victim.id, "host", "Mallory"
+        victim.id, Role.HOST, "Mallory"
     )
     assert_json_error(post(victim, "/end", forged), 401, "invalid token")
 
@@ -122,10 +123,10 @@ def server_secret(server: Server) -> str:
 
 def test_expired_token_is_401_saying_expired(server: Server, victim: Space) -> None:
     issuer = TokenIssuer(server_secret(server))
-    expired = issuer.issue(victim.id, "host", "Host", now=time.time() - 2 * issuer.default_ttl_s)
+    expired = issuer.issue(victim.id, Role.HOST, "Host", now=time.time() - 2 * issuer.default_ttl_s)
     assert_json_error(post(victim, "/end", expired), 401, "expired")
     # The same secret with a fresh expiry is accepted: it was the expiry that failed.
-    fresh = issuer.issue(victim.id, "speaker", "Fresh")
+    fresh = issuer.issue(victim.id, Role.SPEAKER, "Fresh")
     resp = post(victim, "/invite", fresh, json={"role": "speaker", "name": "x"})
     assert resp.status_code == 403, resp.text  # valid token, but a speaker cannot invite
 

@@ -13,7 +13,8 @@ import pytest
 
 from townhall.errors import BadRequest, Conflict, Forbidden, NotFound
 from townhall.room.events import SpeakerMuted
-from townhall.room.state import PERMISSIONS, Action, Role, Room, SpaceState
+from townhall.room.roles import Role, SpaceState
+from townhall.room.state import PERMISSIONS, Action, Room
 
 T = 100.0
 

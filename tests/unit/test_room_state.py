@@ -32,7 +32,8 @@ from townhall.room.events import (
     SpeakerMuted,
     SpeakerUnmuted,
 )
-from townhall.room.state import Action, Role, Room, RoomConfig, SpaceState
+from townhall.room.roles import Role, SpaceState
+from townhall.room.state import Action, Room, RoomConfig
 
 T = 100.0
 

@@ -1,23 +1,28 @@
 """The control API: JSON over HTTP for the people who run the room (OpenAPI at /docs).
 
-Thin: parse and validate, check the token, call ``Townhall``, return JSON. The rules
-live in the room state machine and the stage; errors are rendered in ``errors.py``.
-Listener actions (hands, reactions, heartbeats) are rate-limited HTTP calls; only the
-people on stage hold a WebSocket (``ws.py``).
+Thin: parse and validate, check the token, call the ``SpaceService``, render JSON with
+``SpaceViews``. The rules live in the room state machine and the stage; errors are
+rendered in ``errors.py``. Listener actions (hands, reactions, heartbeats) are
+rate-limited HTTP calls; only the people on stage hold a WebSocket (``ws.py``).
 """
 
+from dataclasses import asdict
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, Field
 
-from townhall.app import COMMANDS, Townhall
+from townhall.app import Townhall
 from townhall.control.errors import BodyLimit, install_error_handlers
 from townhall.control.pages import install_pages
+from townhall.control.service import SpaceService
+from townhall.control.views import SpaceViews
 from townhall.control.ws import install_websocket
 from townhall.errors import Unauthorized
+from townhall.live import COMMANDS
 from townhall.metrics import TownhallCollector
+from townhall.room.roles import Role
 from townhall.tokens import Grant
 
 CommandName = Literal[tuple(COMMANDS)]  # type: ignore[valid-type]
@@ -43,6 +48,10 @@ class SignIn(BaseModel):
     name: str = Field(default="Listener", min_length=1, max_length=50)
 
 
+class ListenerName(BaseModel):
+    name: str = Field(min_length=1, max_length=50)
+
+
 class Command(BaseModel):
     command: CommandName  # type: ignore[valid-type]
     target: str | None = Field(default=None, max_length=64)
@@ -58,6 +67,10 @@ def bearer(authorization: Annotated[str | None, Header()] = None) -> str:
     return authorization.removeprefix("Bearer ").strip()
 
 
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
 def install_metrics(app: FastAPI, th: Townhall) -> None:
     registry = CollectorRegistry()
     registry.register(TownhallCollector(th))
@@ -70,84 +83,89 @@ def install_metrics(app: FastAPI, th: Townhall) -> None:
 def create_app(th: Townhall) -> FastAPI:
     app = FastAPI(title="townhall control API", version="0.1.0")
     install_error_handlers(app)
-    app.include_router(_spaces_router(th))
-    install_websocket(app, th)
-    install_pages(app, th)
+    app.include_router(_spaces_router(th.service, th.views))
+    install_websocket(app, th.service)
+    install_pages(app, th.service)
     install_metrics(app, th)
     app.add_middleware(BodyLimit, max_bytes=th.config.control.max_body_bytes)
     return app
 
 
-def _spaces_router(th: Townhall) -> APIRouter:
+def _spaces_router(service: SpaceService, views: SpaceViews) -> APIRouter:
     r = APIRouter(prefix="/api")
 
     async def grant_for(space_id: str, token: Annotated[str, Depends(bearer)]) -> Grant:
-        th.store.space(space_id)  # 404 for an unknown space before any token question
-        return th.issuer.verify(token, space_id)
+        return service.authorize(space_id, token)
 
     Auth = Annotated[Grant, Depends(grant_for)]
+
+    @r.get("/config", include_in_schema=False)
+    async def client_config() -> dict[str, str]:
+        return views.client_config()
 
     @r.post("/spaces", status_code=201)
     async def create_space(
         body: CreateSpace, key: Annotated[str, Depends(bearer)]
     ) -> dict[str, object]:
-        th.check_admin(key)
-        return th.create_space(body.title, body.description, body.scheduled_at)
+        made = service.create_space(key, body.title, body.description, body.scheduled_at)
+        return views.created(made.space, made.host_token, made.speaker_token)
 
     @r.get("/spaces/{space_id}")
     async def get_space(space_id: str) -> dict[str, object]:
-        return {
-            **th.describe(th.store.space(space_id)),
-            "room": th.space(space_id).public_snapshot(),
-        }
+        record, room = service.public_view(space_id)
+        return {**views.describe(record), "room": room}
 
     @r.post("/spaces/{space_id}/start")
     async def start(grant: Auth) -> dict[str, object]:
-        return th.describe(await th.start_space(grant))
+        return views.describe(await service.start(grant))
 
     @r.post("/spaces/{space_id}/end")
     async def end(grant: Auth) -> dict[str, object]:
-        return th.describe(await th.end_space(grant))
+        return views.describe(await service.end(grant))
 
     @r.post("/spaces/{space_id}/invite", status_code=201)
     async def invite(body: Invite, grant: Auth) -> dict[str, str]:
-        th.require_moderator(grant)
-        token = th.issuer.issue(grant.space_id, body.role, body.name)
-        return {"token": token, "link": th.link(grant.space_id, "speak", token)}
+        token = service.invite(grant, Role(body.role), body.name)
+        return {"token": token, "link": views.link(grant.space_id, "speak", token)}
 
     @r.post("/spaces/{space_id}/listeners", status_code=201)
     async def sign_in(space_id: str, body: SignIn, request: Request) -> dict[str, str]:
-        address = request.client.host if request.client else "unknown"
-        return th.sign_in_listener(th.store.space(space_id).id, body.name, address)
+        return asdict(service.sign_in(space_id, body.name, client_address(request)))
+
+    @r.post("/spaces/{space_id}/listeners/name")
+    async def rename_listener(body: ListenerName, grant: Auth, request: Request) -> dict[str, str]:
+        """Give a listener session a name, keeping its id: one person stays one count.
+
+        The web page signs a listener in (for heartbeats) when they press Play, and asks
+        for a name only when they raise a hand.
+        """
+        return asdict(service.rename_listener(grant, body.name, client_address(request)))
 
     @r.post("/spaces/{space_id}/heartbeat")
     async def heartbeat(grant: Auth) -> dict[str, int]:
-        return th.heartbeat(grant)
+        return asdict(service.heartbeat(grant))
 
     @r.get("/spaces/{space_id}/room")
     async def room(grant: Auth) -> dict[str, object]:
-        return th.join(grant).snapshot()
+        return service.room(grant)
 
     @r.post("/spaces/{space_id}/commands")
     async def command(body: Command, grant: Auth) -> dict[str, object]:
-        events = th.command(grant, body.command, body.target)
-        return {
-            "events": [type(e).__name__ for e in events],
-            "room": th.space(grant.space_id).snapshot(),
-        }
+        outcome = service.command(grant, body.command, body.target)
+        return {"events": [type(e).__name__ for e in outcome.events], "room": outcome.room}
 
     @r.post("/spaces/{space_id}/reactions")
     async def react(body: Reaction, grant: Auth) -> dict[str, object]:
-        th.react(grant, body.emoji)
-        return {"reaction_tallies": th.space(grant.space_id).room.reaction_tallies()}
+        outcome = service.react(grant, body.emoji)
+        return {"reaction_tallies": outcome.room["reaction_tallies"]}
 
     @r.post("/spaces/{space_id}/stage/offer")
     async def offer(body: SdpOffer, grant: Auth) -> dict[str, str]:
-        sdp, kind = await th.connect_stage(grant, body.sdp, body.type)
-        return {"sdp": sdp, "type": kind}
+        answer = await service.connect_stage(grant, body.sdp, body.type)
+        return {"sdp": answer.sdp, "type": answer.type}
 
     @r.get("/spaces/{space_id}/stage")
     async def stage_status(grant: Auth) -> dict[str, object]:
-        return {"members": th.require_moderator(grant).stage_status()}
+        return {"members": service.stage_status(grant)}
 
     return r

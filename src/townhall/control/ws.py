@@ -10,7 +10,7 @@ import contextlib
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
-from townhall.app import Townhall
+from townhall.control.service import SpaceService
 from townhall.errors import TownhallError
 from townhall.live import Watcher
 
@@ -18,23 +18,19 @@ from townhall.live import Watcher
 CLOSE_TOO_SLOW = 4408
 
 
-def install_websocket(app: FastAPI, th: Townhall) -> None:
+def install_websocket(app: FastAPI, service: SpaceService) -> None:
     @app.websocket("/api/spaces/{space_id}/ws")
     async def stage_socket(ws: WebSocket, space_id: str, token: str = "") -> None:
         await ws.accept()
         try:
-            grant = th.issuer.verify(token, th.store.space(space_id).id)
-            live = th.join(grant)
+            watcher = service.watch(space_id, token)
         except TownhallError as err:
             await ws.close(code=4000 + err.status, reason=err.detail[:120])
             return
-        watcher = Watcher(grant.participant_id)
-        live.watchers.add(watcher)
-        watcher.offer({"type": "hello", "you": grant.participant_id, "room": live.snapshot()})
         try:
             await _pump(ws, watcher)
         finally:
-            live.watchers.discard(watcher)
+            service.unwatch(watcher)
 
 
 async def _pump(ws: WebSocket, watcher: Watcher) -> None:

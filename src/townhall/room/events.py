@@ -18,10 +18,8 @@ that any raised hand and pending invitation are gone.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from townhall.room.state import Role
+from townhall.room.roles import Role
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -66,6 +66,14 @@ Time
 
 ``now`` is passed in (float seconds, monotonic or wall, the Room only records it),
 which keeps every test deterministic and lets the hand queue keep raise order.
+
+Records
+-------
+
+:meth:`Room.record` gives the whole state as plain values
+(:class:`~townhall.room.record.RoomRecord`) and :meth:`Room.restore` builds a Room
+in that state directly, checked against the same rules, without replaying commands
+or emitting events: an ended Space is rebuilt ended, a crashed live one can go on.
 """
 
 from __future__ import annotations
@@ -76,7 +84,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from townhall.errors import BadRequest, Conflict, Forbidden, NotFound, Unavailable
+from townhall.errors import BadRequest, Conflict, Forbidden, NotFound, TownhallError, Unavailable
 from townhall.room.events import (
     CohostAdded,
     HandLowered,
@@ -99,22 +107,8 @@ from townhall.room.events import (
     SpeakerMuted,
     SpeakerUnmuted,
 )
-
-
-class SpaceState(enum.Enum):
-    SCHEDULED = "scheduled"
-    LIVE = "live"
-    ENDED = "ended"
-
-
-class Role(enum.Enum):
-    HOST = "host"
-    COHOST = "cohost"
-    SPEAKER = "speaker"
-    LISTENER = "listener"
-
-
-STAGE_ROLES = frozenset({Role.HOST, Role.COHOST, Role.SPEAKER})
+from townhall.room.record import ParticipantRecord, RoomRecord
+from townhall.room.roles import STAGE_ROLES, Role, SpaceState
 
 
 class Action(enum.Enum):
@@ -260,6 +254,7 @@ class Room:
             description, "description", self.config.max_description_chars, allow_empty=True
         )
         self.scheduled_at = scheduled_at
+        self.started_at: float | None = None
         self._state = SpaceState.SCHEDULED
         self._participants: dict[str, Participant] = {}
         self._removed: set[str] = set()
@@ -299,6 +294,79 @@ class Room:
         )
         return room, [scheduled]
 
+    @classmethod
+    def restore(cls, record: RoomRecord, config: RoomConfig | None = None) -> Room:
+        """Rebuild a Room in the state ``record`` describes; ``record()`` gives it back.
+
+        Emits no events: nothing happens, the Space only goes on where it was. The
+        record is held to the rules the commands enforce (one host, the seats, the
+        co-hosts, hands and invitations only from the audience of a live Space), so a
+        corrupt record fails here with ``ValueError`` instead of inside a later command.
+        """
+        room = cls(
+            record.space_id,
+            record.host_id,
+            record.title,
+            description=record.description,
+            scheduled_at=record.scheduled_at,
+            config=config,
+        )
+        try:
+            room._restore(record)
+        except TownhallError as err:
+            raise ValueError(f"inconsistent record of space {record.space_id}: {err}") from err
+        return room
+
+    def _restore(self, record: RoomRecord) -> None:
+        started = record.started_at is not None
+        if (record.state is SpaceState.SCHEDULED and started) or (
+            record.state is SpaceState.LIVE and not started
+        ):
+            raise Conflict(f"a {record.state.value} space with started_at={record.started_at}")
+        self._state = record.state
+        self.started_at = record.started_at
+        for p in record.participants:
+            if p.id in self._participants or p.id in record.removed:
+                raise Conflict(f"{p.id} is listed twice or both present and removed")
+            participant = self._admit(p.id, p.name, p.role)
+            if not participant.on_stage and (p.muted or p.live or p.stage_seq):
+                raise Conflict(f"{p.id} is in the audience but has a seat's state")
+            participant.muted, participant.live = p.muted, p.live
+            participant.stage_seq = p.stage_seq
+        self._removed = set(record.removed)
+        if (record.hands or record.invitations) and self._state is not SpaceState.LIVE:
+            raise Conflict(f"hands or invitations in a {self._state.value} space")
+        for pid, raised_at in record.hands:
+            self._check_in_audience(pid)
+            self._hands[pid] = raised_at
+        for invitee, inviter in record.invitations:
+            self._check_in_audience(invitee)
+            self._invitations[invitee] = inviter
+        for emoji, count in record.reaction_tallies:
+            self._tallies[_canonical_reaction(emoji)] = count
+        seats = [p.stage_seq for p in self._participants.values()]
+        self._stage_seq = itertools.count(max(seats, default=0) + 1)
+
+    def record(self) -> RoomRecord:
+        """The Room's state as plain values (see :mod:`townhall.room.record`)."""
+        return RoomRecord(
+            space_id=self.space_id,
+            host_id=self.host_id,
+            title=self.title,
+            description=self.description,
+            scheduled_at=self.scheduled_at,
+            state=self._state,
+            started_at=self.started_at,
+            participants=tuple(
+                ParticipantRecord(p.id, p.name, p.role, p.muted, p.live, p.stage_seq)
+                for p in self._participants.values()
+            ),
+            removed=frozenset(self._removed),
+            hands=tuple(self._hands.items()),
+            invitations=tuple(self._invitations.items()),
+            reaction_tallies=tuple(self._tallies.items()),
+        )
+
     # -- lifecycle -----------------------------------------------------------
 
     @property
@@ -308,6 +376,7 @@ class Room:
     def start(self, by: str, now: float) -> list[RoomEvent]:
         self._actor(by, Action.START)
         self._state = _NEXT_STATE[Action.START]
+        self.started_at = now
         return [SpaceStarted(space_id=self.space_id, at=now, by=by)]
 
     def end(self, by: str, now: float) -> list[RoomEvent]:
@@ -560,6 +629,10 @@ class Room:
         if not participant.on_stage:
             raise Conflict(f"{pid} is not on stage")
         return participant
+
+    def _check_in_audience(self, pid: str) -> None:
+        if self.role_of(pid) is not Role.LISTENER:
+            raise Conflict(f"{pid} is not in the audience")
 
     def _check_invited(self, pid: str) -> None:
         if pid not in self._invitations:

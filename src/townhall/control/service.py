@@ -1,0 +1,301 @@
+"""The control plane's application layer: every route calls one method here.
+
+It checks who asks (tokens, the admin key, rate limits), finds or rebuilds the Space in
+question, lets its :class:`~townhall.live.LiveSpace` carry the request to the room and
+the stage, and keeps the store in step with the lifecycle. It knows no HTTP: it takes
+and returns domain values, and refuses with errors that carry their HTTP meaning.
+
+Spaces are held in memory while they matter: a Space with a stage running or a stage
+WebSocket open is always held; the others are kept in least-recently-used order up to
+``ControlConfig.max_cached_spaces`` and rebuilt from the store when needed again (a
+scheduled Space comes back empty: its participants join again, by their tokens, with
+their next request). Reads (``public_view``, ``room``, ``stage_status``) never add a
+Space to that cache or anyone to a room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from townhall.control.config import ControlConfig
+from townhall.errors import Conflict, Forbidden
+from townhall.live import LiveSpace, Outcome, SdpAnswer, StageFactory, Watcher, check_command
+from townhall.ratelimit import RateLimiter
+from townhall.room.counting import CounterConfig, ListenerCounter
+from townhall.room.record import ParticipantRecord, RoomRecord
+from townhall.room.roles import Role, SpaceState
+from townhall.room.state import Room, RoomConfig
+from townhall.stage.runtime import Publish
+from townhall.store import SpaceRecord, Store
+from townhall.tokens import Grant, TokenIssuer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CreatedSpace:
+    space: SpaceRecord
+    host_token: str
+    speaker_token: str
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    """A listener session: its token and the session id the audience port counts by."""
+
+    token: str
+    session_id: str
+
+
+@dataclass(frozen=True)
+class ListenerCounts:
+    listening_now: int
+    total_tuned_in: int
+
+
+class SpaceService:
+    def __init__(
+        self,
+        store: Store,
+        issuer: TokenIssuer,
+        admin_key: str,
+        new_stage: StageFactory,
+        publish: Publish,
+        config: ControlConfig | None = None,
+        room_config: RoomConfig | None = None,
+        counter_config: CounterConfig | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._issuer = issuer
+        self._admin_key = admin_key
+        self._new_stage = new_stage
+        self._publish = publish
+        self._config = config or ControlConfig()
+        self._room_config = room_config
+        self._counter_config = counter_config
+        self._clock = clock  # wall time: what the store and the room's events record
+        self._actions = RateLimiter.of(self._config.actions_limit)
+        self._signins = RateLimiter.of(self._config.signin_limit)
+        self._held: OrderedDict[str, LiveSpace] = OrderedDict()
+
+    # -- spaces ---------------------------------------------------------------------
+    def create_space(
+        self, admin_key: str, title: str, description: str, scheduled_at: float | None
+    ) -> CreatedSpace:
+        if not secrets.compare_digest(admin_key.encode(), self._admin_key.encode()):
+            raise Forbidden("a valid admin key is required to create spaces")
+        space = self._store.create_space(title, description, scheduled_at)
+        host = self._issuer.issue(space.id, Role.HOST, "Host", participant_id=space.host_id)
+        speaker = self._issuer.issue(space.id, Role.SPEAKER, "Speaker")
+        return CreatedSpace(space, host, speaker)
+
+    def space(self, space_id: str) -> SpaceRecord:
+        """The Space's record; ``NotFound`` for an unknown id."""
+        return self._store.space(space_id)
+
+    def authorize(self, space_id: str, token: str) -> Grant:
+        self._store.space(space_id)  # 404 for an unknown space before any token question
+        return self._issuer.verify(token, space_id)
+
+    def public_view(self, space_id: str) -> tuple[SpaceRecord, dict[str, object]]:
+        """The record and what listeners may see of the room."""
+        record = self._store.space(space_id)
+        return record, self._view(record).public_snapshot()
+
+    def room(self, grant: Grant) -> dict[str, object]:
+        """The whole room, for the people who run it; reading it joins nobody."""
+        live = self._view(self._store.space(grant.space_id))
+        if live.room.is_removed(grant.participant_id):
+            raise Forbidden(f"{grant.participant_id} was removed from this space")
+        return live.snapshot()
+
+    # -- the lifecycle --------------------------------------------------------------
+    async def start(self, grant: Grant) -> SpaceRecord:
+        live = self._join(grant)
+        now = self._clock()
+        live.apply(live.room.start(grant.participant_id, now))
+        live.open_stage(self._new_stage(live.space_id, live.room.in_program))
+        self._store.set_state(live.space_id, "live", now)
+        log.info("space %s started", live.space_id)
+        return self._store.space(live.space_id)
+
+    async def end(self, grant: Grant) -> SpaceRecord:
+        live = self._join(grant)
+        live.apply(live.room.end(grant.participant_id, self._clock()))
+        await live.close_stage()
+        self._store.set_state(live.space_id, "ended", self._clock())
+        log.info("space %s ended; replay written", live.space_id)
+        return self._store.space(live.space_id)
+
+    async def shutdown(self) -> None:
+        """Close every running stage; their Spaces end with the process."""
+        running = [s for s in self._held.values() if s.stage is not None]
+        closed = await asyncio.gather(*(s.close_stage() for s in running), return_exceptions=True)
+        for live, result in zip(running, closed, strict=True):
+            if isinstance(result, BaseException):
+                log.error("space %s: the stage did not close cleanly: %r", live.space_id, result)
+            self._store.set_state(live.space_id, "ended", self._clock())
+
+    # -- the room -------------------------------------------------------------------
+    def command(self, grant: Grant, name: str, target: str | None) -> Outcome:
+        check_command(name, target)  # a malformed command costs no rate-limit token
+        self._actions.take(grant.participant_id, time.monotonic(), "room actions")
+        live = self._join(grant)
+        return live.command(grant.participant_id, name, target, self._clock())
+
+    def react(self, grant: Grant, emoji: str) -> Outcome:
+        self._actions.take(grant.participant_id, time.monotonic(), "reactions")
+        live = self._join(grant)
+        return live.react(grant.participant_id, emoji, self._clock())
+
+    def invite(self, grant: Grant, role: Role, name: str) -> str:
+        """A token that brings its holder on stage in ``role`` when they join."""
+        self._moderator(grant)
+        return self._issuer.issue(grant.space_id, role, name)
+
+    # -- listeners ------------------------------------------------------------------
+    def sign_in(self, space_id: str, name: str, address: str) -> SignedIn:
+        record = self._store.space(space_id)
+        self._signins.take(address, time.monotonic(), "sign-ins from this address")
+        if self._view(record).room.state is SpaceState.ENDED:
+            raise Conflict("the space has ended; the replay is available")
+        token = self._issuer.issue(space_id, Role.LISTENER, name)
+        return SignedIn(token, self._issuer.verify(token, space_id).participant_id)
+
+    def rename_listener(self, grant: Grant, name: str, address: str) -> SignedIn:
+        """Give a listener session a name, keeping its id: one person stays one count.
+
+        Until a listener has joined the room (a hand, a reaction) their name is only in
+        their token, so a token re-issued with the same id is the rename.
+        """
+        if grant.role is not Role.LISTENER:
+            raise Forbidden("only a listener session can be renamed here")
+        self._signins.take(address, time.monotonic(), "sign-ins from this address")
+        live = self._view(self._store.space(grant.space_id))
+        if live.room.role_of(grant.participant_id) is not None:
+            raise Conflict("this session already joined the room under its name")
+        pid = grant.participant_id
+        token = self._issuer.issue(grant.space_id, Role.LISTENER, name, participant_id=pid)
+        return SignedIn(token, pid)
+
+    def heartbeat(self, grant: Grant) -> ListenerCounts:
+        counter = self._hold(grant.space_id).counter
+        now = time.monotonic()
+        counter.heartbeat(grant.participant_id, now)
+        return ListenerCounts(counter.listening_now(now), counter.total_tuned_in())
+
+    def counter_of(self, space_id: str) -> ListenerCounter | None:
+        """The listener counter of a held Space (the audience port reports into it)."""
+        live = self._held.get(space_id)
+        return live.counter if live is not None else None
+
+    # -- the stage ------------------------------------------------------------------
+    async def connect_stage(self, grant: Grant, sdp: str, kind: str) -> SdpAnswer:
+        live = self._join(grant)
+        if live.stage is None:
+            raise Conflict(f"the space is {live.room.state.value}; the stage is not open")
+        if not live.room.may_publish(grant.participant_id):
+            raise Forbidden("only people on stage can send audio; raise a hand to be brought up")
+        return await live.stage.connect(grant.participant_id, grant.name, sdp, kind)
+
+    def stage_status(self, grant: Grant) -> list[dict[str, object]]:
+        """The stage's meters, for the host and co-hosts; reading them joins nobody."""
+        live = self._view(self._store.space(grant.space_id))
+        if live.room.is_removed(grant.participant_id):
+            raise Forbidden(f"{grant.participant_id} was removed from this space")
+        # The room's view of a participant wins over their token: they may have been
+        # promoted or demoted since it was issued.
+        role = live.room.role_of(grant.participant_id) or grant.role
+        _check_moderator(role)
+        return live.stage_status()
+
+    def watch(self, space_id: str, token: str) -> Watcher:
+        """Open a stage WebSocket's feed; opening it joins the room, as the page is there."""
+        grant = self.authorize(space_id, token)
+        return self._join(grant).watch(grant.participant_id)
+
+    def unwatch(self, watcher: Watcher) -> None:
+        live = self._held.get(watcher.space_id)  # a watched Space is never evicted
+        if live is not None:
+            live.unwatch(watcher)
+
+    def held_spaces(self) -> list[LiveSpace]:
+        return list(self._held.values())
+
+    # -- holding Spaces -------------------------------------------------------------
+    def _join(self, grant: Grant) -> LiveSpace:
+        live = self._hold(grant.space_id)
+        live.join(grant.participant_id, grant.name, grant.role, self._clock())
+        return live
+
+    def _moderator(self, grant: Grant) -> LiveSpace:
+        live = self._join(grant)
+        _check_moderator(live.room.role_of(grant.participant_id) or grant.role)
+        return live
+
+    def _hold(self, space_id: str) -> LiveSpace:
+        live = self._held.get(space_id)
+        if live is None:
+            live = self._rebuild(self._store.space(space_id))
+            self._evict(room_for=1)
+            self._held[space_id] = live
+        self._held.move_to_end(space_id)
+        return live
+
+    def _view(self, record: SpaceRecord) -> LiveSpace:
+        """The held Space, or one rebuilt from its record for this read and then let go."""
+        return self._held.get(record.id) or self._rebuild(record)
+
+    def _evict(self, room_for: int) -> None:
+        """Let go of the least recently used idle Spaces; running ones always stay."""
+        excess = len(self._held) + room_for - self._config.max_cached_spaces
+        if excess <= 0:
+            return
+        idle = [space_id for space_id, live in self._held.items() if live.idle]
+        for space_id in idle[:excess]:
+            del self._held[space_id]
+
+    def _rebuild(self, record: SpaceRecord) -> LiveSpace:
+        return LiveSpace(
+            self._room(record),
+            self._publish,
+            ListenerCounter(self._counter_config),
+            update_interval_s=self._config.room_update_interval_s,
+            watcher_queue_messages=self._config.watcher_queue_messages,
+        )
+
+    def _room(self, record: SpaceRecord) -> Room:
+        if record.state == "scheduled":
+            return Room(
+                record.id,
+                record.host_id,
+                record.title,
+                description=record.description,
+                scheduled_at=record.scheduled_at,
+                config=self._room_config,
+            )
+        # A Space that is not scheduled and has no stage here is over: ended, or left
+        # live by a process that died.
+        ended = RoomRecord(
+            record.id,
+            record.host_id,
+            record.title,
+            record.description,
+            record.scheduled_at,
+            SpaceState.ENDED,
+            record.started_at,
+            participants=(ParticipantRecord(record.host_id, "Host", Role.HOST, stage_seq=1),),
+        )
+        return Room.restore(ended, self._room_config)
+
+
+def _check_moderator(role: Role) -> None:
+    if role not in (Role.HOST, Role.COHOST):
+        raise Forbidden(f"a {role.value} cannot do this; the host or a co-host can")
