@@ -2,43 +2,58 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# The runtime alone for `make serve`; the test and lint tools on top for the rest.
+RUNTIME := $(VENV)/.installed-runtime
+DEV := $(VENV)/.installed-dev
 
-.PHONY: serve test test-fast lint deps-system bench clean
+.PHONY: serve test test-fast lint deps-system deps-bench bench clean
 
-$(STAMP): pyproject.toml package.json
+$(RUNTIME): pyproject.toml package.json
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e . --group test --group lint 2>/dev/null || \
-	  $(BIN)/pip install -q -e . pytest pytest-asyncio httpx playwright websockets ruff mypy
+	$(BIN)/pip install -q -e .
 	npm install --no-audit --no-fund --silent
-	touch $(STAMP)
+	touch $(RUNTIME)
 
-serve: $(STAMP)
+# pip 25.1 or later reads dependency groups; the upgrade above brings it.
+$(DEV): $(RUNTIME)
+	$(BIN)/pip install -q -e . --group test --group lint
+	touch $(DEV)
+
+serve: $(RUNTIME)
 	$(BIN)/townhall serve
 
-# Debian packages the tests use as real peers (root on Debian; CI runs this).
+# What `make test` needs from Debian, and nothing more (root; CI runs this): Chromium and
+# an emoji font for the browser test and its screenshots, ffmpeg as a real player, npm
+# for hls.js, python3-venv for the virtualenv.
 deps-system:
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-	  chromium chromium-driver ffmpeg redis-server nginx icecast2 wrk sox espeak-ng fonts-noto-color-emoji
+	  python3-venv chromium ffmpeg fonts-noto-color-emoji
 	command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm
 
-test: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/mypy src/townhall
+# The servers and client the benchmarks measure townhall against (root).
+deps-bench:
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	  icecast2 nginx wrk util-linux
+
+test: $(DEV)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy src/townhall benchmarks
 	$(BIN)/pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(DEV)
 	$(BIN)/pytest -q tests/unit
 
-lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
-	$(BIN)/mypy src/townhall
+lint: $(DEV)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy src/townhall benchmarks
 
-bench: $(STAMP)
-	$(BIN)/townhall bench fanout
+# Run from the repository root: the benchmarks are not part of the installed package.
+bench: $(RUNTIME)
+	$(BIN)/python -m benchmarks fanout
 
 clean:
 	rm -rf $(VENV) node_modules

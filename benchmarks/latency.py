@@ -1,6 +1,6 @@
 """Mouth-to-ear latency of a live Space, measured with tone bursts.
 
-    python -m benchmarks.latency --control-url http://127.0.0.1:8000 --data-dir ./townhall-data
+    python -m benchmarks latency --control-url http://127.0.0.1:8000 --data-dir ./townhall-data
 
 A speaker bot (A) sends short tone bursts over WebRTC, 440 Hz first and each later one
 at its own frequency, so a burst is recognised by its pitch and never confused with
@@ -33,7 +33,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from tests.audio import (
+from benchmarks.harness.audio import (
     WINDOW_SAMPLES,
     arrival_of,
     decode,
@@ -312,7 +312,9 @@ async def measure(control_url: str, admin_key: str, bursts: int = 5) -> Figures:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks latency", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--control-url", default="http://127.0.0.1:8000")
     p.add_argument("--admin-key", help="default: read from --data-dir")
     p.add_argument("--data-dir", type=Path, default=Path("./townhall-data"))

@@ -1,6 +1,6 @@
 """Server CPU per listener write: townhall's audience worker against a bare uvloop writer.
 
-    python -m benchmarks.write_cost --listeners 15000 --rounds 2
+    python -m benchmarks write-cost --listeners 15000 --rounds 2
 
 The Ogg fan-out target is a count of writes a core can make (one per listener per
 second), so this measures that cost directly, side by side in one run:
@@ -33,9 +33,9 @@ from dataclasses import dataclass
 import psutil
 import uvloop
 
-from townhall.bench.fanout import other_cpu, pin_threads
-from townhall.bench.peers import pinned_server
-from townhall.bench.stack import free_port, live_space
+from benchmarks.cpus import other_cpu, pin_threads
+from benchmarks.harness.processes import free_port, serving
+from benchmarks.harness.server import on_air
 from townhall.loadtest import Arrival, LoadPlan, Mix, run_loadtest
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: audio/ogg\r\nCache-Control: no-store\r\n\r\n"
@@ -116,10 +116,10 @@ def _swarm(name: str, url: str, pid: int, args: argparse.Namespace) -> Sample:
 def townhall_round(args: argparse.Namespace, cpu: int, client_cpu: int) -> Sample:
     server_args = ("--audience-workers", "1", "--stream-flush-interval-s", "1.0",
                    "--max-listeners", str(args.listeners + 1000))  # fmt: skip
-    with live_space(cpu=cpu, server_args=server_args) as space:
-        (worker,) = [c for c in psutil.Process(space.server_pid).children()
+    with on_air(cpu=cpu, server_args=server_args) as space:
+        (worker,) = [c for c in psutil.Process(space.server.pid).children()
                      if "spawn_main" in " ".join(c.cmdline())]  # fmt: skip
-        pin_threads([space.server_pid], {client_cpu})  # the stage leaves the core
+        pin_threads([space.server.pid], {client_cpu})  # the stage leaves the core
         return _swarm("townhall", space.ogg_url, worker.pid, args)
 
 
@@ -127,7 +127,7 @@ def bare_round(args: argparse.Namespace, cpu: int) -> Sample:
     port = free_port()
     command = [sys.executable, "-m", "benchmarks.write_cost",
                "--serve", str(port), "--chunk-bytes", str(args.chunk_bytes)]  # fmt: skip
-    with pinned_server(command, cpu, port) as pid:
+    with serving(command, port, cpu) as pid:
         return _swarm("bare uvloop", f"http://127.0.0.1:{port}/bench.ogg", pid, args)
 
 
@@ -146,7 +146,9 @@ def table(samples: list[Sample]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks write-cost", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--listeners", type=int, default=15_000, help="at most ~18k: one process")
     parser.add_argument("--over", type=float, default=8.0, help="arrivals spread over (s)")
     parser.add_argument("--window", type=float, default=10.0, help="measured window (s)")

@@ -1,8 +1,8 @@
 """Shared pytest set-up for every tier.
 
 Being a conftest inside the ``tests`` package puts the repository root on ``sys.path``
-(pytest's rootdir insertion), so tests import the shared helpers as ``tests.audio``
-and the measurement code as ``benchmarks.latency``.
+(pytest's rootdir insertion), so tests import the harness they share with the
+benchmarks as ``benchmarks.harness`` and the measurement code as ``benchmarks.latency``.
 """
 
 from __future__ import annotations

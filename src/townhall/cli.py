@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,8 +19,20 @@ from townhall.settings import Assign, SettingError
 if TYPE_CHECKING:
     from townhall.config import ServerConfig
 
+# Commands with their own parser, imported only when they run: the load generator (its
+# worker processes, psutil) has no place in `townhall --help` or `townhall serve`.
+# name -> (module with ``main(argv) -> int``, one-line help)
+LAZY_COMMANDS = {
+    "loadtest": ("townhall.loadtest.cli", "load-test a Space with real Ogg and LL-HLS listeners"),
+}
+
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in LAZY_COMMANDS:
+        module, _ = LAZY_COMMANDS[argv[0]]
+        run_lazy: Callable[[list[str]], int] = importlib.import_module(module).main
+        return run_lazy(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "run"):
@@ -35,11 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     _space_parser(sub)
     _speak_parser(sub)
     _listen_parser(sub)
-    from townhall.bench.cli import register as register_bench
-    from townhall.loadtest.cli import register as register_loadtest
-
-    register_loadtest(sub)
-    register_bench(sub)
+    for name, (_, help_) in LAZY_COMMANDS.items():
+        sub.add_parser(name, help=help_, add_help=False)
     return p
 
 

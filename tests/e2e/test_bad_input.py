@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.audio import decode, has_tone
-from tests.e2e.conftest import Server, Space
+from benchmarks.harness.audio import decode, has_tone
+from benchmarks.harness.server import Server, Space
 from townhall.peers.listen import listen_ogg
 from townhall.room.roles import Role
 from townhall.tokens import TokenIssuer

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import threading
 import time
 import wave
@@ -21,8 +20,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.audio import amplitude_at, decode
-from tests.e2e.conftest import Server
+from benchmarks.harness.audio import amplitude_at, decode
+from benchmarks.harness.server import Server
 from townhall.peers.listen import listen_ogg
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
@@ -36,12 +35,6 @@ PHONE = {"width": 390, "height": 844}
 playwright_sync = pytest.importorskip("playwright.sync_api")
 if not Path(CHROMIUM).exists():
     pytest.skip("Debian chromium is not installed", allow_module_level=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def tone_wav(freq_hz: float) -> Path:

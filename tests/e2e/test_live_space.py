@@ -18,8 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from benchmarks.latency import measure_space
-from tests.audio import (
+from benchmarks.harness.audio import (
     SAMPLE_RATE_HZ,
     amplitude_at,
     arrival_of,
@@ -30,7 +29,8 @@ from tests.audio import (
     peak_frequency,
     tone_windows,
 )
-from tests.e2e.conftest import Server, Space
+from benchmarks.harness.server import Server, Space
+from benchmarks.latency import measure_space
 from townhall.peers.listen import listen_hls, listen_ogg, parse_playlist, remux_to_ogg
 from townhall.peers.sources import ToneSource
 from townhall.peers.speak import Speaker

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import numpy as np
 import pytest
 
-from townhall.loadtest.listeners import ListenerPlan, listen_ogg
+from townhall.loadtest.listeners import ListenerPlan, run_ogg_listener
 from townhall.loadtest.stats import ListenerRecord
 from townhall.loadtest.streams import StreamReader, loopback_source
 from townhall.loadtest.wire import parse_target
@@ -66,7 +66,7 @@ async def listen(url: str, seconds: float) -> ListenerRecord:
     plan = ListenerPlan(target, time.monotonic() + seconds, Backoff(base_s=0.05, cap_s=0.2))
     rec = ListenerRecord("ogg", started_at=time.monotonic())
     try:
-        await listen_ogg(plan, random.Random(1), rec, reader, loopback_source(7, target))
+        await run_ogg_listener(plan, random.Random(1), rec, reader, loopback_source(7, target))
     finally:
         reading.cancel()
         reader.close()

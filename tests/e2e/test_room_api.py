@@ -13,8 +13,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.audio import amplitude_at, decode, pcm16_to_float
-from tests.e2e.conftest import Server, Space
+from benchmarks.harness.audio import amplitude_at, decode, pcm16_to_float
+from benchmarks.harness.server import Server, Space
 from townhall.media.mixer import FRAME_SAMPLES, Pcm, silence
 from townhall.peers.links import StageLink
 from townhall.peers.listen import listen_ogg

@@ -1,18 +1,12 @@
-"""The flash bench's analysis of what a speaker heard: tone per frame, gaps. Pure."""
+"""The flash benchmark's analysis of what a speaker heard: tone per frame, gaps. Pure."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from townhall.bench.flash import (
-    FRAME_S,
-    analyse_hearing,
-    longest_run,
-    max_interval,
-    tone_amplitude,
-    tone_flags,
-)
+from benchmarks.flash import FRAME_S, analyse_hearing, longest_run, max_interval
+from benchmarks.harness.audio import tone_amplitude, tone_flags
 
 RATE = 48_000
 N = 960

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.audio import amplitude_at, pcm16_to_float
+from benchmarks.harness.audio import amplitude_at, pcm16_to_float
 from townhall.media.mixer import FRAME_SAMPLES, SAMPLE_RATE_HZ, Pcm, mix, silence
 
 INT16_MAX = 32767

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from tests.audio import decode, packets_on_page, peak_frequency
+from benchmarks.harness.audio import decode, packets_on_page, peak_frequency
 from townhall.media.fmp4 import Fmp4Splitter, Fragment, split_boxes
 from townhall.media.mixer import FRAME_SAMPLES, SAMPLE_RATE_HZ, Pcm
 from townhall.media.ogg import OggPage, OggPageSplitter, parse_pages

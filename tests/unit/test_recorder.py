@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.audio import amplitude_at, decode
+from benchmarks.harness.audio import amplitude_at, decode
 from townhall.media.hls import HlsConfig
 from townhall.media.mixer import FRAME_SAMPLES, SAMPLE_RATE_HZ
 from townhall.media.program import ProgramEncoder

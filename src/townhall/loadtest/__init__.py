@@ -1,6 +1,6 @@
 """The load generator: a crowd of real Ogg and LL-HLS listeners, measured.
 
-``run_loadtest(LoadPlan(...))`` is the in-process API (used by ``townhall bench``);
+``run_loadtest(LoadPlan(...))`` is the in-process API (the benchmarks use it);
 ``townhall loadtest`` is the command. See ``stats`` for what lateness and stalls mean.
 """
 

@@ -1,4 +1,8 @@
-"""`townhall loadtest`: a crowd of real Ogg and LL-HLS listeners against one Space."""
+"""`townhall loadtest`: a crowd of real Ogg and LL-HLS listeners against one Space.
+
+Its own parser: ``townhall.cli`` hands the command's arguments to ``main`` and imports
+this module only when the command runs.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,11 @@ from townhall.loadtest.arrivals import Arrival
 from townhall.loadtest.runner import LoadPlan, run_loadtest
 from townhall.loadtest.worker import Mix
 
+HELP = "load-test a Space with real Ogg and LL-HLS listeners"
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    s = sub.add_parser("loadtest", help="load-test a Space with real Ogg and LL-HLS listeners")
+
+def parser() -> argparse.ArgumentParser:
+    s = argparse.ArgumentParser(prog="townhall loadtest", description=HELP)
     s.add_argument("url", help="the Space's audience URL: http://HOST:PORT/live/{space}.ogg")
     s.add_argument("--listeners", type=int, default=1000)
     s.add_argument("--arrival", choices=[a.value for a in Arrival], default="flash")
@@ -42,7 +48,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="allow a target that is not loopback (only servers you own)",
     )
-    s.set_defaults(run=_run)
+    return s
+
+
+def main(argv: list[str]) -> int:
+    return _run(parser().parse_args(argv))
 
 
 def plan_from(args: argparse.Namespace) -> LoadPlan:

@@ -6,9 +6,9 @@ message completes (playlists and parts). Ogg streams use ``streams.py`` instead.
 
 Errors, drawn at the one boundary where they are translated::
 
-    ClientError              the listener gives up on this connection
-     ├── Refused (503)       carries retry_after_s, the caller backs off and retries
-     └── ConnectionDropped   reset, closed early, malformed response or timed out
+    ClientError                    the listener gives up on this connection
+     ├── ServiceUnavailable (503)   carries retry_after_s, the caller backs off and retries
+     └── ConnectionDropped         reset, closed early, malformed response or timed out
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class ClientError(Exception):
     pass
 
 
-class Refused(ClientError):
+class ServiceUnavailable(ClientError):
     def __init__(self, retry_after_s: float | None) -> None:
         super().__init__(f"503, retry after {retry_after_s}")
         self.retry_after_s = retry_after_s
@@ -94,7 +94,7 @@ class HttpClientConnection(asyncio.Protocol):
         self.transport.write(get_request(target, path))
 
     async def get(self, target: Target, path: str) -> Response:
-        """A whole response (a playlist or a part); raises Refused on 503."""
+        """A whole response (a playlist or a part); raises ServiceUnavailable on 503."""
         self._send(target, path)
         assert self._head is not None and self._done is not None
         status = await self._head
@@ -116,9 +116,9 @@ class HttpClientConnection(asyncio.Protocol):
 
 
 def raise_for_refusal(status: int, headers: dict[str, str]) -> None:
-    """A 503 becomes Refused, carrying its Retry-After (headers lower-cased)."""
+    """A 503 becomes ServiceUnavailable, carrying its Retry-After (headers lower-cased)."""
     if status == 503:
-        raise Refused(parse_retry_after(headers.get("retry-after")))
+        raise ServiceUnavailable(parse_retry_after(headers.get("retry-after")))
 
 
 async def connect(target: Target, timeout_s: float) -> HttpClientConnection:

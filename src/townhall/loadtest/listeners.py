@@ -25,15 +25,14 @@ from townhall.loadtest.client import (
     ClientError,
     ConnectionDropped,
     HttpClientConnection,
-    Refused,
+    ServiceUnavailable,
     connect,
 )
 from townhall.loadtest.stats import ListenerRecord
 from townhall.loadtest.streams import Stream, StreamReader
 from townhall.loadtest.wire import Target, decode_time, timescale, with_query
 from townhall.peers.backoff import Backoff
-from townhall.peers.listen import _PlaylistView as PlaylistView
-from townhall.peers.listen import parse_playlist
+from townhall.peers.listen import PlaylistView, parse_playlist
 
 OPUS_GRANULE_RATE_HZ = 48_000  # RFC 7845 section 4: granule positions count 48 kHz samples
 T = TypeVar("T")
@@ -65,7 +64,7 @@ async def with_backoff(
     for attempt in range(plan.backoff.max_attempts):
         try:
             return await attempt_once()
-        except Refused as exc:
+        except ServiceUnavailable as exc:
             last, delay = exc, plan.backoff.delay(attempt, exc.retry_after_s, rng)
         except ConnectionDropped as exc:
             last, delay = exc, plan.backoff.delay(attempt, None, rng)
@@ -119,7 +118,7 @@ def newest_granule(data: bytes | bytearray, size: int | None = None) -> int | No
     return None
 
 
-async def listen_ogg(
+async def run_ogg_listener(
     plan: ListenerPlan,
     rng: random.Random,
     rec: ListenerRecord,
@@ -158,7 +157,7 @@ async def listen_ogg(
 
 def _reason(exc: Exception) -> str:
     if isinstance(exc, GaveUp):
-        return "refused" if isinstance(exc.last, Refused) else _reason(exc.last)
+        return "refused" if isinstance(exc.last, ServiceUnavailable) else _reason(exc.last)
     if isinstance(exc, ValueError):
         return "bad media"  # lost Ogg sync, or an fMP4 part without a decode time
     return "dropped" if "lost" in str(exc) or "closed" in str(exc) else str(exc)[:60]
@@ -196,7 +195,7 @@ def parsed_playlist(body: bytes) -> PlaylistView:
     return parse_playlist(body.decode())
 
 
-async def listen_hls(plan: ListenerPlan, rng: random.Random, rec: ListenerRecord) -> None:
+async def run_hls_listener(plan: ListenerPlan, rng: random.Random, rec: ListenerRecord) -> None:
     session = HlsSession(plan, rng, rec)
     try:
         # One deadline for the whole run: cheaper than a wait_for task per request.

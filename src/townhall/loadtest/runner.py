@@ -29,10 +29,12 @@ from townhall.loadtest.worker import (
     Progress,
     WorkerPlan,
     raise_open_files_limit,
-    worker_main,
+    swarm_main,
 )
 
-MAX_SOCKETS_PER_PROCESS = 15_000  # this sandbox caps open files at about 20k a process
+# Each listener holds a socket, and a process may open about 20,000 files where this was
+# measured (RLIMIT_NOFILE's hard limit): stay well under it.
+MAX_SOCKETS_PER_PROCESS = 15_000
 START_DELAY_S = 3.0  # lets every worker spawn, import and start its loop before the first arrival
 WATCHDOG_GRACE_S = 15.0
 # Every listener ends at once and is reduced to its tally; at 50,000 listeners sharing
@@ -128,7 +130,7 @@ def _run_workers(
     inbox = ctx.Queue()
     start_at = time.monotonic() + START_DELAY_S
     procs = [
-        ctx.Process(target=worker_main, args=(wp, inbox), name=f"loadtest-{wp.worker}", daemon=True)
+        ctx.Process(target=swarm_main, args=(wp, inbox), name=f"loadtest-{wp.worker}", daemon=True)
         for wp in _worker_plans(plan, start_at)
     ]
     for p in procs:

@@ -49,8 +49,8 @@ class _State(Enum):
 @dataclass
 class Stream:
     """One listener's connection. ``opened`` resolves once a 200 head is in (or fails
-    with Refused / ConnectionDropped); ``ended`` fails with ConnectionDropped when the
-    stream ends on its own."""
+    with ServiceUnavailable / ConnectionDropped); ``ended`` fails with ConnectionDropped
+    when the stream ends on its own."""
 
     sock: socket.socket
     request: bytes

@@ -19,7 +19,7 @@ from typing import Protocol
 
 import uvloop
 
-from townhall.loadtest.listeners import ListenerPlan, listen_hls, listen_ogg
+from townhall.loadtest.listeners import ListenerPlan, run_hls_listener, run_ogg_listener
 from townhall.loadtest.stats import ListenerRecord, Tally
 from townhall.loadtest.streams import StreamReader, loopback_source
 from townhall.loadtest.wire import parse_target, playlist_url, with_query
@@ -80,7 +80,7 @@ def raise_open_files_limit() -> int:
     return hard
 
 
-def worker_main(plan: WorkerPlan, outbox: Outbox) -> None:
+def swarm_main(plan: WorkerPlan, outbox: Outbox) -> None:
     raise_open_files_limit()
     # Every chunk read appends an arrival, so a worker holds millions of small objects
     # by the end, and each full collection walks them all while no stream is read: the
@@ -119,10 +119,10 @@ class Swarm:
         plan = self._listener_plan(kind, index)
         try:
             if kind == "hls":
-                await listen_hls(plan, rng, rec)
+                await run_hls_listener(plan, rng, rec)
             else:
                 source = loopback_source(index, plan.target)
-                await listen_ogg(plan, rng, rec, self.reader, source)
+                await run_ogg_listener(plan, rng, rec, self.reader, source)
         finally:
             del self.records[index]
             self.tallies.setdefault(kind, Tally()).add(

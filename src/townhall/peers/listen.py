@@ -84,7 +84,7 @@ async def _read_until(resp: httpx.Response, rec: Received, deadline: float) -> N
 
 
 @dataclass
-class _PlaylistView:
+class PlaylistView:
     init_uri: str | None
     part_uris: list[str]
     segment_uris: list[str]
@@ -92,7 +92,7 @@ class _PlaylistView:
     ended: bool
 
 
-def parse_playlist(text: str) -> _PlaylistView:
+def parse_playlist(text: str) -> PlaylistView:
     init_uri, parts, segments, hint, ended = None, [], [], None, False
     msn = 0
     parts_in_open = 0
@@ -112,7 +112,7 @@ def parse_playlist(text: str) -> _PlaylistView:
             segments.append(line)
             msn += 1
             parts_in_open = 0
-    return _PlaylistView(init_uri, parts, segments, hint, ended)
+    return PlaylistView(init_uri, parts, segments, hint, ended)
 
 
 def _attr(line: str, name: str) -> str:
@@ -152,7 +152,7 @@ async def listen_hls(url: str, seconds: float, backoff: Backoff | None = None) -
 
 async def _playlist(
     client: httpx.AsyncClient, url: str, backoff: Backoff, rng: random.Random, rec: Received
-) -> _PlaylistView:
+) -> PlaylistView:
     resp = await _get_with_backoff(client, url, backoff, rng, rec)
     body = await resp.aread()
     await resp.aclose()

@@ -1,5 +1,6 @@
-"""The real peers townhall is measured against, each started from a generated config in
-a temp dir, pinned to a core, and stopped on exit: Icecast2, nginx, and wrk.
+"""The servers townhall is measured against, each started from a generated config in a
+temp dir, pinned to a core, and stopped on exit: Icecast2 and nginx; and wrk, the
+request-rate client.
 
 Also the Icecast source: a thread that reads townhall's Ogg stream and sends the same
 bytes to Icecast as an HTTP PUT source (Icecast 2.4), so both serve one program.
@@ -15,15 +16,14 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from townhall.bench.stack import free_port, stop
+from benchmarks.harness.processes import free_port, pinned, serving
 from townhall.loadtest.wire import parse_target
 
-MISSING_HINT = "apt-get install icecast2 nginx wrk"
+MISSING_HINT = "make deps-bench (as root) installs icecast2, nginx and wrk"
 SOURCE_PASSWORD = "bench-source"
 
 
@@ -31,17 +31,8 @@ def require(*tools: str) -> dict[str, str]:
     found = {tool: shutil.which(tool) for tool in tools}
     missing = [tool for tool, path in found.items() if path is None]
     if missing:
-        raise SystemExit(f"townhall bench needs {', '.join(missing)}: {MISSING_HINT}")
+        raise SystemExit(f"the benchmark needs {', '.join(missing)}: {MISSING_HINT}")
     return {tool: str(path) for tool, path in found.items()}
-
-
-def wait_for_port(port: int, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port} after {timeout_s} s")
 
 
 # -- Icecast ----------------------------------------------------------------------------------
@@ -73,21 +64,6 @@ def icecast_config(port: int, workdir: Path, max_clients: int) -> str:
 
 
 @contextlib.contextmanager
-def pinned_server(command: list[str], cpu: int, port: int) -> Iterator[int]:
-    """Run a peer server pinned to ``cpu``; yields its pid once ``port`` answers."""
-    proc = subprocess.Popen(
-        ["taskset", "-c", str(cpu), *command],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port)
-        yield proc.pid
-    finally:
-        stop(proc)
-
-
-@contextlib.contextmanager
 def icecast(cpu: int, max_clients: int) -> Iterator[tuple[int, int]]:
     """Yields ``(pid, port)`` of a running Icecast."""
     port = free_port()
@@ -98,7 +74,7 @@ def icecast(cpu: int, max_clients: int) -> Iterator[tuple[int, int]]:
     conf = workdir / "icecast.xml"
     conf.write_text(icecast_config(port, workdir, max_clients))
     try:
-        with pinned_server([require("icecast2")["icecast2"], "-c", str(conf)], cpu, port) as pid:
+        with serving([require("icecast2")["icecast2"], "-c", str(conf)], port, cpu) as pid:
             yield pid, port
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -190,7 +166,7 @@ def nginx(root: Path, workdir: Path, cpu: int) -> Iterator[tuple[int, int]]:
     conf = workdir / "nginx.conf"
     conf.write_text(nginx_config(port, root, workdir))
     command = [require("nginx")["nginx"], "-p", str(workdir), "-c", str(conf)]
-    with pinned_server(command, cpu, port) as pid:
+    with serving(command, port, cpu) as pid:
         yield pid, port
 
 
@@ -210,15 +186,6 @@ def parse_wrk(output: str) -> WrkResult:
 
 
 def wrk(url: str, cpu: int, connections: int = 200, seconds: float = 3.0) -> WrkResult:
-    cmd = [
-        "taskset",
-        "-c",
-        str(cpu),
-        require("wrk")["wrk"],
-        "-t1",
-        f"-c{connections}",
-        f"-d{seconds:g}s",
-        url,
-    ]
+    cmd = pinned([require("wrk")["wrk"], "-t1", f"-c{connections}", f"-d{seconds:g}s", url], cpu)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30)
     return parse_wrk(out.stdout)

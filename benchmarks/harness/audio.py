@@ -1,9 +1,17 @@
-"""Shared test helpers: decode what townhall serves with PyAV and find tones by FFT.
+"""Audio analysis for tests and benchmarks: decode what townhall serves with PyAV and
+find tones in it by Fourier analysis.
 
 Everything here judges audio by content. A test that only counts bytes passes on a
 stream of silence; these helpers let a test say "440 Hz is there, 660 Hz is not".
 Amplitudes are in full-scale units: a sine at ``ToneSource(amplitude=0.3)`` measures
 about 0.3 after an Opus round trip.
+
+Two estimators, for two shapes of input:
+
+* ``amplitude_at``: a whole recording, by FFT; the strongest of the three bins around
+  the frequency, so a tone a fraction of a bin off (a browser's, a resampled one) counts;
+* ``tone_amplitude``: one 20 ms frame, by a DFT evaluated at exactly the frequency, so
+  the figure is the same whatever the frequency's place between the 50 Hz bins.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import av
 import numpy as np
@@ -20,6 +29,7 @@ from townhall.media.ogg import OggPage, parse_pages
 
 SAMPLE_RATE_HZ = 48_000
 WINDOW_SAMPLES = 960  # 20 ms: one stage frame
+TONE_MIN = 0.05  # full scale: a 0.3 tone measures about 0.3 after Opus, silence about 0
 
 Signal = npt.NDArray[np.float32]
 
@@ -32,8 +42,8 @@ def decode(data: bytes, container_format: str | None = None) -> Signal:
     if not data:
         raise ValueError("nothing to decode: 0 bytes")
     resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE_HZ)
-    chunks: list[Signal] = []
-    with av.open(io.BytesIO(data), format=container_format) as container:
+    chunks: list[npt.NDArray[Any]] = []
+    with av.open(io.BytesIO(data), "r", format=container_format) as container:
         for frame in container.decode(audio=0):
             chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
     chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
@@ -68,12 +78,32 @@ def peak_frequency(signal: Signal, min_hz: float = 50.0) -> float:
     return float(freqs[int(np.argmax(spectrum))])
 
 
-def has_tone(signal: Signal, freq_hz: float, min_amplitude: float = 0.05) -> bool:
+def has_tone(signal: Signal, freq_hz: float, min_amplitude: float = TONE_MIN) -> bool:
     return amplitude_at(signal, freq_hz) >= min_amplitude
 
 
+def tone_amplitude(
+    frame: npt.NDArray[np.int16], freq_hz: float, rate_hz: int = SAMPLE_RATE_HZ
+) -> float:
+    """Amplitude (full scale) of a sine at ``freq_hz`` in one int16 frame."""
+    if len(frame) == 0:
+        return 0.0
+    x = frame.astype(np.float64) / 32768.0
+    w = np.hanning(len(x))
+    n = np.arange(len(x))
+    bin_ = np.dot(x * w, np.exp(-2j * np.pi * freq_hz * n / rate_hz))
+    return float(2 * abs(bin_) / w.sum())
+
+
+def tone_flags(
+    frames: Sequence[npt.NDArray[np.int16]], freq_hz: float, threshold: float = TONE_MIN
+) -> list[bool]:
+    """Per frame: does it carry the tone?"""
+    return [tone_amplitude(f, freq_hz) >= threshold for f in frames]
+
+
 def tone_windows(
-    signal: Signal, freq_hz: float, min_amplitude: float = 0.05, window: int = WINDOW_SAMPLES
+    signal: Signal, freq_hz: float, min_amplitude: float = TONE_MIN, window: int = WINDOW_SAMPLES
 ) -> npt.NDArray[np.bool_]:
     """Per 20 ms window: does it carry the tone?"""
     n = len(signal) // window

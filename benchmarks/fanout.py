@@ -1,4 +1,4 @@
-"""``townhall bench fanout``: townhall's audience server against the real thing.
+"""``python -m benchmarks fanout``: townhall's audience server against the real thing.
 
 1. Ogg push: the same listener swarm (the load generator, in-process) against townhall's
    audience port and against Icecast2 relaying the same program, each server pinned to
@@ -17,7 +17,6 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,9 @@ from typing import Any
 import httpx
 import psutil
 
-from townhall.bench.peers import OggRelay, icecast, nginx, require, wrk
-from townhall.bench.stack import LiveSpace, live_space
+from benchmarks.baselines import OggRelay, icecast, nginx, require, wrk
+from benchmarks.cpus import moved, other_cpu, pin_threads
+from benchmarks.harness.server import Space, on_air
 from townhall.loadtest import Arrival, LoadPlan, Mix, Report, run_loadtest
 from townhall.loadtest.probe import listening_pids
 from townhall.loadtest.wire import parse_target
@@ -43,7 +43,7 @@ class BenchPlan:
     # The machine is noisy (about ±25% run to run): alternate the servers and report
     # the median of this many rounds each.
     wrk_rounds: int = 3
-    # The issue's budget: one write per listener per second.
+    # The target budget: one write per listener per second.
     flush_interval_s: float = 1.0
     # Processes on the audience port; more than ~18k listeners need several here, as
     # each process may hold at most about 20,000 sockets. All are pinned to ``cpu``.
@@ -166,14 +166,6 @@ def _cell(v: Any) -> str:
     )
 
 
-def other_cpu(cpu: int) -> int:
-    cpus = sorted(os.sched_getaffinity(0))
-    rest = [c for c in cpus if c != cpu]
-    if cpu not in cpus or not rest:
-        raise SystemExit(f"need CPU {cpu} and at least one other; this process may use {cpus}")
-    return rest[0]
-
-
 def rss_of(pid: int) -> int:
     proc = psutil.Process(pid)
     return sum(p.memory_info().rss for p in (proc, *proc.children(recursive=True)))
@@ -185,16 +177,16 @@ def run_fanout_bench(plan: BenchPlan) -> BenchResult:
     os.sched_setaffinity(0, {client_cpu})  # the swarm, the speaker and the relay live here
     result = BenchResult(plan)
     with (
-        live_space(cpu=plan.cpu, server_args=plan.server_args()) as space,
+        on_air(cpu=plan.cpu, server_args=plan.server_args()) as space,
         tempfile.TemporaryDirectory() as tmp,
     ):
         if plan.stage_off_core:  # the workers, already spawned, stay on the measured core
-            pin_threads([space.server_pid], {client_cpu})
+            pin_threads([space.server.pid], {client_cpu})
         _compare_hls(space, Path(tmp), plan, client_cpu, result)
         # Off core, the CPU and memory measured are the audience processes' alone.
-        measured = None if plan.stage_off_core else space.server_pid
+        measured = None if plan.stage_off_core else space.server.pid
         result.swarms.append(_swarm("townhall", space.ogg_url, measured, plan))
-        with _moved(space.server_pid, client_cpu):
+        with moved(space.server.pid, client_cpu):
             result.swarms.append(_icecast_swarm(space, plan))
     return result
 
@@ -215,33 +207,7 @@ def _swarm(name: str, url: str, pid: int | None, plan: BenchPlan) -> SwarmRow:
     return SwarmRow(name, run_loadtest(load), idle)
 
 
-@contextlib.contextmanager
-def _moved(pid: int, cpu: int) -> Iterator[None]:
-    # townhall keeps feeding Icecast during its turn, but off the measured core.
-    root = psutil.Process(pid)
-    before = pin_threads([pid, *(p.pid for p in root.children(recursive=True))], {cpu})
-    try:
-        yield
-    finally:
-        for tid, cpus in before.items():
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(tid, cpus)
-
-
-def pin_threads(pids: list[int], cpus: set[int]) -> dict[int, set[int]]:
-    """Pin every thread of these processes (affinity is per thread: pinning a pid moves
-    only its main thread); returns each thread's previous affinity."""
-    before: dict[int, set[int]] = {}
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for tid in map(int, os.listdir(f"/proc/{pid}/task")):
-                with contextlib.suppress(OSError):  # a thread that just ended
-                    before[tid] = os.sched_getaffinity(tid)
-                    os.sched_setaffinity(tid, cpus)
-    return before
-
-
-def _icecast_swarm(space: LiveSpace, plan: BenchPlan) -> SwarmRow:
+def _icecast_swarm(space: Space, plan: BenchPlan) -> SwarmRow:
     with icecast(plan.cpu, plan.listeners + 100) as (pid, port):
         relay = OggRelay(space.ogg_url, port, "/bench.ogg")
         relay.start()
@@ -266,28 +232,28 @@ def _wait_for_mount(url: str, relay: OggRelay, timeout_s: float = 10.0) -> None:
 
 
 # -- LL-HLS: townhall vs nginx on the same bytes ------------------------------------------
-def _newest_part(space: LiveSpace) -> tuple[str, bytes, bytes]:
+def _newest_part(space: Space) -> tuple[str, bytes, bytes]:
     """(part URI, its bytes, the playlist bytes), fresh from the live edge."""
-    playlist = httpx.get(space.playlist_url).content
+    playlist = httpx.get(space.hls_url).content
     uri = parse_playlist(playlist.decode()).part_uris[-1]
-    part = httpx.get(f"{space.audience_url}/live/{space.space_id}/{uri}").content
+    part = httpx.get(f"{space.server.audience_url}/live/{space.id}/{uri}").content
     return uri, part, playlist
 
 
 def _compare_hls(
-    space: LiveSpace, tmp: Path, plan: BenchPlan, client_cpu: int, result: BenchResult
+    space: Space, tmp: Path, plan: BenchPlan, client_cpu: int, result: BenchResult
 ) -> None:
     root = tmp / "www"
-    live = root / "live" / space.space_id
+    live = root / "live" / space.id
     live.mkdir(parents=True)
     uri, part, playlist = _newest_part(space)
     (live / uri).write_bytes(part)
     (live / "index.m3u8").write_bytes(playlist)
-    townhall_base = f"{space.audience_url}/live/{space.space_id}"
+    townhall_base = f"{space.server.audience_url}/live/{space.id}"
     with nginx(root, tmp, plan.cpu) as (_, port):
-        nginx_base = f"http://127.0.0.1:{port}/live/{space.space_id}"
+        nginx_base = f"http://127.0.0.1:{port}/live/{space.id}"
         for _ in range(plan.wrk_rounds):
-            with _moved(space.server_pid, client_cpu):  # nginx alone on the measured core
+            with moved(space.server.pid, client_cpu):  # nginx alone on the measured core
                 _wrk(result, "nginx part", f"{nginx_base}/{uri}", plan, client_cpu)
                 _wrk(result, "nginx playlist", f"{nginx_base}/index.m3u8", plan, client_cpu)
             # Parts leave townhall's window after a few seconds: take the newest each time.

@@ -1,16 +1,31 @@
-"""`townhall bench`: townhall measured against the real peers it replaces."""
+"""townhall measured, and measured against the real servers it replaces.
+
+Run from the repository root as ``python -m benchmarks``: the benchmarks are not part of
+the installed package.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
+# Benchmarks with their own command line: the rest of the arguments go to their main().
+FORWARDED = {
+    "latency": ("benchmarks.latency", "mouth-to-ear latency of a live Space, three paths"),
+    "write-cost": (
+        "benchmarks.write_cost",
+        "CPU per listener write: townhall vs a bare uvloop writer",
+    ),
+}
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    s = sub.add_parser("bench", help="benchmark townhall against Icecast2 and nginx")
-    bsub = s.add_subparsers()
-    f = bsub.add_parser("fanout", help="Ogg listeners vs Icecast2; LL-HLS req/s vs nginx")
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(metavar="BENCHMARK")
+    f = sub.add_parser("fanout", help="Ogg listeners vs Icecast2; LL-HLS req/s vs nginx")
     f.add_argument("--listeners", type=int, default=5_000)
     f.add_argument("--seconds", type=float, default=20.0, help="length of each swarm")
     f.add_argument("--over", type=float, help="arrivals spread over this many seconds")
@@ -32,7 +47,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     f.add_argument("--json", type=Path, help="also write the results here")
     f.set_defaults(run=_fanout)
-    fl = bsub.add_parser("flash", help="issue 4's flash crowd: listeners storm in, stage gaps")
+    fl = sub.add_parser("flash", help="a flash crowd arrives while two speakers talk: stage gaps")
     fl.add_argument("--listeners", type=int, default=20_000)
     fl.add_argument("--over", type=float, default=10.0, help="arrivals spread over (s)")
     fl.add_argument("--duration", type=float, default=20.0, help="length of the load run (s)")
@@ -41,10 +56,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fl.add_argument("--mix", choices=["ogg", "hls", "mixed"], default="ogg")
     fl.add_argument("--json", type=Path, help="also write the results here")
     fl.set_defaults(run=_flash)
+    for name, (_, help_) in FORWARDED.items():
+        # Listed here for --help; main() hands their arguments over before parsing.
+        sub.add_parser(name, help=help_, add_help=False)
+    return p
 
 
 def _fanout(args: argparse.Namespace) -> int:
-    from townhall.bench.fanout import BenchPlan, run_fanout_bench
+    from benchmarks.fanout import BenchPlan, run_fanout_bench
 
     plan = BenchPlan(
         listeners=args.listeners,
@@ -66,7 +85,7 @@ def _fanout(args: argparse.Namespace) -> int:
 
 
 def _flash(args: argparse.Namespace) -> int:
-    from townhall.bench.flash import FlashPlan, run_flash_bench
+    from benchmarks.flash import FlashPlan, run_flash_bench
     from townhall.loadtest import Mix
 
     plan = FlashPlan(
@@ -82,3 +101,24 @@ def _flash(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_text(json.dumps(result.to_json(), indent=2))
     return 0 if result.passed else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in FORWARDED:
+        import importlib
+
+        module, _ = FORWARDED[argv[0]]
+        forwarded: Callable[[list[str]], int] = importlib.import_module(module).main
+        return forwarded(argv[1:])
+    p = parser()
+    args = p.parse_args(argv)
+    if not hasattr(args, "run"):
+        p.print_help()
+        return 2
+    result: int = args.run(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

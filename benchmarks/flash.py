@@ -1,17 +1,16 @@
-"""``townhall bench flash``: issue 4's flash-crowd target, measured.
+"""``python -m benchmarks flash``: the flash-crowd target, measured.
 
     20,000 listeners arrive within 10 s while two speakers talk. p99 time to first
     audio is under 2 s. No listener fails. Speaker-to-speaker audio on the stage shows
     no gap over 100 ms during the storm. (Server pinned to one core.)
 
 The server (``townhall serve`` with its audience worker processes, all pinned to
-``--cpu``) runs one live Space with the stack's tone bot on stage. Two more speakers,
-A and B, are real aiortc WebRTC peers in a *spawned* helper process (not forked, and not
-a thread of this process: the load generator forks its workers, and forking next to a
-running aiortc loop is not safe). Each speaker sends its own tone and records its
-mix-minus. The crowd is ``run_loadtest`` in this process; everything on the client side
-lives on the other core, with the speakers' process at a higher priority than the crowd
-(they stand for people on their own machines).
+``--cpu``) runs one live Space with the harness's tone bot on stage. Two more speakers,
+A and B, are real aiortc WebRTC peers in a spawned helper process of their own, so they
+never wait on this process's interpreter. Each speaker sends its own tone and records
+its mix-minus. The crowd is ``run_loadtest`` in this process; everything on the client
+side lives on the other core, with the speakers' process at a higher priority than the
+crowd (they stand for people on their own machines).
 
 Stage gaps are measured by content: per 20 ms frame B hears, is A's tone in it (a
 Hann-windowed DFT at A's frequency above ``TONE_MIN``)? The gap between two consecutive
@@ -35,23 +34,21 @@ from itertools import pairwise
 from multiprocessing.connection import Connection
 from typing import Any
 
-import httpx
 import numpy as np
 import psutil
 
-from townhall.bench.fanout import other_cpu
-from townhall.bench.peers import require
-from townhall.bench.stack import LiveSpace, live_space
+from benchmarks.baselines import require
+from benchmarks.cpus import other_cpu
+from benchmarks.harness.audio import TONE_MIN, tone_amplitude
+from benchmarks.harness.server import on_air
 from townhall.loadtest import Arrival, LoadPlan, Mix, Report, run_loadtest
 
-SAMPLE_RATE_HZ = 48_000
 FRAME_S = 0.020
 # Whole cycles in 20 ms (multiples of 50 Hz): no leakage between the three tones.
 BOT_HZ = 300.0  # the stack's own `townhall speak --tone` bot (the host)
 A_HZ = 550.0
 B_HZ = 800.0
 TONE_AMPLITUDE = 0.3
-TONE_MIN = 0.05  # full scale; a 0.3 tone measures ~0.3 after Opus, silence ~0
 SETTLE_S = 2.0  # both speakers past the server's mic check, their streams steady
 STAGE_READY_TIMEOUT_S = 30.0
 STAGE_RESULT_TIMEOUT_S = 30.0
@@ -62,23 +59,6 @@ TARGET_STAGE_GAP_S = 0.100
 
 
 # -- pure: what a speaker heard -------------------------------------------------------------
-
-
-def tone_amplitude(frame: np.ndarray, freq_hz: float, rate_hz: int = SAMPLE_RATE_HZ) -> float:
-    """Amplitude (0..1 of full scale) of a sine at ``freq_hz`` in an int16 frame."""
-    if len(frame) == 0:
-        return 0.0
-    x = frame.astype(np.float64) / 32768.0
-    w = np.hanning(len(x))
-    n = np.arange(len(x))
-    bin_ = np.dot(x * w, np.exp(-2j * np.pi * freq_hz * n / rate_hz))
-    return float(2 * abs(bin_) / w.sum())
-
-
-def tone_flags(
-    frames: Sequence[np.ndarray], freq_hz: float, threshold: float = TONE_MIN
-) -> list[bool]:
-    return [tone_amplitude(f, freq_hz) >= threshold for f in frames]
 
 
 def longest_run(flags: Sequence[bool], value: bool = False) -> int:
@@ -431,29 +411,18 @@ def _fmt_pct(v: float | None) -> str:
     return "-" if v is None else f"{v:.0f}%"
 
 
-def invite(space: LiveSpace, name: str) -> str:
-    resp = httpx.post(
-        f"{space.control_url}/api/spaces/{space.space_id}/invite",
-        json={"role": "speaker", "name": name},
-        headers={"Authorization": f"Bearer {space.host_token}"},
-        timeout=10,
-    )
-    resp.raise_for_status()
-    return str(resp.json()["token"])
-
-
 def run_flash_bench(plan: FlashPlan) -> FlashResult:
     require("taskset")
     client_cpu = other_cpu(plan.cpu)
     os.sched_setaffinity(0, {client_cpu})  # the crowd, the speakers and the bot live here
-    with live_space(cpu=plan.cpu, tone_hz=BOT_HZ, server_args=plan.server_args()) as space:
+    with on_air(cpu=plan.cpu, tone_hz=BOT_HZ, server_args=plan.server_args()) as space:
         stage_plan = StagePlan(
-            space.control_url,
-            space.space_id,
-            (invite(space, "A"), invite(space, "B")),
+            space.server.control_url,
+            space.id,
+            (space.invite_sync("A").token, space.invite_sync("B").token),
             (A_HZ, B_HZ),
             client_cpu,
-            space.server_pid,
+            space.server.pid,
             plan.cpu,
         )
         with stage_process(stage_plan) as stage:
@@ -468,7 +437,7 @@ def run_flash_bench(plan: FlashPlan) -> FlashResult:
                     plan.over_s,
                     plan.duration_s,
                     plan.mix,
-                    server_pid=space.server_pid,
+                    server_pid=space.server.pid,
                 )
             )
             end = time.monotonic()

@@ -1,0 +1,8 @@
+"""What the tests and the benchmarks both need to drive a real townhall.
+
+* ``processes``: a free port, waiting for a port to answer, running a command until it
+  serves, stopping a process;
+* ``server``: ``townhall serve`` in a subprocess, Spaces on it and their links, and a
+  Space on air with a tone bot on stage;
+* ``audio``: decoding what townhall serves and finding tones in it by FFT.
+"""
