@@ -1,7 +1,7 @@
 """The townhall process: the store, the live Spaces, the audience server, wired together.
 
 This is the only place that knows every component. The control API calls into it; the
-stage publishes into the audience plane through ``publish``.
+stage publishes into ``feed``, whose sinks are the recorder and the audience plane.
 """
 
 from __future__ import annotations
@@ -11,15 +11,14 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
-from townhall.audience.feed import FeedMessage
+from townhall.audience.plane import AudiencePlane
 from townhall.audience.server import AudienceServer
-from townhall.audience.workers import WorkerPool
 from townhall.config import ServerConfig
 from townhall.errors import BadRequest, Conflict, Forbidden, Unavailable
+from townhall.feed import FeedSinks
 from townhall.live import LiveSpace
 from townhall.ratelimit import RateLimiter
 from townhall.recorder import Recorder, seal_after_crash
@@ -56,8 +55,10 @@ class Townhall:
     admin_key: str = field(init=False)
     audience: AudienceServer = field(init=False)
     spaces: dict[str, LiveSpace] = field(default_factory=dict)
-    feed_sinks: list[Callable[[FeedMessage], None]] = field(default_factory=list)
-    audience_pool: WorkerPool | None = None  # the audience worker processes, if any
+    # Every Space's stage publishes here; the recorder and the audience plane are sinks.
+    feed: FeedSinks = field(default_factory=FeedSinks)
+    recorder: Recorder = field(init=False)
+    audience_plane: AudiencePlane | None = None  # set once the audience port is served
     actions_limiter: RateLimiter = field(
         default_factory=lambda: RateLimiter(rate_per_s=2.0, burst=10)
     )
@@ -71,7 +72,10 @@ class Townhall:
         self.issuer = TokenIssuer(self.store.setting("token_secret", secrets.token_urlsafe(32)))
         self.config.recordings_dir.mkdir(parents=True, exist_ok=True)
         self.audience = AudienceServer(self.config.audience, self.config.recordings_dir)
-        self.feed_sinks.append(self.audience.apply)
+        self.recorder = Recorder(
+            self.config.recordings_dir, self.config.audience.channel.hls, self.config.recorder
+        )
+        self.feed.add(self.recorder)
         self.audience.presence = self
         for space_id in self.store.end_orphaned(time.time()):
             seal_after_crash(self.config.recordings_dir, space_id)
@@ -143,7 +147,7 @@ class Townhall:
                 room.join(record.host_id, "Host", Role.HOST, time.time())
                 room.start(record.host_id, time.time())
                 room.end(record.host_id, time.time())
-            live = self.spaces[space_id] = LiveSpace(room, self.publish)
+            live = self.spaces[space_id] = LiveSpace(room, self.feed)
         return live
 
     def join(self, grant: Grant) -> LiveSpace:
@@ -220,14 +224,8 @@ class Townhall:
     async def start_space(self, grant: Grant) -> SpaceRecord:
         live = self.join(grant)
         live.apply(live.room.start(grant.participant_id, time.time()))
-        recorder = Recorder(
-            self.config.recordings_dir,
-            live.space_id,
-            self.config.audience.channel.hls,
-            self.config.recorder,
-        )
         stage = StageRuntime(
-            live.space_id, self.publish, recorder, self.config.stage, gate=live.room.in_program
+            live.space_id, self.feed, self.config.stage, gate=live.room.in_program
         )
         stage.start()
         live.stage = stage
@@ -268,10 +266,6 @@ class Townhall:
         if role not in (Role.HOST, Role.COHOST):
             raise Forbidden(f"a {grant.role} cannot do this; the host or a co-host can")
         return live
-
-    def publish(self, msg: FeedMessage) -> None:
-        for sink in self.feed_sinks:
-            sink(msg)
 
     async def shutdown(self) -> None:
         live = [s for s in self.spaces.values() if s.stage is not None]

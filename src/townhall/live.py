@@ -16,11 +16,11 @@ import time
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from townhall.audience.feed import RoomUpdate
+from townhall.feed import FeedSink, RoomUpdate
 from townhall.room.counting import ListenerCounter
 from townhall.room.events import ParticipantRemoved, RoomEvent, SpeakerMovedToAudience
 from townhall.room.state import Room, SpaceState
-from townhall.stage.runtime import Publish, StageRuntime
+from townhall.stage.runtime import StageRuntime
 
 # Someone on stage with no signal for this long shows as a dead microphone.
 DEAD_MIC_AFTER_S = 3.0
@@ -46,7 +46,7 @@ class Watcher:
 @dataclass
 class LiveSpace:
     room: Room
-    publish: Publish
+    feed: FeedSink
     counter: ListenerCounter = field(default_factory=ListenerCounter)
     stage: StageRuntime | None = None
     watchers: set[Watcher] = field(default_factory=set)
@@ -157,7 +157,7 @@ class LiveSpace:
         text = json.dumps(self.public_snapshot(), separators=(",", ":"), ensure_ascii=False)
         if force or text != self._last_update:
             self._last_update = text
-            self.publish(RoomUpdate(self.space_id, text, time.monotonic()))
+            self.feed.publish(RoomUpdate(self.space_id, text, at_monotonic_s=time.monotonic()))
 
 
 def _event_json(event: RoomEvent) -> dict[str, object]:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from tests.audio import amplitude_at, decode
+from townhall.feed import ChannelEnded, FeedMessage, HlsInit, HlsPart, OggHeader, OggPages
 from townhall.media.hls import HlsConfig
 from townhall.media.mixer import FRAME_SAMPLES, SAMPLE_RATE_HZ
 from townhall.media.program import ProgramEncoder
@@ -20,32 +22,44 @@ def tone(i: int, hz: float = 440.0) -> np.ndarray:
     return (np.sin(2 * np.pi * hz * t) * 0.3 * 32767).astype(np.int16)
 
 
-async def record(root: Path, ticks: int, finish: bool) -> Recorder:
-    encoder, rec = (
-        ProgramEncoder(),
-        Recorder(root, "sp", HlsConfig(), RecorderConfig(fsync_interval_s=0.0)),
-    )
-    init_written = False
+def program_feed(ticks: int, space: str = "sp") -> Iterator[FeedMessage]:
+    """The messages a stage publishes for ``ticks`` ticks of a tone, then its end."""
+    encoder = ProgramEncoder()
+    header_sent = init_sent = False
+    parts = 0
     for i in range(ticks):
         out = encoder.encode(tone(i))
         if out.ogg_pages:
-            if rec.ogg_path.stat().st_size == 0:
-                rec.write_ogg(encoder.ogg_header, float(i))
-            rec.write_ogg(b"".join(p.data for p in out.ogg_pages), float(i))
+            if not header_sent:
+                header_sent = True
+                yield OggHeader(space, encoder.ogg_header)
+            yield OggPages(space, b"".join(p.data for p in out.ogg_pages), float(i))
         for frag in out.fragments:
-            if not init_written and encoder.init_segment:
-                rec.write_init(encoder.init_segment)
-                init_written = True
-            rec.write_part(frag.data, frag.sample_count * FRAME_SAMPLES / SAMPLE_RATE_HZ, float(i))
+            if not init_sent and encoder.init_segment:
+                init_sent = True
+                yield HlsInit(space, encoder.init_segment)
+            duration_s = frag.sample_count * FRAME_SAMPLES / SAMPLE_RATE_HZ
+            yield HlsPart(space, frag.data, duration_s, 1e9 + i * 0.02, parts)
+            parts += 1
+
+
+def recorder(root: Path) -> Recorder:
+    return Recorder(root, HlsConfig(), RecorderConfig(fsync_interval_s=0.0))
+
+
+async def record(root: Path, ticks: int, finish: bool) -> Recorder:
+    rec = recorder(root)
+    for msg in program_feed(ticks):
+        rec.publish(msg)
         await asyncio.sleep(0)
     if finish:
-        rec.finish()
+        rec.publish(ChannelEnded("sp", 2e9))
     return rec
 
 
 def test_the_recording_is_playable_while_the_space_is_still_live(tmp_path: Path) -> None:
-    rec = asyncio.run(record(tmp_path, ticks=250, finish=False))  # 5 s, never finished
-    audio = decode(rec.ogg_path.read_bytes())
+    asyncio.run(record(tmp_path, ticks=250, finish=False))  # 5 s, never finished
+    audio = decode((tmp_path / "sp.ogg").read_bytes())
     assert len(audio) > 4 * SAMPLE_RATE_HZ and amplitude_at(audio, 440) > 0.1
     playlist = (tmp_path / "sp" / "vod.m3u8").read_text()
     assert "#EXT-X-PLAYLIST-TYPE:EVENT" in playlist and "#EXT-X-ENDLIST" not in playlist
@@ -70,8 +84,7 @@ def test_the_finished_recording_is_a_complete_vod(tmp_path: Path) -> None:
 def test_a_crash_loses_seconds_not_the_event(tmp_path: Path) -> None:
     """The process dies mid-Space (the recorder is never finished): on the next start
     the replay is sealed and still holds everything flushed before the crash."""
-    rec = asyncio.run(record(tmp_path, ticks=300, finish=False))
-    del rec  # never finished: no final page, no ENDLIST
+    asyncio.run(record(tmp_path, ticks=300, finish=False))  # no final page, no ENDLIST
     seal_after_crash(tmp_path, "sp")
     playlist = (tmp_path / "sp" / "vod.m3u8").read_text()
     assert "#EXT-X-PLAYLIST-TYPE:VOD" in playlist and playlist.endswith("#EXT-X-ENDLIST\n")
