@@ -393,13 +393,16 @@ async def workers_scenario(program: Program) -> None:
         # unnamed stream is its own session, whichever worker holds it.
         assert len(set(presence.opened)) == len(set(presence.stream_sessions)) == 16
         # The workers' reports add up in the main process, for /metrics.
-        counted = lambda: sum(c.ogg_listeners for c in pool.stats().channels)  # noqa: E731
-        await until(lambda: counted() == 16, timeout_s=5.0)
+        await until(lambda: ogg_listeners(pool) == 16, timeout_s=5.0)
         for proto in listeners:
             assert abs(dominant_hz(program.header + bytes(proto.raw), "ogg") - TONE_HZ) < 5
     finally:
         await pool.close()
     assert all(not proc.is_alive() for proc in pool.processes)
+
+
+def ogg_listeners(pool: WorkerPool) -> int:
+    return sum(c.ogg_listeners for c in pool.stats().channels)
 
 
 async def publish_via(pool: WorkerPool, pages: list[OggPage]) -> None:

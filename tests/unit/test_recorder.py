@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.audio import amplitude_at, decode
 from townhall.feed import ChannelEnded, FeedMessage, HlsInit, HlsPart, OggHeader, OggPages
@@ -98,3 +102,90 @@ def test_orphaned_live_spaces_are_ended_on_start(tmp_path: Path) -> None:
     store.set_state(live.id, "live", 1.0)
     assert store.end_orphaned(2.0) == [live.id]
     assert store.space(live.id).state == "ended" and store.space(scheduled.id).state == "scheduled"
+
+
+# -- a failing disk ------------------------------------------------------------------------
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 64 KiB filesystem: writes fail with ENOSPC as they would on a full disk."""
+    root = tmp_path / "tiny"
+    root.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(root)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield root
+    finally:
+        subprocess.run(["umount", "-l", str(root)], check=False)
+
+
+def fill(path: Path) -> None:
+    with path.open("wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 4096)
+
+
+def paused_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "paused" in r.getMessage()]
+
+
+def test_a_full_disk_pauses_the_recording_and_the_end_seals_what_was_written(
+    tiny_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> Recorder:
+        rec = recorder(tiny_disk)
+        for msg in program_feed(ticks=1500):  # 30 s of program, far more than 64 KiB
+            rec.publish(msg)  # never raises: the stage's clock must not see the disk
+        fill(tiny_disk / "filler")  # and by the end, not a block is left
+        rec.publish(ChannelEnded("sp", 2e9))
+        return rec
+
+    with caplog.at_level(logging.ERROR, logger="townhall.recorder"):
+        rec = asyncio.run(scenario())
+    assert rec.write_errors == 1 and len(paused_lines(caplog)) == 1
+    assert "No space left on device" in paused_lines(caplog)[0]
+    assert not rec.recordings  # sealed and forgotten
+    # The Ogg file was cut back to its last whole page: it plays, up to the failure.
+    audio = decode((tiny_disk / "sp.ogg").read_bytes())
+    assert 1 * SAMPLE_RATE_HZ < len(audio) < 29 * SAMPLE_RATE_HZ
+    assert amplitude_at(audio, 440) > 0.1
+    # The HLS replay is a sealed VOD of exactly the segments that were written.
+    playlist = (tiny_disk / "sp" / "vod.m3u8").read_text()
+    assert "#EXT-X-PLAYLIST-TYPE:VOD" in playlist and playlist.endswith("#EXT-X-ENDLIST\n")
+    listed = [line for line in playlist.splitlines() if line.endswith(".m4s")]
+    assert listed and sorted(p.name for p in (tiny_disk / "sp").glob("*.m4s")) == sorted(listed)
+    media = (tiny_disk / "sp" / "init.mp4").read_bytes() + b"".join(
+        (tiny_disk / "sp" / name).read_bytes() for name in listed
+    )
+    assert amplitude_at(decode(media, "mp4"), 440) > 0.1
+
+
+def test_a_file_that_fails_every_write_pauses_only_its_space(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """/dev/full fails every write with ENOSPC; no privilege needed."""
+    (tmp_path / "broken.ogg").symlink_to("/dev/full")
+
+    async def scenario() -> Recorder:
+        rec = recorder(tmp_path)
+        for broken, healthy in zip(
+            program_feed(300, "broken"), program_feed(300, "ok"), strict=False
+        ):
+            rec.publish(broken)
+            rec.publish(healthy)
+        rec.publish(ChannelEnded("broken", 2e9))
+        rec.publish(ChannelEnded("ok", 2e9))
+        return rec
+
+    with caplog.at_level(logging.ERROR, logger="townhall.recorder"):
+        rec = asyncio.run(scenario())
+    assert rec.write_errors == 1 and len(paused_lines(caplog)) == 1
+    assert "broken" in paused_lines(caplog)[0]
+    assert (tmp_path / "broken" / "vod.m3u8").read_text().endswith("#EXT-X-ENDLIST\n")
+    audio = decode((tmp_path / "ok.ogg").read_bytes())  # the other Space is untouched
+    assert len(audio) > 5.5 * SAMPLE_RATE_HZ and amplitude_at(audio, 440) > 0.1
