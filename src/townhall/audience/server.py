@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from townhall.audience.channel import Channel, ChannelConfig
-from townhall.audience.fanout import Cohort, Fanout
+from townhall.audience.fanout import Fanout
 from townhall.audience.http import (
     HttpConnection,
     Reply,
@@ -492,29 +492,14 @@ class AudienceServer:
         return len(stale)
 
     async def flush_due(self) -> None:
+        """Play every due fan-out turn, yielding to the loop between slices of a turn so
+        it still accepts and answers while a big crowd is written."""
+        step = self.config.pass_slice
         for channel in list(self.channels.values()):
             for fanout in (channel.ogg, channel.events):
-                while (cohort := fanout.next_due(time.monotonic())) is not None:
-                    await self._pass(fanout, cohort)
-
-    async def _pass(self, fanout: Fanout, cohort: Cohort) -> None:
-        """One cohort's turn, in slices so the loop still accepts and answers between them."""
-        now = time.monotonic()
-        chunk = fanout.take_chunk(cohort, now)
-        subs = list(cohort.members.values())
-        step = self.config.pass_slice
-        busy = 0.0
-        for i in range(0, len(subs), step):
-            # The engine's own CPU, not wall time: coalescing cannot shrink other work,
-            # and time taken by other processes on the same core (the stage, sibling
-            # workers) is not this engine falling behind.
-            started = time.thread_time()
-            fanout.write_to(subs[i : i + step], chunk, now)
-            busy += time.thread_time() - started
-            if i + step < len(subs):
-                await asyncio.sleep(0)
-        if subs:  # an empty cohort's turn says nothing about what a round costs
-            fanout.pass_took(busy, len(subs))
+                while (turn := fanout.next_turn(time.monotonic())) is not None:
+                    for _ in fanout.play(turn, step):
+                        await asyncio.sleep(0)
 
 
 _OGG_HEAD = stream_head("audio/ogg", (("X-Content-Type-Options", "nosniff"),))
