@@ -11,7 +11,10 @@ from townhall.audience.framing import (
     StreamOpened,
     apply_presence,
 )
+from townhall.audience.server import WorkerPoolConfig
 from townhall.audience.worker import PresenceRelay
+
+MAX_FRAME_BYTES = WorkerPoolConfig().max_frame_bytes
 
 
 @dataclass
@@ -49,7 +52,7 @@ def test_reports_cross_the_process_boundary_and_polls_are_deduplicated() -> None
         relay.seen("sp", "hls-abc")
     relay.seen("sp", "hls-def")
     relay.stream_closed("sp", "ogg-1", "1", True)
-    reports = FrameDecoder().feed(bytes(transport.written))
+    reports = FrameDecoder(MAX_FRAME_BYTES).feed(bytes(transport.written))
     assert [type(r) for r in reports] == [StreamOpened, SessionSeen, SessionSeen, StreamClosed]
     counted = Counted()
     for report in reports:
@@ -84,7 +87,7 @@ def test_a_join_storm_is_written_in_batches() -> None:
     assert writes == [] and len(scheduled) == 1  # one timer for the whole batch
     relay.flush()
     assert len(writes) == 1
-    reports = FrameDecoder().feed(bytes(transport.written))
+    reports = FrameDecoder(MAX_FRAME_BYTES).feed(bytes(transport.written))
     assert [r.session_id for r in reports] == [f"ogg-{i}" for i in range(500)]
     relay.stream_opened("sp", "ogg-late", "x")
     assert len(scheduled) == 2  # the next report starts the next batch

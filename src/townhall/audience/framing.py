@@ -76,7 +76,7 @@ def encode_frame(msg: object) -> bytes:
 class FrameDecoder:
     """Bytes in, messages out; pure, so partial reads are easy to test."""
 
-    def __init__(self, max_frame_bytes: int = 16 * 1024 * 1024) -> None:
+    def __init__(self, max_frame_bytes: int) -> None:
         self._buf = bytearray()
         self._max_frame_bytes = max_frame_bytes
 

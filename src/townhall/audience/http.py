@@ -93,10 +93,10 @@ class HttpConnection(asyncio.Protocol):
         self,
         handler: Handler,
         on_lost: Callable[[HttpConnection], None],
+        max_head_bytes: int,
         ready: Mapping[bytes, bytes] | None = None,
         counted: Mapping[bytes, tuple[str, bytes]] | None = None,
         on_counted: Callable[[str, HttpConnection], None] | None = None,
-        max_head_bytes: int = 16 * 1024,
     ) -> None:
         self.handler = handler
         self.max_head_bytes = max_head_bytes

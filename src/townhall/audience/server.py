@@ -125,6 +125,8 @@ class AudienceConfig:
     max_worker_backlog_bytes: int = 8 * 1024 * 1024
     workers: WorkerPoolConfig = field(default_factory=WorkerPoolConfig)
     max_request_head_bytes: int = 16 * 1024
+    # Connections the kernel queues before accept: a join storm arrives all at once.
+    listen_backlog: int = 4096
     # Immutable responses kept ready per live channel; older ones are rebuilt on demand.
     cached_responses_per_channel: int = 256
     reap_every_s: float = 1.0
@@ -220,10 +222,10 @@ class AudienceServer:
         conn = HttpConnection(
             self.handle,
             self.connections.discard,
+            self.config.max_request_head_bytes,
             self._cache,
             self._playlists,
             self._seen_on,
-            self.config.max_request_head_bytes,
         )
         self.connections.add(conn)
         return conn
@@ -231,7 +233,7 @@ class AudienceServer:
     async def serve(self, host: str, port: int, reuse_port: bool = False) -> asyncio.Server:
         loop = asyncio.get_running_loop()
         return await loop.create_server(
-            self.protocol, host, port, reuse_port=reuse_port, backlog=4096
+            self.protocol, host, port, reuse_port=reuse_port, backlog=self.config.listen_backlog
         )
 
     def handle(self, conn: HttpConnection, req: Request) -> Reply:
