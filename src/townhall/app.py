@@ -224,9 +224,7 @@ class Townhall:
     async def start_space(self, grant: Grant) -> SpaceRecord:
         live = self.join(grant)
         live.apply(live.room.start(grant.participant_id, time.time()))
-        stage = StageRuntime(
-            live.space_id, self.feed, self.config.stage, gate=live.room.in_program
-        )
+        stage = StageRuntime(live.space_id, self.feed, self.config.stage, gate=live.room.in_program)
         stage.start()
         live.stage = stage
         # Opens the audience channel now: an early listener gets 503 + Retry-After
