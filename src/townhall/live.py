@@ -22,13 +22,13 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from townhall.audience.feed import RoomUpdate
 from townhall.errors import BadRequest
+from townhall.feed import FeedSink, RoomUpdate
 from townhall.room.counting import ListenerCounter
 from townhall.room.events import ParticipantRemoved, RoomEvent, SpeakerMovedToAudience
 from townhall.room.roles import Role, SpaceState
 from townhall.room.state import Room
-from townhall.stage.runtime import ProgramGate, Publish
+from townhall.stage.runtime import ProgramGate
 
 # Someone on stage with no signal for this long shows as a dead microphone.
 DEAD_MIC_AFTER_S = 3.0
@@ -160,7 +160,7 @@ class Watcher:
 @dataclass
 class LiveSpace:
     room: Room
-    publish: Publish
+    feed: FeedSink
     counter: ListenerCounter = field(default_factory=ListenerCounter)
     stage: Stage | None = None
     watchers: set[Watcher] = field(default_factory=set)
@@ -319,7 +319,7 @@ class LiveSpace:
         text = json.dumps(self.public_snapshot(), separators=(",", ":"), ensure_ascii=False)
         if force or text != self._last_update:
             self._last_update = text
-            self.publish(RoomUpdate(self.space_id, text, time.monotonic()))
+            self.feed.publish(RoomUpdate(self.space_id, text, at_monotonic_s=time.monotonic()))
 
 
 _PUBLIC_KEYS = (

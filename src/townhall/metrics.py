@@ -13,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from townhall.app import Townhall
+from townhall.audience.plane import AudienceStats, WorkerLoad
 
 
 class TownhallCollector(Collector):
@@ -21,6 +22,7 @@ class TownhallCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield from self._audience()
+        yield from self._feed()
         yield from self._stage()
 
     def _audience(self) -> Iterator[Metric]:
@@ -38,33 +40,30 @@ class TownhallCollector(Collector):
         events = GaugeMetricFamily(
             "townhall_event_listeners", "SSE room-event listeners", labels=["space"]
         )
-        pool = self.th.audience_pool
+        plane = self.th.audience_plane  # None until the audience port is served
         # With workers, the main process serves nobody: their reports (at most a second
         # old) are the truth.
-        stats = pool.stats() if pool is not None else self.th.audience.stats()
-        for c in stats:
+        stats = plane.stats() if plane is not None else AudienceStats(())
+        for c in stats.channels:
             streams.add_metric([c.space_id], c.ogg_listeners)
             interval.add_metric([c.space_id], c.interval_s)
             pass_s.add_metric([c.space_id], c.pass_s)
             events.add_metric([c.space_id], c.event_listeners)
         yield from (streams, interval, pass_s, events)
-        if pool is not None:
-            yield GaugeMetricFamily(
-                "townhall_audience_workers", "audience worker processes serving", len(pool.links)
-            )
-            yield CounterMetricFamily(
-                "townhall_audience_worker_restarts",
-                "audience workers replaced after dying or falling behind",
-                pool.restarts,
-            )
-            lag = GaugeMetricFamily(
-                "townhall_audience_worker_loop_lag_seconds",
-                "how late each worker's event loop runs (admission refuses past a bound)",
-                labels=["pid"],
-            )
-            for link in pool.links:
-                lag.add_metric([str(link.process.pid)], link.stats.loop_lag_s)
-            yield lag
+        if stats.workers is not None:
+            yield from _workers(stats.workers, stats.worker_restarts)
+
+    def _feed(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "townhall_feed_sink_errors",
+            "feed messages a sink (the recorder, the audience plane) raised on",
+            self.th.feed.errors,
+        )
+        yield CounterMetricFamily(
+            "townhall_recording_write_errors",
+            "recordings paused by a failing disk (full, out of file descriptors)",
+            self.th.recorder.write_errors,
+        )
 
     def _stage(self) -> Iterator[Metric]:
         ticks = CounterMetricFamily("townhall_stage_ticks", "20 ms mixer ticks", labels=["space"])
@@ -86,3 +85,22 @@ class TownhallCollector(Collector):
                 slips.add_metric([space_id], live.stage.clock_slips)
                 members.add_metric([space_id], len(live.stage.members))
         yield from (ticks, slips, members, listening)
+
+
+def _workers(workers: tuple[WorkerLoad, ...], restarts: int) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "townhall_audience_workers", "audience worker processes serving", len(workers)
+    )
+    yield CounterMetricFamily(
+        "townhall_audience_worker_restarts",
+        "audience workers replaced after dying or falling behind",
+        restarts,
+    )
+    lag = GaugeMetricFamily(
+        "townhall_audience_worker_loop_lag_seconds",
+        "how late each worker's event loop runs (admission refuses past a bound)",
+        labels=["pid"],
+    )
+    for worker in workers:
+        lag.add_metric([str(worker.pid)], worker.loop_lag_s)
+    yield lag

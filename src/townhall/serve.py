@@ -11,7 +11,7 @@ import uvicorn
 import uvloop
 
 from townhall.app import Townhall
-from townhall.audience.workers import serve_audience
+from townhall.audience.pool import serve_audience
 from townhall.config import ServerConfig
 from townhall.control.api import create_app
 from townhall.gcpolicy import freeze_startup_heap
@@ -34,9 +34,11 @@ async def run(config: ServerConfig, ready: asyncio.Event | None = None) -> None:
             access_log=False,
         )
     )
-    stop_audience, th.audience_pool = await serve_audience(
-        th.audience, th.feed_sinks, config.host, config.audience_port, config.audience_workers
+    plane = await serve_audience(
+        th.audience, config.host, config.audience_port, config.audience_workers
     )
+    th.audience_plane = plane
+    th.feed.add(plane)
     control_task = asyncio.create_task(control.serve(), name="control")
     while not control.started and not control_task.done():
         await asyncio.sleep(0.01)
@@ -54,7 +56,7 @@ async def run(config: ServerConfig, ready: asyncio.Event | None = None) -> None:
     )
     await th.shutdown()
     control.should_exit = True
-    await stop_audience()
+    await plane.close()
     with contextlib.suppress(asyncio.CancelledError):
         await control_task
 

@@ -15,7 +15,7 @@ import signal
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import av
@@ -25,9 +25,16 @@ import uvloop
 
 from townhall.audience.channel import Channel, ChannelConfig
 from townhall.audience.fanout import FanoutConfig
-from townhall.audience.feed import ChannelEnded, HlsInit, HlsPart, OggHeader, OggPages
-from townhall.audience.server import IMMUTABLE, M3U8, AudienceConfig, AudienceServer
-from townhall.audience.workers import WorkerPool, WorkerSpec
+from townhall.audience.pool import WorkerPool
+from townhall.audience.server import (
+    IMMUTABLE,
+    M3U8,
+    AudienceConfig,
+    AudienceServer,
+    WorkerPoolConfig,
+)
+from townhall.audience.worker import WorkerSpec
+from townhall.feed import ChannelEnded, HlsInit, HlsPart, OggHeader, OggPages
 from townhall.media.hls import HlsConfig
 from townhall.media.mixer import FRAME_SAMPLES, SAMPLE_RATE_HZ
 from townhall.media.ogg import OggPage, parse_pages
@@ -112,11 +119,9 @@ def run(scenario: Coroutine[Any, Any, None]) -> None:
 @contextlib.asynccontextmanager
 async def serving(config: AudienceConfig) -> AsyncIterator[Running]:
     server = AudienceServer(config)
-    listener = await server.serve(HOST, 0)
-    flusher = asyncio.create_task(server.run_flusher())
+    listener = await server.open(HOST, 0)
     yield Running(server, listener.sockets[0].getsockname()[1])
-    flusher.cancel()
-    listener.close()
+    await server.close()
     for conn in [*server.connections, *server.streams]:
         if conn.transport is not None:
             conn.transport.abort()
@@ -203,7 +208,7 @@ async def publish_pages(
         await asyncio.sleep(max(0.0, started + audio_s / SPEED - loop.time()))
         now = time.monotonic()
         published[page.granule] = now
-        server.apply(OggPages(SPACE, page.data, now))
+        server.publish(OggPages(SPACE, page.data, now))
         audio_s += 0.2
 
 
@@ -220,7 +225,7 @@ async def stalled_scenario(config: AudienceConfig, program: Program) -> None:
 
 async def stalled_listeners_meet_normal_ones(ogg_server: Running, program: Program) -> None:
     server, port = ogg_server.server, ogg_server.port
-    server.apply(OggHeader(SPACE, program.header))
+    server.publish(OggHeader(SPACE, program.header))
     published: dict[int, float] = {}
     warmup = asyncio.create_task(publish_pages(server, program.pages[:5], published))
     loop = asyncio.get_running_loop()
@@ -296,7 +301,7 @@ def hls_config() -> AudienceConfig:
 
 def feed_parts(server: AudienceServer, program: Program, first: int, count: int) -> None:
     for data, duration_s in program.parts[first : first + count]:
-        server.apply(HlsPart(SPACE, data, duration_s, time.time()))
+        server.publish(HlsPart(SPACE, data, duration_s, time.time()))
 
 
 def test_blocking_reload_answers_as_soon_as_the_part_exists(program: Program) -> None:
@@ -305,7 +310,7 @@ def test_blocking_reload_answers_as_soon_as_the_part_exists(program: Program) ->
 
 async def blocking_reload_scenario(program: Program) -> None:
     async with serving(hls_config()) as running:
-        running.server.apply(HlsInit(SPACE, program.init))
+        running.server.publish(HlsInit(SPACE, program.init))
         feed_parts(running.server, program, 0, 6)
         msn, part = running.channel.hls.next_part
         assert (msn, part) == (1, 2)
@@ -337,7 +342,7 @@ def test_waiters_for_a_preload_hinted_part_share_one_build(program: Program) -> 
 async def collapsed_part_scenario(program: Program) -> None:
     async with serving(hls_config()) as running:
         server = running.server
-        server.apply(HlsInit(SPACE, program.init))
+        server.publish(HlsInit(SPACE, program.init))
         feed_parts(server, program, 0, 8)
         msn, part = running.channel.hls.next_part
         hinted = f"p{msn}.{part}.m4s"
@@ -388,12 +393,16 @@ async def workers_scenario(program: Program) -> None:
         # unnamed stream is its own session, whichever worker holds it.
         assert len(set(presence.opened)) == len(set(presence.stream_sessions)) == 16
         # The workers' reports add up in the main process, for /metrics.
-        await until(lambda: sum(c.ogg_listeners for c in pool.stats()) == 16, timeout_s=5.0)
+        await until(lambda: ogg_listeners(pool) == 16, timeout_s=5.0)
         for proto in listeners:
             assert abs(dominant_hz(program.header + bytes(proto.raw), "ogg") - TONE_HZ) < 5
     finally:
         await pool.close()
     assert all(not proc.is_alive() for proc in pool.processes)
+
+
+def ogg_listeners(pool: WorkerPool) -> int:
+    return sum(c.ogg_listeners for c in pool.stats().channels)
 
 
 async def publish_via(pool: WorkerPool, pages: list[OggPage]) -> None:
@@ -409,8 +418,10 @@ def test_a_worker_that_falls_behind_is_dropped_without_stalling_the_stage(
 
 
 async def stuck_worker_scenario(program: Program) -> None:
-    config = AudienceConfig(max_worker_backlog_bytes=256 * 1024)
-    pool = WorkerPool(WorkerSpec(config, None, HOST, 0), count=1, drop_grace_s=0.5)
+    config = AudienceConfig(
+        max_worker_backlog_bytes=256 * 1024, workers=WorkerPoolConfig(drop_grace_s=0.5)
+    )
+    pool = WorkerPool(WorkerSpec(config, None, HOST, 0), count=1)
     await pool.start()
     (proc,) = pool.processes
     assert proc.pid is not None
@@ -452,8 +463,8 @@ def test_a_worker_that_dies_is_replaced_and_serves_the_live_channel_at_once(
 
 
 async def replaced_worker_scenario(program: Program) -> None:
-    config = hls_config()
-    pool = WorkerPool(WorkerSpec(config, None, HOST, 0), count=1, restart_delay_s=0.1)
+    config = replace(hls_config(), workers=WorkerPoolConfig(restart_delay_s=0.1))
+    pool = WorkerPool(WorkerSpec(config, None, HOST, 0), count=1)
     await pool.start()
     feeding = asyncio.create_task(publish_program_via(pool, program))
     try:
@@ -511,9 +522,9 @@ def test_an_ended_channel_is_served_for_a_grace_period_then_dropped(program: Pro
 async def ended_channel_scenario(program: Program) -> None:
     async with serving(AudienceConfig(ended_grace_s=30.0)) as running:
         server = running.server
-        server.apply(HlsInit(SPACE, program.init))
+        server.publish(HlsInit(SPACE, program.init))
         feed_parts(server, program, 0, 6)
-        server.apply(ChannelEnded(SPACE, time.time()))
+        server.publish(ChannelEnded(SPACE, time.time()))
         final = await fetch(running.port, f"/live/{SPACE}/index.m3u8")
         assert final.status == 200 and final.body.decode().endswith("#EXT-X-ENDLIST\n")
         assert (await fetch(running.port, f"/live/{SPACE}/s1.m4s")).status == 200
@@ -554,7 +565,7 @@ async def plain_playlist_scenario(program: Program) -> None:
     async with serving(AudienceConfig()) as running:
         server, presence = running.server, SeenSessions()
         server.presence = presence
-        server.apply(HlsInit(SPACE, program.init))
+        server.publish(HlsInit(SPACE, program.init))
         feed_parts(server, program, 0, 2)
         path = f"/live/{SPACE}/index.m3u8"
         first, again = await fetch(running.port, path), await fetch(running.port, path)
@@ -576,7 +587,7 @@ def test_slowloris_and_idle_keepalive_sockets_are_closed(program: Program) -> No
 async def slow_clients_scenario(program: Program) -> None:
     config = AudienceConfig(head_timeout_s=0.5, idle_timeout_s=0.8)
     async with serving(config) as running:
-        running.server.apply(HlsInit(SPACE, program.init))
+        running.server.publish(HlsInit(SPACE, program.init))
         feed_parts(running.server, program, 0, 2)
         slow_r, slow_w = await asyncio.open_connection(HOST, running.port)
         idle_r, idle_w = await asyncio.open_connection(HOST, running.port)

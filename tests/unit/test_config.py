@@ -55,15 +55,11 @@ def test_the_root_holds_every_component_config() -> None:
 # A bound names its unit, or (a count) the thing it counts.
 _UNITS = re.compile(
     r"_(s|bytes|bps|frames|ticks|chars|messages|segments|segment|fraction|port|workers"
-    r"|nice|listeners|waiters|participants|cohosts|sessions|keys|spaces)$"
+    r"|nice|listeners|waiters|participants|cohosts|sessions|keys|spaces|seats|actions"
+    r"|connections|restarts|pages|channels|responses)$"
 )
-# Bounds whose names do not say their unit yet; their modules rename them.
-_UNNAMED = {
-    "audience.pass_slice",
-    "room.max_stage",
-    "control.signin_limit.burst",
-    "control.actions_limit.burst",
-}
+# Bounds whose names do not say their unit yet (none: keep it so).
+_UNNAMED: set[str] = set()
 
 
 def test_every_numeric_bound_is_named_with_its_unit() -> None:
@@ -106,7 +102,7 @@ def test_file_tables_mirror_the_tree(tmp_path: Path) -> None:
     assert config.audience.channel.fanout.flush_interval_s == 1.0
     assert config.control.signin_limit.rate_per_s == 0.5
     # Untouched neighbours keep their defaults.
-    assert config.control.signin_limit.burst == ControlConfig().signin_limit.burst
+    assert config.control.signin_limit.burst_actions == ControlConfig().signin_limit.burst_actions
     assert config.audience.channel.events == ServerConfig().audience.channel.events
 
 
@@ -114,14 +110,14 @@ def test_file_tables_mirror_the_tree(tmp_path: Path) -> None:
     ("text", "message"),
     [
         (
-            "[roomz]\nmax_stage = 3\n",
-            "no setting named 'roomz.max_stage'; did you mean 'room.max_stage'",
+            "[roomz]\nmax_stage_seats = 3\n",
+            "no setting named 'roomz.max_stage_seats'; did you mean 'room.max_stage_seats'",
         ),
         ("room = 3\n", "room is a table"),
         ("[control_port]\nx = 1\n", "control_port is a setting, not a table"),
         ("control_port = '8000'\n", "control_port must be an integer, got '8000'"),
         ("[stage]\nmax_offer_bytes = 1.5\n", "stage.max_offer_bytes must be an integer"),
-        ("[room]\nmax_stage = true\n", "room.max_stage must be an integer, got True"),
+        ("[room]\nmax_stage_seats = true\n", "room.max_stage_seats must be an integer, got True"),
         ("host = 1\n", "host must be a string, got 1"),
         ("[room\n", "is not valid TOML"),
     ],
@@ -264,9 +260,11 @@ def test_a_bad_flag_names_the_flag_and_the_type() -> None:
 
 
 def test_an_assignment_needs_an_equals_sign() -> None:
-    assert parse_assignment(" room.max_stage = 3") == Assignment("room.max_stage", " 3", "--set")
+    assert parse_assignment(" room.max_stage_seats = 3") == Assignment(
+        "room.max_stage_seats", " 3", "--set"
+    )
     with pytest.raises(SettingError, match=re.escape("expected path.to.setting=value")):
-        parse_assignment("room.max_stage")
+        parse_assignment("room.max_stage_seats")
 
 
 # -- precedence and the command ------------------------------------------------------
@@ -287,24 +285,26 @@ def test_print_config_prints_the_effective_toml(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(FLUSH_ENV, "1.0")
-    path = write(tmp_path, "[room]\nmax_stage = 5\n")
+    path = write(tmp_path, "[room]\nmax_stage_seats = 5\n")
     assert main(["serve", "--config", str(path), "--print-config", "--control-port", "9"]) == 0
     printed = tomllib.loads(capsys.readouterr().out)
     assert printed["control_port"] == 9
-    assert printed["room"]["max_stage"] == 5
+    assert printed["room"]["max_stage_seats"] == 5
     assert printed["audience"]["channel"]["fanout"]["flush_interval_s"] == 1.0
 
 
 def test_a_bad_setting_exits_2_with_a_message_not_a_traceback(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert main(["serve", "--set", "room.max_stage=many", "--print-config"]) == 2
+    assert main(["serve", "--set", "room.max_stage_seats=many", "--print-config"]) == 2
     err = capsys.readouterr().err
-    assert err == "townhall serve: error: --set: room.max_stage must be an integer, got 'many'\n"
+    assert (
+        err == "townhall serve: error: --set: room.max_stage_seats must be an integer, got 'many'\n"
+    )
 
 
 def test_a_malformed_set_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
-        main(["serve", "--set", "room.max_stage"])
+        main(["serve", "--set", "room.max_stage_seats"])
     assert exited.value.code == 2
     assert "expected path.to.setting=value" in capsys.readouterr().err

@@ -19,12 +19,12 @@ import pytest
 from starlette.websockets import WebSocketDisconnect
 
 from townhall.app import Townhall
-from townhall.audience.feed import FeedMessage, RoomUpdate
 from townhall.config import ServerConfig
 from townhall.control.api import create_app
 from townhall.control.config import ControlConfig, RateLimitConfig
+from townhall.feed import FeedMessage, FeedSink, RoomUpdate
 from townhall.live import Stage, StageFactory
-from townhall.stage.runtime import ProgramGate, Publish
+from townhall.stage.runtime import ProgramGate
 
 
 @dataclass
@@ -172,8 +172,8 @@ def town_config(tmp_path: Path, **control: object) -> ServerConfig:
     return ServerConfig(data_dir=tmp_path, control=ControlConfig(**limits))
 
 
-def fake_stages(stages: dict[str, FakeStage]) -> Callable[[ServerConfig, Publish], StageFactory]:
-    def factory(_config: ServerConfig, _publish: Publish) -> StageFactory:
+def fake_stages(stages: dict[str, FakeStage]) -> Callable[[ServerConfig, FeedSink], StageFactory]:
+    def factory(_config: ServerConfig, _feed: FeedSink) -> StageFactory:
         def open_stage(space_id: str, gate: ProgramGate) -> Stage:
             stage = stages[space_id] = FakeStage(space_id, gate)
             return stage
@@ -183,11 +183,18 @@ def fake_stages(stages: dict[str, FakeStage]) -> Callable[[ServerConfig, Publish
     return factory
 
 
+class PublishedFeed(list[FeedMessage]):
+    """A feed sink that keeps what it is given, in order."""
+
+    def publish(self, msg: FeedMessage) -> None:
+        self.append(msg)
+
+
 async def open_town(config: ServerConfig) -> AsyncIterator[Town]:
     stages: dict[str, FakeStage] = {}
     th = Townhall(config, stage_factory=fake_stages(stages))
-    published: list[FeedMessage] = []
-    th.feed_sinks.append(published.append)
+    published = PublishedFeed()
+    th.feed.add(published)
     transport = httpx.ASGITransport(app=create_app(th))
     async with httpx.AsyncClient(transport=transport, base_url="http://town") as client:
         yield Town(th, client, stages, published)
@@ -341,7 +348,7 @@ async def test_requests_outside_the_rules_are_json_errors(town: Town) -> None:
 
 
 async def test_reactions_are_rate_limited_per_participant(tmp_path: Path) -> None:
-    limit = RateLimitConfig(rate_per_s=0.01, burst=2)
+    limit = RateLimitConfig(rate_per_s=0.01, burst_actions=2)
     async for town in open_town(town_config(tmp_path, actions_limit=limit)):
         space = await town.create()
         await town.go_live(space)

@@ -77,7 +77,7 @@ def test_every_role_travels_by_its_wire_name() -> None:
 
 
 def test_rate_limiter_allows_a_burst_then_refills_at_its_rate() -> None:
-    limiter = RateLimiter(rate_per_s=2.0, burst=3)
+    limiter = RateLimiter(rate_per_s=2.0, burst_actions=3)
     for _ in range(3):
         limiter.take("alice", now=0.0)
     with pytest.raises(RateLimited) as refused:
@@ -88,7 +88,7 @@ def test_rate_limiter_allows_a_burst_then_refills_at_its_rate() -> None:
 
 
 def test_rate_limiter_memory_is_bounded() -> None:
-    limiter = RateLimiter(rate_per_s=1.0, burst=1, max_keys=100)
+    limiter = RateLimiter(rate_per_s=1.0, burst_actions=1, max_keys=100)
     for i in range(1_000):
         limiter.take(f"ip{i}", now=0.0)
     assert len(limiter._buckets) == 100

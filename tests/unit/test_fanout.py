@@ -37,8 +37,20 @@ class FakeSink:
         return b"".join(self.writes)
 
 
+class FakeCpu:
+    """The engine's CPU clock: each reading advances it by ``step_s``."""
+
+    def __init__(self, step_s: float = 0.0) -> None:
+        self.now_s = 0.0
+        self.step_s = step_s
+
+    def __call__(self) -> float:
+        self.now_s += self.step_s
+        return self.now_s
+
+
 def make(**overrides: float) -> Fanout:
-    fanout = Fanout(FanoutConfig(**overrides))
+    fanout = Fanout(FanoutConfig(**overrides), cpu_clock=FakeCpu())
     fanout.header = b"HEAD"
     return fanout
 
@@ -156,11 +168,10 @@ def test_each_cohort_gets_one_write_per_interval_at_its_own_phase() -> None:
     for tick in range(150):  # 3 s of 20 ms ticks, a page every tick
         now = tick * 0.02
         fanout.publish(f"{tick};".encode(), now)
-        while (cohort := fanout.next_due(now)) is not None:
-            chunk = fanout.take_chunk(cohort, now)
-            fanout.write_to(list(cohort.members.values()), chunk, now)
-            for key in cohort.members:
-                writes_at[key].append(now)
+        before = [len(s.writes) for s in sinks]
+        fanout.flush(now)
+        for key, sink in enumerate(sinks):
+            writes_at[key] += [now] * (len(sink.writes) - before[key])
     for key, times in writes_at.items():
         assert len(times) == 3, key
         gaps = [b - a for a, b in itertools.pairwise(times)]
@@ -179,10 +190,11 @@ def test_a_chunk_ends_at_the_newest_page_for_every_cohort() -> None:
     for tick in range(100):
         now = tick * 0.1
         fanout.publish(f"{tick};".encode(), now)
-        while (cohort := fanout.next_due(now)) is not None:
-            chunk = fanout.take_chunk(cohort, now)
-            assert chunk.endswith(f"{tick};".encode())
-            fanout.write_to(list(cohort.members.values()), chunk, now)
+        before = [len(s.writes) for s in sinks]
+        fanout.flush(now)
+        for sink, had in zip(sinks, before, strict=True):
+            if len(sink.writes) > had:  # its cohort's turn came
+                assert sink.writes[-1].endswith(f"{tick};".encode())
     assert all(len(s.writes) >= 9 for s in sinks)
 
 
@@ -254,11 +266,38 @@ def test_subscriber_leaving_mid_pass_is_not_written() -> None:
     fanout = make()
     a, b = subscribe(fanout, 2)
     fanout.publish(b"x", 0.0)
-    chunk = fanout.take_chunk(fanout.cohorts[0], 0.0)
-    snapshot = list(fanout.subscribers.values())
+    turn = fanout.next_turn(0.0)
+    assert turn is not None and len(turn.members) == 2
+    slices = fanout.play(turn, slice_size=1)
+    next(slices)  # the first slice is written; the loop runs, and b leaves
     fanout.unsubscribe(1)
-    fanout.write_to(snapshot, chunk, 0.0)
+    list(slices)
     assert a.writes[-1] == b"x" and b.writes == [b"HEAD"]
+    assert (turn.written, turn.skipped) == (1, 0)
+
+
+def test_a_sliced_turn_yields_between_slices_and_its_cost_drives_coalescing() -> None:
+    cpu = FakeCpu()
+    fanout = Fanout(
+        FanoutConfig(flush_interval_s=1.0, cohort_spacing_s=1.0, max_pass_fraction=0.5),
+        cpu_clock=cpu,
+    )
+    sinks = subscribe(fanout, 200)
+    fanout.publish(b"x", 0.0)
+    turn = fanout.next_turn(0.0)
+    assert turn is not None
+    cpu.step_s = 0.05  # each slice's writes cost 0.05 s of CPU
+    assert len(list(fanout.play(turn, slice_size=50))) == 3  # 4 slices: 3 pauses between
+    assert turn.written == 200 and all(s.writes[-1] == b"x" for s in sinks)
+    assert fanout.last_pass_s == pytest.approx(0.2)
+    assert fanout.interval_s == pytest.approx(1.0)  # 0.2 s is within half of 1 s
+    fanout.publish(b"y", 1.0)
+    turn = fanout.next_turn(1.0)
+    assert turn is not None
+    cpu.step_s = 0.2
+    list(fanout.play(turn, slice_size=50))
+    assert fanout.last_pass_s == pytest.approx(0.8)
+    assert fanout.interval_s == pytest.approx(1.6)  # coalescing: 0.8 s is half of 1.6 s
 
 
 def test_close_all_flushes_the_healthy_and_aborts_the_stalled() -> None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from townhall.audience.feed import (
+from townhall.audience.feed_log import FeedLog
+from townhall.feed import (
     ChannelEnded,
-    FeedLog,
     HlsInit,
     HlsPart,
     OggHeader,

@@ -158,5 +158,5 @@ def test_an_inconsistent_record_is_refused(record: RoomRecord) -> None:
 
 def test_a_record_past_the_stage_seats_is_refused() -> None:
     with pytest.raises(ValueError, match="stage is full"):
-        Room.restore(LIVE, RoomConfig(max_stage=1))
-    assert Room.restore(LIVE, RoomConfig(max_stage=2)).record() == LIVE
+        Room.restore(LIVE, RoomConfig(max_stage_seats=1))
+    assert Room.restore(LIVE, RoomConfig(max_stage_seats=2)).record() == LIVE

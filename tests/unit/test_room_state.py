@@ -297,7 +297,7 @@ def test_join_as_speaker_needs_a_mic_check() -> None:
 
 
 def test_join_on_a_full_stage_is_a_conflict() -> None:
-    room = live_room(RoomConfig(max_stage=2))
+    room = live_room(RoomConfig(max_stage_seats=2))
     room.join("s", "Sam", Role.SPEAKER, T)
     with pytest.raises(Conflict, match="stage is full"):
         room.join("s2", "Sue", Role.SPEAKER, T)
@@ -311,7 +311,7 @@ def test_join_as_cohost_beyond_the_limit_is_a_conflict() -> None:
 
 
 def test_host_seat_is_kept_free_while_the_host_is_away() -> None:
-    room = live_room(RoomConfig(max_stage=2))
+    room = live_room(RoomConfig(max_stage_seats=2))
     room.leave("h", T)
     room.join("s", "Sam", Role.SPEAKER, T)
     with pytest.raises(Conflict, match="stage is full"):
@@ -450,7 +450,7 @@ def test_withdrawing_a_missing_invitation_is_a_conflict() -> None:
 
 
 def test_accepting_on_a_full_stage_keeps_the_invitation() -> None:
-    room = with_listeners(live_room(RoomConfig(max_stage=2)), "a", "b")
+    room = with_listeners(live_room(RoomConfig(max_stage_seats=2)), "a", "b")
     room.invite("h", "a", T)
     room.invite("h", "b", T)
     room.accept_invitation("a", T)
@@ -621,7 +621,7 @@ def test_cohost_limit() -> None:
 
 
 def test_promoting_a_listener_needs_a_stage_seat() -> None:
-    room = with_listeners(live_room(RoomConfig(max_stage=2)), "a", "b")
+    room = with_listeners(live_room(RoomConfig(max_stage_seats=2)), "a", "b")
     room.add_cohost("h", "a", T)
     with pytest.raises(Conflict, match="stage is full"):
         room.add_cohost("h", "b", T)

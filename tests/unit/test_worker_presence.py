@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from townhall.audience.workers import FrameDecoder, PresenceReport, _PresenceRelay, apply_presence
+from townhall.audience.framing import (
+    FrameDecoder,
+    SessionSeen,
+    StreamClosed,
+    StreamOpened,
+    apply_presence,
+)
+from townhall.audience.server import WorkerPoolConfig
+from townhall.audience.worker import PresenceRelay
+
+MAX_FRAME_BYTES = WorkerPoolConfig().max_frame_bytes
 
 
 @dataclass
@@ -36,14 +46,14 @@ class Counted:
 
 def test_reports_cross_the_process_boundary_and_polls_are_deduplicated() -> None:
     transport = FakeTransport()
-    relay = _PresenceRelay(transport, pid=42, seen_every_s=3600, batch_s=0)  # type: ignore[arg-type]
+    relay = PresenceRelay(transport, pid=42, seen_every_s=3600, batch_s=0)  # type: ignore[arg-type]
     relay.stream_opened("sp", "ogg-1", "1")
     for _ in range(1_000):  # one HLS player polling hard
         relay.seen("sp", "hls-abc")
     relay.seen("sp", "hls-def")
     relay.stream_closed("sp", "ogg-1", "1", True)
-    reports = FrameDecoder().feed(bytes(transport.written))
-    assert all(isinstance(r, PresenceReport) for r in reports)
+    reports = FrameDecoder(MAX_FRAME_BYTES).feed(bytes(transport.written))
+    assert [type(r) for r in reports] == [StreamOpened, SessionSeen, SessionSeen, StreamClosed]
     counted = Counted()
     for report in reports:
         apply_presence(counted, report)
@@ -65,9 +75,10 @@ def test_a_join_storm_is_written_in_batches() -> None:
         transport.written += data
 
     transport.write = write  # type: ignore[method-assign]
-    relay = _PresenceRelay(
+    relay = PresenceRelay(
         transport,  # type: ignore[arg-type]
         pid=7,
+        seen_every_s=1.0,
         batch_s=0.05,
         call_later=lambda delay, fn: scheduled.append(fn),
     )
@@ -76,7 +87,7 @@ def test_a_join_storm_is_written_in_batches() -> None:
     assert writes == [] and len(scheduled) == 1  # one timer for the whole batch
     relay.flush()
     assert len(writes) == 1
-    reports = FrameDecoder().feed(bytes(transport.written))
+    reports = FrameDecoder(MAX_FRAME_BYTES).feed(bytes(transport.written))
     assert [r.session_id for r in reports] == [f"ogg-{i}" for i in range(500)]
     relay.stream_opened("sp", "ogg-late", "x")
     assert len(scheduled) == 2  # the next report starts the next batch

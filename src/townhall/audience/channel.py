@@ -12,7 +12,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from townhall.audience.fanout import Fanout, FanoutConfig
-from townhall.audience.feed import (
+from townhall.feed import (
     ChannelEnded,
     FeedMessage,
     HlsInit,
@@ -62,14 +62,14 @@ class Channel:
         match msg:
             case OggHeader(data=data):
                 self.ogg.header = data
-            case OggPages(data=data, at=at):
+            case OggPages(data=data, at_monotonic_s=at):
                 self.ogg.publish(data, at)
             case HlsInit(data=data):
                 self.hls.init_segment = data
-            case HlsPart(data=data, duration_s=d, at=at, seq=seq):
+            case HlsPart(data=data, duration_s=d, at_unix_s=at, seq=seq):
                 self.hls.add_part(data, d, at, seq)
                 self._wake()
-            case RoomUpdate(json=text, at=at):
+            case RoomUpdate(json=text, at_monotonic_s=at):
                 self.last_room_json = text
                 self.events.publish(f"event: room\ndata: {text}\n\n".encode(), at)
             case ChannelEnded():

@@ -89,17 +89,17 @@ class HttpConnection(asyncio.Protocol):
     """One client connection. ``handler`` returns the response bytes, an awaitable of
     them (a blocking request), or None when it took the transport over (a stream)."""
 
-    max_head_bytes = 16 * 1024
-
     def __init__(
         self,
         handler: Handler,
         on_lost: Callable[[HttpConnection], None],
+        max_head_bytes: int,
         ready: Mapping[bytes, bytes] | None = None,
         counted: Mapping[bytes, tuple[str, bytes]] | None = None,
         on_counted: Callable[[str, HttpConnection], None] | None = None,
     ) -> None:
         self.handler = handler
+        self.max_head_bytes = max_head_bytes
         self.on_lost = on_lost
         # Complete responses for immutable resources, keyed by the exact request target:
         # a hit is answered before any URL parsing or routing (the LL-HLS hot path).

@@ -37,11 +37,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from townhall.audience.channel import Channel, ChannelConfig
-from townhall.audience.fanout import Cohort, Fanout
-from townhall.audience.feed import ChannelEnded, FeedMessage, HlsPart
+from townhall.audience.fanout import Fanout
 from townhall.audience.http import (
     HttpConnection,
     Reply,
@@ -49,7 +47,9 @@ from townhall.audience.http import (
     response_bytes,
     stream_head,
 )
+from townhall.audience.plane import AudienceStats, ChannelStats, ListenerPresence
 from townhall.errors import BadRequest, NotFound, Unavailable
+from townhall.feed import ChannelEnded, FeedMessage, HlsPart
 from townhall.media.hls import part_uri, segment_uri
 
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -65,12 +65,50 @@ _REPLAY = re.compile(r"^/replay/([A-Za-z0-9_-]{1,64})(\.ogg|/index\.m3u8|/init\.
 
 
 @dataclass(frozen=True)
+class FeedLogConfig:
+    """What the worker pool keeps of the feed to bring a replacement worker up to date
+    (its LL-HLS parts follow from the HLS window)."""
+
+    # 5 Ogg pages a second: 20 is 4 s, past any join burst.
+    ogg_pages: int = 20
+    ended_channels: int = 64
+
+
+@dataclass(frozen=True)
+class WorkerPoolConfig:
+    """The audience worker processes' supervision and their reports to the main process."""
+
+    start_timeout_s: float = 30.0
+    # A replacement waits this long, and at most ``max_restarts`` happen per
+    # ``restart_window_s``: a worker that cannot stay up is left down, not respawned in a
+    # tight loop.
+    restart_delay_s: float = 0.5
+    max_restarts: int = 5
+    restart_window_s: float = 60.0
+    # A dropped worker gets this long to exit on its own before it is killed: a hung
+    # process would keep its place in the port's SO_REUSEPORT group and take newcomers.
+    drop_grace_s: float = 2.0
+    # At shutdown, a worker gets this long to end its listeners before it is terminated.
+    exit_timeout_s: float = 5.0
+    stats_every_s: float = 1.0
+    # A session's playlist polls are reported at most once per this; the counters need
+    # a heartbeat within tens of seconds, and a playlist hit must stay a dict lookup.
+    presence_seen_every_s: float = 1.0
+    # Presence reports are written together once per this: in a join storm, one write
+    # in the worker and one read in the main process (on the stage's core) per batch.
+    presence_batch_s: float = 0.05
+    # Our own processes write the frames; the bound only guards against a broken stream.
+    max_frame_bytes: int = 16 * 1024 * 1024
+    feed_log: FeedLogConfig = field(default_factory=FeedLogConfig)
+
+
+@dataclass(frozen=True)
 class AudienceConfig:
     channel: ChannelConfig = field(default_factory=ChannelConfig)
     flush_tick_s: float = 0.02
     # Subscribers written per slice before yielding to the loop, so a big pass never
     # blocks new connections or blocking HLS requests for long.
-    pass_slice: int = 2_000
+    pass_slice_listeners: int = 2_000
     blocking_timeout_s: float = 6.0
     ended_grace_s: float = 60.0
     # Kernel send buffer of a stream listener. Left alone, Linux grows it to megabytes,
@@ -83,52 +121,23 @@ class AudienceConfig:
     # A request head must arrive within this; an idle keep-alive is closed after that.
     head_timeout_s: float = 10.0
     idle_timeout_s: float = 30.0
-    # Feed bytes queued for one worker process before it is dropped (workers.py).
+    # Feed bytes queued for one worker process before it is dropped (pool.py).
     max_worker_backlog_bytes: int = 8 * 1024 * 1024
+    workers: WorkerPoolConfig = field(default_factory=WorkerPoolConfig)
+    max_request_head_bytes: int = 16 * 1024
+    # Connections the kernel queues before accept: a join storm arrives all at once.
+    listen_backlog_connections: int = 4096
+    # Immutable responses kept ready per live channel; older ones are rebuilt on demand.
+    max_cached_responses: int = 256
+    reap_every_s: float = 1.0
 
 
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 
-class ListenerPresence(Protocol):
-    """Where the audience port reports who is listening (the honest counters).
-
-    A session is one person's player: the web player names it (``?sid=``, the id from
-    its listener token, shared by its tabs and reconnects); a stream with no name is one
-    session per connection; a playlist poll with no name is keyed by address and agent,
-    so the many requests of one HLS player stay one session.
-    """
-
-    def stream_opened(self, space_id: str, session_id: str, conn_id: str) -> None: ...
-    def stream_closed(
-        self, space_id: str, session_id: str, conn_id: str, session_ended: bool
-    ) -> None: ...
-    def seen(self, space_id: str, session_id: str) -> None: ...
-
-
 def session_of(req: Request, fallback: str) -> str:
     sid = req.query.get("sid", "")
     return sid if _SESSION_ID.match(sid) else fallback
-
-
-@dataclass(frozen=True)
-class ChannelStats:
-    """One channel's fan-out at a glance, for /metrics; several processes' add up."""
-
-    space_id: str
-    ogg_listeners: int
-    event_listeners: int
-    interval_s: float  # the flush interval: above the configured one, it is coalescing
-    pass_s: float  # the last full round's cost
-
-    def merged(self, other: ChannelStats) -> ChannelStats:
-        return ChannelStats(
-            self.space_id,
-            self.ogg_listeners + other.ogg_listeners,
-            self.event_listeners + other.event_listeners,
-            max(self.interval_s, other.interval_s),
-            max(self.pass_s, other.pass_s),
-        )
 
 
 @dataclass
@@ -148,8 +157,28 @@ class AudienceServer:
     loop_lag_s: float = 0.0  # how late the flusher's timer fired (see run_flusher)
     builds: int = 0  # cacheable responses built (each served to any number of requests)
     presence: ListenerPresence | None = None
+    _listener: asyncio.Server | None = None
+    _flusher: asyncio.Task[None] | None = None
 
-    def stats(self) -> list[ChannelStats]:
+    # -- the audience plane (see plane.py) --------------------------------------------
+    async def open(self, host: str, port: int, reuse_port: bool = False) -> asyncio.Server:
+        """Listen on the audience port and run the flush loop until ``close``."""
+        self._listener = await self.serve(host, port, reuse_port)
+        self._flusher = asyncio.create_task(self.run_flusher(), name="audience-flusher")
+        return self._listener
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        if self._listener is not None:
+            self._listener.close()
+
+    def stats(self) -> AudienceStats:
+        return AudienceStats(tuple(self.channel_stats()))
+
+    def channel_stats(self) -> list[ChannelStats]:
         return [
             ChannelStats(
                 space_id,
@@ -162,7 +191,7 @@ class AudienceServer:
         ]
 
     # -- feed ------------------------------------------------------------------------
-    def apply(self, msg: FeedMessage) -> None:
+    def publish(self, msg: FeedMessage) -> None:
         channel = self.channels.get(msg.space_id)
         if channel is None:
             channel = self.channels[msg.space_id] = Channel(msg.space_id, self.config.channel)
@@ -191,7 +220,12 @@ class AudienceServer:
     # -- serving ---------------------------------------------------------------------
     def protocol(self) -> HttpConnection:
         conn = HttpConnection(
-            self.handle, self.connections.discard, self._cache, self._playlists, self._seen_on
+            self.handle,
+            self.connections.discard,
+            self.config.max_request_head_bytes,
+            self._cache,
+            self._playlists,
+            self._seen_on,
         )
         self.connections.add(conn)
         return conn
@@ -199,7 +233,11 @@ class AudienceServer:
     async def serve(self, host: str, port: int, reuse_port: bool = False) -> asyncio.Server:
         loop = asyncio.get_running_loop()
         return await loop.create_server(
-            self.protocol, host, port, reuse_port=reuse_port, backlog=4096
+            self.protocol,
+            host,
+            port,
+            reuse_port=reuse_port,
+            backlog=self.config.listen_backlog_connections,
         )
 
     def handle(self, conn: HttpConnection, req: Request) -> Reply:
@@ -392,7 +430,8 @@ class AudienceServer:
 
     def _trim_cache(self) -> None:
         # Bounded: drop the oldest entries; they are rebuilt on demand if still live.
-        while len(self._cache) > 256 * max(1, len(self.channels)):
+        bound = self.config.max_cached_responses * max(1, len(self.channels))
+        while len(self._cache) > bound:
             del self._cache[next(iter(self._cache))]
 
     async def _wait_then(
@@ -431,7 +470,7 @@ class AudienceServer:
 
     # -- the flush loop --------------------------------------------------------------
     async def run_flusher(self) -> None:
-        next_reap = time.monotonic() + 1.0
+        next_reap = time.monotonic() + self.config.reap_every_s
         tick = self.config.flush_tick_s
         while True:
             asked = time.monotonic()
@@ -444,7 +483,7 @@ class AudienceServer:
             now = time.monotonic()
             self.drop_ended(now)
             if now >= next_reap:
-                next_reap = now + 1.0
+                next_reap = now + self.config.reap_every_s
                 self.reap_idle(now)
 
     def reap_idle(self, now: float) -> int:
@@ -459,29 +498,14 @@ class AudienceServer:
         return len(stale)
 
     async def flush_due(self) -> None:
+        """Play every due fan-out turn, yielding to the loop between slices of a turn so
+        it still accepts and answers while a big crowd is written."""
+        step = self.config.pass_slice_listeners
         for channel in list(self.channels.values()):
             for fanout in (channel.ogg, channel.events):
-                while (cohort := fanout.next_due(time.monotonic())) is not None:
-                    await self._pass(fanout, cohort)
-
-    async def _pass(self, fanout: Fanout, cohort: Cohort) -> None:
-        """One cohort's turn, in slices so the loop still accepts and answers between them."""
-        now = time.monotonic()
-        chunk = fanout.take_chunk(cohort, now)
-        subs = list(cohort.members.values())
-        step = self.config.pass_slice
-        busy = 0.0
-        for i in range(0, len(subs), step):
-            # The engine's own CPU, not wall time: coalescing cannot shrink other work,
-            # and time taken by other processes on the same core (the stage, sibling
-            # workers) is not this engine falling behind.
-            started = time.thread_time()
-            fanout.write_to(subs[i : i + step], chunk, now)
-            busy += time.thread_time() - started
-            if i + step < len(subs):
-                await asyncio.sleep(0)
-        if subs:  # an empty cohort's turn says nothing about what a round costs
-            fanout.pass_took(busy, len(subs))
+                while (turn := fanout.next_turn(time.monotonic())) is not None:
+                    for _ in fanout.play(turn, step):
+                        await asyncio.sleep(0)
 
 
 _OGG_HEAD = stream_head("audio/ogg", (("X-Content-Type-Options", "nosniff"),))
@@ -504,4 +528,4 @@ def _int_param(req: Request, name: str) -> int | None:
     return int(raw)
 
 
-__all__ = ["AudienceConfig", "AudienceServer", "ListenerPresence"]
+__all__ = ["AudienceConfig", "AudienceServer"]

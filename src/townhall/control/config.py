@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class RateLimitConfig:
-    """A token bucket per key: ``burst`` actions at once, refilled at ``rate_per_s``."""
+    """A token bucket per key: ``burst_actions`` actions at once, refilled at ``rate_per_s``."""
 
     rate_per_s: float
-    burst: int
+    burst_actions: int
     max_keys: int = 100_000
 
 

@@ -25,13 +25,13 @@ from dataclasses import dataclass
 
 from townhall.control.config import ControlConfig
 from townhall.errors import Conflict, Forbidden
+from townhall.feed import FeedSink
 from townhall.live import LiveSpace, Outcome, SdpAnswer, StageFactory, Watcher, check_command
 from townhall.ratelimit import RateLimiter
 from townhall.room.counting import CounterConfig, ListenerCounter
 from townhall.room.record import ParticipantRecord, RoomRecord
 from townhall.room.roles import Role, SpaceState
 from townhall.room.state import Room, RoomConfig
-from townhall.stage.runtime import Publish
 from townhall.store import SpaceRecord, Store
 from townhall.tokens import Grant, TokenIssuer
 
@@ -66,7 +66,7 @@ class SpaceService:
         issuer: TokenIssuer,
         admin_key: str,
         new_stage: StageFactory,
-        publish: Publish,
+        feed: FeedSink,
         config: ControlConfig | None = None,
         room_config: RoomConfig | None = None,
         counter_config: CounterConfig | None = None,
@@ -76,7 +76,7 @@ class SpaceService:
         self._issuer = issuer
         self._admin_key = admin_key
         self._new_stage = new_stage
-        self._publish = publish
+        self._feed = feed
         self._config = config or ControlConfig()
         self._room_config = room_config
         self._counter_config = counter_config
@@ -265,7 +265,7 @@ class SpaceService:
     def _rebuild(self, record: SpaceRecord) -> LiveSpace:
         return LiveSpace(
             self._room(record),
-            self._publish,
+            self._feed,
             ListenerCounter(self._counter_config),
             update_interval_s=self._config.room_update_interval_s,
             watcher_queue_messages=self._config.watcher_queue_messages,

@@ -206,7 +206,7 @@ def is_allowed(action: Action, role: Role) -> bool:
 @dataclass(frozen=True, slots=True)
 class RoomConfig:
     max_cohosts: int = 2
-    max_stage: int = 13  # seats, the host's included
+    max_stage_seats: int = 13  # seats, the host's included
     max_participants: int = 100_000
     max_name_chars: int = 50
     max_title_chars: int = 100
@@ -658,8 +658,8 @@ class Room:
         others = sum(
             1 for p in self._participants.values() if p.on_stage and p.role is not Role.HOST
         )
-        if others + 1 >= self.config.max_stage:
-            raise Conflict(f"the stage is full ({self.config.max_stage} seats)")
+        if others + 1 >= self.config.max_stage_seats:
+            raise Conflict(f"the stage is full ({self.config.max_stage_seats} seats)")
 
     def _check_cohost_seat(self) -> None:
         cohosts = sum(1 for p in self._participants.values() if p.role is Role.COHOST)

@@ -1,9 +1,10 @@
 """The stage of one Space: members in, program out, on a 20 ms clock.
 
 Each tick takes at most one frame from every member's inbox, mixes once, pushes each
-member's mix-minus back over WebRTC, encodes the program once, and hands the encoded
-bytes to the audience plane and the recorder. The clock is deadline-based: a member who
-sends nothing contributes nothing that tick, and the program keeps time regardless.
+member's mix-minus back over WebRTC, encodes the program once, and publishes the
+encoded bytes to its feed (the audience plane and the recorder are sinks of it). The
+clock is deadline-based: a member who sends nothing contributes nothing that tick, and
+the program keeps time regardless.
 If the process stalls, the clock catches up by running the missed ticks back to back,
 up to ``max_catch_up_s``; past that it resynchronises rather than bursting.
 """
@@ -19,18 +20,18 @@ from dataclasses import dataclass, field
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from townhall.audience.feed import (
+from townhall.errors import BadRequest, Conflict
+from townhall.feed import (
     ChannelEnded,
     FeedMessage,
+    FeedSink,
     HlsInit,
     HlsPart,
     OggHeader,
     OggPages,
 )
-from townhall.errors import BadRequest, Conflict
 from townhall.media.mixer import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE_HZ, Pcm, mix
 from townhall.media.program import EncoderConfig, Packaged, ProgramEncoder
-from townhall.recorder import Recorder
 from townhall.stage.ice import rtc_configuration
 from townhall.stage.member import MemberConfig, StageMember
 
@@ -50,19 +51,18 @@ class StageConfig:
 # Decides, per tick, whether a member's audio may reach the program (the room's rules:
 # mic check passed, not muted, still on stage).
 ProgramGate = Callable[[str], bool]
-Publish = Callable[[FeedMessage], None]
 
 
 @dataclass
 class StageRuntime:
     space_id: str
-    publish: Publish
-    recorder: Recorder | None
+    feed: FeedSink
     config: StageConfig = field(default_factory=StageConfig)
     gate: ProgramGate = lambda _pid: True
     members: dict[str, StageMember] = field(default_factory=dict)
     ticks: int = 0
     clock_slips: int = 0
+    feed_errors: int = 0  # messages the feed raised on (logged once; the clock runs on)
     on_program: Callable[[Pcm], None] | None = None
     _encoder: ProgramEncoder | None = None
     _headers_sent: bool = False
@@ -89,9 +89,7 @@ class StageRuntime:
                 await self._task
         assert self._encoder is not None
         self._emit(self._encoder.close(), time.time())
-        self.publish(ChannelEnded(self.space_id, time.time()))
-        if self.recorder is not None:
-            self.recorder.finish()
+        self._publish(ChannelEnded(self.space_id, time.time()))
         await asyncio.gather(*(m.close() for m in self.members.values()))
         self.members.clear()
 
@@ -123,34 +121,36 @@ class StageRuntime:
         self._emit(self._encoder.encode(result.program), time.time())
         self.ticks += 1
 
-    def _emit(self, out: Packaged, now: float) -> None:
+    def _emit(self, out: Packaged, now_unix_s: float) -> None:
         assert self._encoder is not None
         if not self._headers_sent and self._encoder.ogg_header and out.ogg_pages:
             self._headers_sent = True
-            self.publish(OggHeader(self.space_id, self._encoder.ogg_header))
-            if self.recorder is not None:
-                self.recorder.write_ogg(self._encoder.ogg_header, now)
+            self._publish(OggHeader(self.space_id, self._encoder.ogg_header))
         if out.ogg_pages:
             data = b"".join(p.data for p in out.ogg_pages)
-            self.publish(OggPages(self.space_id, data, time.monotonic()))
-            if self.recorder is not None:
-                self.recorder.write_ogg(data, now)
+            self._publish(OggPages(self.space_id, data, time.monotonic()))
         for frag in out.fragments:
             # One trun sample is one 20 ms Opus packet.
-            self._emit_part(frag.data, frag.sample_count * FRAME_SAMPLES / SAMPLE_RATE_HZ, now)
+            duration_s = frag.sample_count * FRAME_SAMPLES / SAMPLE_RATE_HZ
+            self._emit_part(frag.data, duration_s, now_unix_s)
 
-    def _emit_part(self, data: bytes, duration_s: float, now: float) -> None:
+    def _emit_part(self, data: bytes, duration_s: float, now_unix_s: float) -> None:
         assert self._encoder is not None
         init = self._encoder.init_segment
         if init is not None and not self._init_sent:
             self._init_sent = True
-            self.publish(HlsInit(self.space_id, init))
-            if self.recorder is not None:
-                self.recorder.write_init(init)
-        self.publish(HlsPart(self.space_id, data, duration_s, now, self._parts_sent))
+            self._publish(HlsInit(self.space_id, init))
+        self._publish(HlsPart(self.space_id, data, duration_s, now_unix_s, self._parts_sent))
         self._parts_sent += 1
-        if self.recorder is not None:
-            self.recorder.write_part(data, duration_s, now)
+
+    def _publish(self, msg: FeedMessage) -> None:
+        """Whatever the feed does, the clock keeps time: an error is logged once, counted."""
+        try:
+            self.feed.publish(msg)
+        except Exception:
+            self.feed_errors += 1
+            if self.feed_errors == 1:
+                log.exception("stage %s: the feed raised; the program goes on", self.space_id)
 
     # -- signalling ----------------------------------------------------------------
     async def connect(

@@ -1,62 +1,19 @@
-"""Messages from the stage to the audience plane.
-
-The stage produces these once per Space; every audience process (in-process, or a
-worker on the same port) applies them to its own copy of the channel. They are plain
-picklable dataclasses so the same stream can cross a process boundary unchanged.
-"""
+"""The feed log: enough of the feed to bring a fresh audience process to the live state."""
 
 from __future__ import annotations
 
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-
-@dataclass(frozen=True)
-class OggHeader:
-    space_id: str
-    data: bytes
-
-
-@dataclass(frozen=True)
-class OggPages:
-    space_id: str
-    data: bytes
-    at: float
-
-
-@dataclass(frozen=True)
-class HlsInit:
-    space_id: str
-    data: bytes
-
-
-@dataclass(frozen=True)
-class HlsPart:
-    space_id: str
-    data: bytes
-    duration_s: float
-    at: float
-    # The part's number since the channel began: a process that joins mid-stream numbers
-    # its segments from it, exactly as the processes that saw every part.
-    seq: int | None = None
-
-
-@dataclass(frozen=True)
-class RoomUpdate:
-    """A coalesced room snapshot (JSON text) for the listeners' SSE stream."""
-
-    space_id: str
-    json: str
-    at: float
-
-
-@dataclass(frozen=True)
-class ChannelEnded:
-    space_id: str
-    at: float
-
-
-FeedMessage = OggHeader | OggPages | HlsInit | HlsPart | RoomUpdate | ChannelEnded
+from townhall.feed import (
+    ChannelEnded,
+    FeedMessage,
+    HlsInit,
+    HlsPart,
+    OggHeader,
+    OggPages,
+    RoomUpdate,
+)
 
 
 @dataclass

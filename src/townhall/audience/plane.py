@@ -1,0 +1,72 @@
+"""The audience plane as the rest of townhall sees it: a feed sink with stats and a close.
+
+Two implementations: ``AudienceServer`` serves the audience port in this process;
+``WorkerPool`` serves it from worker processes sharing the port. The composition root
+picks one (``serve_audience``), registers it as a sink of the stage's feed, and reads
+its stats for /metrics without knowing which it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from townhall.feed import FeedMessage
+
+
+@dataclass(frozen=True)
+class ChannelStats:
+    """One channel's fan-out at a glance, for /metrics; several processes' add up."""
+
+    space_id: str
+    ogg_listeners: int
+    event_listeners: int
+    interval_s: float  # the flush interval: above the configured one, it is coalescing
+    pass_s: float  # the last full round's cost
+
+    def merged(self, other: ChannelStats) -> ChannelStats:
+        return ChannelStats(
+            self.space_id,
+            self.ogg_listeners + other.ogg_listeners,
+            self.event_listeners + other.event_listeners,
+            max(self.interval_s, other.interval_s),
+            max(self.pass_s, other.pass_s),
+        )
+
+
+@dataclass(frozen=True)
+class WorkerLoad:
+    """One audience worker process as its last report described it."""
+
+    pid: int
+    loop_lag_s: float
+
+
+@dataclass(frozen=True)
+class AudienceStats:
+    channels: tuple[ChannelStats, ...]
+    # The worker processes serving the port; None when this process serves it itself.
+    workers: tuple[WorkerLoad, ...] | None = None
+    worker_restarts: int = 0
+
+
+class AudiencePlane(Protocol):
+    def publish(self, msg: FeedMessage) -> None: ...
+    def stats(self) -> AudienceStats: ...
+    async def close(self) -> None: ...
+
+
+class ListenerPresence(Protocol):
+    """Where the audience port reports who is listening (the honest counters).
+
+    A session is one person's player: the web player names it (``?sid=``, the id from
+    its listener token, shared by its tabs and reconnects); a stream with no name is one
+    session per connection; a playlist poll with no name is keyed by address and agent,
+    so the many requests of one HLS player stay one session.
+    """
+
+    def stream_opened(self, space_id: str, session_id: str, conn_id: str) -> None: ...
+    def stream_closed(
+        self, space_id: str, session_id: str, conn_id: str, session_ended: bool
+    ) -> None: ...
+    def seen(self, space_id: str, session_id: str) -> None: ...
