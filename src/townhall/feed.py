@@ -48,6 +48,9 @@ class HlsPart:
     # The part's number since the channel began: a process that joins mid-stream numbers
     # its segments from it, exactly as the processes that saw every part.
     seq: int | None = None
+    # The first part of a restarted stage: media time jumped (a gap), so the LL-HLS
+    # playlist and the replay mark EXT-X-DISCONTINUITY before it (RFC 8216bis 4.4.4.2).
+    discontinuity: bool = False
 
 
 @dataclass(frozen=True)
