@@ -4,7 +4,7 @@ One libopus encoder (through PyAV) turns each 20 ms program frame into an Opus p
 The same packet object is muxed into an Ogg stream (the live push stream and the
 replay file) and into fragmented MP4 (the LL-HLS parts). However many people listen,
 this runs once per Space: per-listener encoding is the anti-pattern that saturates a
-core at about 40 listeners (FIELD-NOTES.md).
+core at about 40 listeners (aiortc's default, measured).
 
 Synchronous and I/O-free: PCM in, Ogg pages and fMP4 fragments out.
 """
