@@ -11,6 +11,7 @@ import contextlib
 import logging
 import secrets
 import signal
+from collections.abc import Mapping
 
 import uvloop
 
@@ -28,9 +29,15 @@ def admin_key(config: ServerConfig) -> str:
     return Store(config.db_path).setting("admin_key", secrets.token_urlsafe(24))
 
 
-async def run(config: ServerConfig, ready: asyncio.Event | None = None) -> None:
+async def run(
+    config: ServerConfig,
+    ready: asyncio.Event | None = None,
+    entry_points: Mapping[str, str] | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT; ``entry_points`` overrides the children's (tests)."""
     key = admin_key(config)
-    supervisor = Supervisor(config, log_level=logging.getLogger().getEffectiveLevel())
+    level = logging.getLogger().getEffectiveLevel()
+    supervisor = Supervisor(config, entry_points or {}, log_level=level)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
