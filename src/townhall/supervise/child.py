@@ -12,6 +12,7 @@ import contextlib
 import importlib
 import logging
 import os
+import signal
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -37,4 +38,7 @@ def run_child(entry: str, spec: object, sock: socket.socket, nice: int, log_leve
     for noisy in ("aioice", "aiortc"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     set_nice(nice)
+    # Ctrl-C reaches the whole process group; the supervisor alone answers it, stopping
+    # its children in order (the recorder last, so it writes what the others sent).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     resolve(entry)(spec, sock)

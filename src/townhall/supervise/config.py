@@ -25,7 +25,7 @@ class SupervisorConfig:
     # How often the process table and the audience stats reach the control process.
     report_every_s: float = 1.0
     # Connections queued on the control port while its process restarts.
-    control_backlog: int = 1024
+    control_backlog_connections: int = 1024
     # Per child link: the largest frame, and how much may queue before the peer is cut.
     link_max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     link_max_backlog_bytes: int = DEFAULT_MAX_BACKLOG_BYTES

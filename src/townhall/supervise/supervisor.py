@@ -161,7 +161,7 @@ class Supervisor:
         Ports given as 0 are chosen here and written back into ``config``."""
         c = self.config
         self.control_socket = bind_control_socket(
-            c.host, c.control_port, c.supervisor.control_backlog
+            c.host, c.control_port, c.supervisor.control_backlog_connections
         )
         c = dataclasses.replace(c, control_port=self.control_socket.getsockname()[1])
         spec = WorkerSpec(c.audience, c.recordings_dir, c.host, c.audience_port)
