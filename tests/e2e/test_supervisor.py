@@ -24,6 +24,7 @@ import psutil
 import pytest
 
 from tests.e2e.supervise_fakes import DEAF, FAKES, WEDGED, frames
+from townhall.audience.framing import StreamOpened
 from townhall.config import ServerConfig
 from townhall.feed import ChannelEnded, HlsPart, OggHeader
 from townhall.supervise.config import SupervisorConfig
@@ -32,7 +33,9 @@ from townhall.supervise.messages import (
     AudienceReport,
     CloseStage,
     OpenStage,
+    Presence,
     ProcessTable,
+    ResyncPresence,
     StageLost,
     StageStarted,
 )
@@ -236,3 +239,24 @@ def test_sigterm_stops_every_child_and_exits_0(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+async def test_listener_presence_reaches_control_and_is_resent_on_resync(
+    supervisor: Supervisor,
+) -> None:
+    supervisor.receive(CONTROL, OpenStage(SPACE, time.time()))
+    await until(lambda: got(supervisor, "recorder", HlsPart))
+    reader, writer = await asyncio.open_connection("127.0.0.1", supervisor.config.audience_port)
+    writer.write(f"GET /live/{SPACE}.ogg?sid=listener1 HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+
+    def opened() -> list[StreamOpened]:
+        reports = [p.report for p in got(supervisor, "control", Presence)]
+        return [r for r in reports if isinstance(r, StreamOpened) and r.space_id == SPACE]
+
+    first = await until(opened)
+    assert len(first) == 1
+    supervisor.receive(CONTROL, ResyncPresence())  # as a restarted control process sends
+    again = await until(lambda: len(opened()) == 2 and opened())
+    assert again[1] == again[0], "the same stream, reported again"
+    writer.close()
