@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from townhall.supervise.restart import RestartPolicy
+from townhall.supervise.supervisor import exit_reason
 
 
 def test_restarts_are_allowed_up_to_the_bound_then_wait_for_the_window() -> None:
@@ -45,3 +46,9 @@ def test_forgetting_a_name_clears_its_history() -> None:
     policy.allow("stage:a", 0.0)
     policy.forget("stage:a")
     assert policy.allow("stage:a", 1.0)
+
+
+def test_exit_reasons_name_the_signal_or_the_code() -> None:
+    assert exit_reason(-9) == "killed by signal 9 (SIGKILL)"
+    assert exit_reason(1) == "exit code 1"
+    assert exit_reason(None) == "exit status unknown"

@@ -139,15 +139,15 @@ class Supervisor:
     config: ServerConfig
     entry_points: Mapping[str, str] = field(default_factory=dict)
     log_level: int = logging.INFO
-    hub: Hub = field(default_factory=Hub)
-    slots: dict[str, _Slot] = field(default_factory=dict)
-    pool: WorkerPool | None = None
-    control_socket: socket.socket | None = None
-    started_at_unix_s: float = field(default_factory=time.time)
+    hub: Hub = field(init=False, default_factory=Hub)
+    slots: dict[str, _Slot] = field(init=False, default_factory=dict)
+    pool: WorkerPool | None = field(init=False, default=None)
+    control_socket: socket.socket | None = field(init=False, default=None)
+    started_at_unix_s: float = field(init=False, default_factory=time.time)
     _policy: RestartPolicy = field(init=False)
-    _closing: bool = False
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    _worker_seen_at: dict[int, float] = field(default_factory=dict)
+    _closing: bool = field(init=False, default=False)
+    _tasks: set[asyncio.Task[None]] = field(init=False, default_factory=set)
+    _worker_seen_at: dict[int, float] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.entry_points = {**DEFAULT_ENTRY_POINTS, **self.entry_points}
@@ -236,11 +236,11 @@ class Supervisor:
         proc = ctx.Process(target=run_child, args=args, name=slot.name, daemon=True)
         try:
             proc.start()
-        except OSError as exc:
+        except Exception as exc:  # fork/exec failed, or the spec did not pickle
             ours.close()
             slot.spawning = False
             slot.last_exit = f"failed to start: {exc}"
-            log.error("%s failed to start: %s", slot.name, exc)
+            log.exception("%s failed to start", slot.name)
             self._schedule_restart(slot)
             return
         finally:
