@@ -21,6 +21,7 @@ from townhall.recorder import RecorderConfig
 from townhall.room.counting import CounterConfig
 from townhall.room.state import RoomConfig
 from townhall.stage.runtime import StageConfig
+from townhall.supervise.config import SupervisorConfig
 
 ENV_PREFIX = "TOWNHALL_"
 # Variables with the prefix that are not server settings: the ``space`` command's server
@@ -37,13 +38,16 @@ class ServerConfig:
     # The URLs people are given; default to the listening address.
     public_control_url: str = ""
     public_audience_url: str = ""
-    audience_workers: int = 0
+    # Audience processes sharing the audience port (at least one: the audience never
+    # runs in the same process as a stage).
+    audience_workers: int = 1
     stage: StageConfig = field(default_factory=StageConfig)
     audience: AudienceConfig = field(default_factory=AudienceConfig)
     recorder: RecorderConfig = field(default_factory=RecorderConfig)
     room: RoomConfig = field(default_factory=RoomConfig)
     counter: CounterConfig = field(default_factory=CounterConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
+    supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
 
     @property
     def control_url(self) -> str:

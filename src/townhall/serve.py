@@ -1,82 +1,72 @@
-"""Run townhall: the control API and the audience server on one event loop."""
+"""Run townhall: ``townhall serve`` is the supervisor of its processes.
+
+The supervisor binds the ports, hosts the audience workers and spawns the control
+process, the recorder and a stage process per live Space (``townhall.supervise``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import secrets
 import signal
+from collections.abc import Mapping
 
-import uvicorn
 import uvloop
 
-from townhall.app import Townhall
-from townhall.audience.pool import serve_audience
 from townhall.config import ServerConfig
-from townhall.control.api import create_app
 from townhall.gcpolicy import freeze_startup_heap
-from townhall.stage.ice import allow_loopback_candidates
+from townhall.store import Store
+from townhall.supervise.child import LOG_FORMAT
+from townhall.supervise.supervisor import Supervisor
 
 log = logging.getLogger("townhall")
 
 
-async def run(config: ServerConfig, ready: asyncio.Event | None = None) -> None:
-    allow_loopback_candidates()
-    th = Townhall(config)
-    control = uvicorn.Server(
-        uvicorn.Config(
-            create_app(th),
-            host=config.host,
-            port=config.control_port,
-            loop="none",
-            lifespan="off",
-            log_level="warning",
-            access_log=False,
-        )
-    )
-    plane = await serve_audience(
-        th.audience, config.host, config.audience_port, config.audience_workers
-    )
-    th.audience_plane = plane
-    th.feed.add(plane)
-    control_task = asyncio.create_task(control.serve(), name="control")
-    while not control.started and not control_task.done():
-        await asyncio.sleep(0.01)
-    _announce(th)
-    freeze_startup_heap()
-    if ready is not None:
-        ready.set()
+def admin_key(config: ServerConfig) -> str:
+    """The admin key, made and stored on first use; the control process reads the same."""
+    return Store(config.db_path).setting("admin_key", secrets.token_urlsafe(24))
+
+
+async def run(
+    config: ServerConfig,
+    ready: asyncio.Event | None = None,
+    entry_points: Mapping[str, str] | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT; ``entry_points`` overrides the children's (tests)."""
+    key = admin_key(config)
+    level = logging.getLogger().getEffectiveLevel()
+    supervisor = Supervisor(config, entry_points or {}, log_level=level)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    await asyncio.wait(
-        [control_task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
-    )
-    await th.shutdown()
-    control.should_exit = True
-    await plane.close()
-    with contextlib.suppress(asyncio.CancelledError):
-        await control_task
+    try:
+        await supervisor.start()
+        _announce(supervisor.config, key)
+        freeze_startup_heap()
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+    finally:
+        await supervisor.stop()
 
 
-def _announce(th: Townhall) -> None:
-    c = th.config
+def _announce(c: ServerConfig, key: str) -> None:
     print(
         f"townhall control API and web UI: {c.control_url}  (OpenAPI: {c.control_url}/docs)",
         flush=True,
     )
     print(f"townhall audience endpoints:     {c.audience_url}", flush=True)
     print(f"data directory:                  {c.data_dir.resolve()}", flush=True)
-    print(f"admin key:                       {th.admin_key}", flush=True)
+    print(f"admin key:                       {key}", flush=True)
     print(f'create a space:  townhall space create "My Space" --server {c.control_url}', flush=True)
 
 
 def main(config: ServerConfig) -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     for noisy in ("aioice", "aiortc"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     uvloop.run(run(config))

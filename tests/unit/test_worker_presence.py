@@ -91,3 +91,16 @@ def test_a_join_storm_is_written_in_batches() -> None:
     assert [r.session_id for r in reports] == [f"ogg-{i}" for i in range(500)]
     relay.stream_opened("sp", "ogg-late", "x")
     assert len(scheduled) == 2  # the next report starts the next batch
+
+
+def test_a_resync_reports_every_open_stream_again_and_no_closed_one() -> None:
+    transport = FakeTransport()
+    relay = PresenceRelay(transport, pid=42, seen_every_s=3600, batch_s=0)  # type: ignore[arg-type]
+    relay.stream_opened("sp", "a", "1")
+    relay.stream_opened("sp", "b", "2")
+    relay.stream_closed("sp", "a", "1", True)
+    transport.written.clear()
+    relay.resync()
+    assert FrameDecoder(MAX_FRAME_BYTES).feed(bytes(transport.written)) == [
+        StreamOpened("sp", "b", "42:2")
+    ]

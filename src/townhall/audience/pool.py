@@ -2,7 +2,7 @@
 
 One event loop writes about 100k chunks a second, so past that the audience runs in N
 processes sharing the port with SO_REUSEPORT; the kernel spreads new connections across
-them. The main process keeps the stage and the control API.
+them. The supervisor of ``townhall serve`` hosts the pool and feeds it every Space's feed.
 
 The stage's feed is pickled once per message and written to every worker over its own
 unix socket (framing.py): one write per worker per message, nothing parsed twice.
@@ -47,6 +47,7 @@ from townhall.audience.plane import (
 from townhall.audience.server import AudienceServer, WorkerPoolConfig
 from townhall.audience.worker import WorkerSpec, run_audience_worker
 from townhall.feed import FeedMessage
+from townhall.supervise.messages import ResyncPresence
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +188,13 @@ class WorkerPool:
             if link.transport.get_write_buffer_size() > limit:
                 self._drop(link)
                 continue
+            link.transport.write(frame)
+
+    def resync_presence(self) -> None:
+        """Ask every worker to report each open stream again (the counters restarted)."""
+        frame = encode_frame(ResyncPresence())
+        for link in self.links:
+            assert link.transport is not None
             link.transport.write(frame)
 
     def _drop(self, link: _WorkerLink) -> None:

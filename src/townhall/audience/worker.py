@@ -34,6 +34,7 @@ from townhall.audience.framing import (
 from townhall.audience.server import AudienceConfig, AudienceServer
 from townhall.feed import FeedSink
 from townhall.gcpolicy import freeze_startup_heap
+from townhall.supervise.messages import ResyncPresence
 
 
 @dataclass(frozen=True)
@@ -70,14 +71,26 @@ class PresenceRelay:
         self._batch_s = batch_s
         self._call_later = call_later
         self._pending: list[bytes] = []
+        # Every open stream, so a restarted control process can be told of them again
+        # (``resync``); as bounded as the connections this worker holds.
+        self._open: dict[str, StreamOpened] = {}
 
     def stream_opened(self, space_id: str, session_id: str, conn_id: str) -> None:
-        self._send(StreamOpened(space_id, session_id, f"{self._pid}:{conn_id}"))
+        report = StreamOpened(space_id, session_id, f"{self._pid}:{conn_id}")
+        self._open[report.conn_id] = report
+        self._send(report)
 
     def stream_closed(
         self, space_id: str, session_id: str, conn_id: str, session_ended: bool
     ) -> None:
-        self._send(StreamClosed(space_id, session_id, f"{self._pid}:{conn_id}", session_ended))
+        report = StreamClosed(space_id, session_id, f"{self._pid}:{conn_id}", session_ended)
+        self._open.pop(report.conn_id, None)
+        self._send(report)
+
+    def resync(self) -> None:
+        """Report every open stream again: the counters that had them were restarted."""
+        for report in list(self._open.values()):
+            self._send(report)
 
     def seen(self, space_id: str, session_id: str) -> None:
         now = time.monotonic()
@@ -112,10 +125,15 @@ class _FeedReader(asyncio.Protocol):
         self._sink = sink
         self._closed = closed
         self._decoder = FrameDecoder(max_frame_bytes)
+        self.relay: PresenceRelay | None = None
 
     def data_received(self, data: bytes) -> None:
         for msg in self._decoder.feed(data):
-            self._sink.publish(msg)
+            if isinstance(msg, ResyncPresence):
+                if self.relay is not None:
+                    self.relay.resync()
+            else:
+                self._sink.publish(msg)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._closed.done():
@@ -137,12 +155,13 @@ async def _serve(spec: WorkerSpec, feed: socket.socket) -> None:
     loop = asyncio.get_running_loop()
     closed: asyncio.Future[None] = loop.create_future()
     feed.setblocking(False)
-    transport, _ = await loop.create_unix_connection(
+    transport, reader = await loop.create_unix_connection(
         lambda: _FeedReader(server, closed, config.max_frame_bytes), sock=feed
     )
-    server.presence = PresenceRelay(
+    relay = PresenceRelay(
         transport, os.getpid(), config.presence_seen_every_s, config.presence_batch_s
     )
+    server.presence = reader.relay = relay
     transport.write(encode_frame(WorkerReady()))
     reporter = asyncio.create_task(
         _report_stats(server, transport, config.stats_every_s), name="worker-stats"

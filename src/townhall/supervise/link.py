@@ -37,8 +37,8 @@ class Link(asyncio.Protocol):
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports are not subclasses of asyncio.Transport; same interface.
+        self._transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -74,9 +74,16 @@ class Link(asyncio.Protocol):
             self._transport.close()
 
 
-async def open_link(sock: socket.socket, on_message: Callable[[Any], None]) -> Link:
+async def open_link(
+    sock: socket.socket,
+    on_message: Callable[[Any], None],
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    max_backlog_bytes: int = DEFAULT_MAX_BACKLOG_BYTES,
+) -> Link:
     """Wrap one end of a socketpair (handed over at spawn) in a ``Link``."""
     sock.setblocking(False)
     loop = asyncio.get_running_loop()
-    _, link = await loop.create_unix_connection(lambda: Link(on_message), sock=sock)
+    _, link = await loop.create_unix_connection(
+        lambda: Link(on_message, max_frame_bytes, max_backlog_bytes), sock=sock
+    )
     return link

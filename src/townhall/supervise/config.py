@@ -1,0 +1,36 @@
+"""The supervisor's bounds and the priorities it gives its children."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from townhall.supervise.link import DEFAULT_MAX_BACKLOG_BYTES, DEFAULT_MAX_FRAME_BYTES
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    # A process that dies is restarted after ``restart_delay_s``, at most
+    # ``max_restarts`` times per ``restart_window_s`` per process name; past that, the
+    # next restart waits until the window allows one, so a crash loop cannot eat a core.
+    restart_delay_s: float = 0.1
+    max_restarts: int = 5
+    restart_window_s: float = 60.0
+    # End: the stage gets this long to flush and exit before it is killed and the hub
+    # publishes ``ChannelEnded`` itself, so End always seals the recording.
+    close_stage_timeout_s: float = 2.0
+    # A child whose link closed but which is still alive after this is wedged: killed.
+    link_lost_grace_s: float = 1.0
+    # At shutdown, children get this long after SIGTERM before SIGKILL.
+    stop_grace_s: float = 5.0
+    # How often the process table and the audience stats reach the control process.
+    report_every_s: float = 1.0
+    # Connections queued on the control port while its process restarts.
+    control_backlog_connections: int = 1024
+    # Per child link: the largest frame, and how much may queue before the peer is cut.
+    link_max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    link_max_backlog_bytes: int = DEFAULT_MAX_BACKLOG_BYTES
+    # Absolute nice values: the stage's 20 ms clock outranks everything (below 0 needs
+    # root or CAP_SYS_NICE; without it the stage stays at 0), then the API, then disk.
+    stage_nice: int = -5
+    control_nice: int = 4
+    recorder_nice: int = 6
