@@ -24,6 +24,7 @@ from townhall.control.api import create_app
 from townhall.control.config import ControlConfig, RateLimitConfig
 from townhall.feed import FeedMessage, FeedSink, RoomUpdate
 from townhall.live import Stage, StageFactory
+from townhall.room.state import Room
 from townhall.stage.runtime import ProgramGate
 
 
@@ -174,8 +175,8 @@ def town_config(tmp_path: Path, **control: object) -> ServerConfig:
 
 def fake_stages(stages: dict[str, FakeStage]) -> Callable[[ServerConfig, FeedSink], StageFactory]:
     def factory(_config: ServerConfig, _feed: FeedSink) -> StageFactory:
-        def open_stage(space_id: str, gate: ProgramGate) -> Stage:
-            stage = stages[space_id] = FakeStage(space_id, gate)
+        def open_stage(room: Room) -> Stage:
+            stage = stages[room.space_id] = FakeStage(room.space_id, room.in_program)
             return stage
 
         return open_stage
