@@ -76,6 +76,10 @@ class Control:
     def recordings_paused(self) -> dict[str, bool]:
         return {sid: s.state == "paused" for sid, s in self.reports.recordings.items()}
 
+    def longest_tick_gaps(self) -> dict[str, float]:
+        """Per Space, the stage clock's longest gap between two ticks (its health)."""
+        return {}
+
 
 def mixing_stage(config: ServerConfig, feed: FeedSink) -> StageFactory:
     """The real stage in this process: the 20 ms mixer, publishing into ``feed``."""

@@ -91,7 +91,14 @@ class TownhallCollector(Collector):
                 ticks.add_metric([space_id], live.stage.ticks)
                 slips.add_metric([space_id], live.stage.clock_slips)
                 members.add_metric([space_id], len(live.stage.members))
-        yield from (ticks, slips, members, listening)
+        gap = GaugeMetricFamily(
+            "townhall_stage_longest_tick_gap_seconds",
+            "the stage clock's longest gap between two ticks since its process started",
+            labels=["space"],
+        )
+        for space_id, gap_s in sorted(self.th.longest_tick_gaps().items()):
+            gap.add_metric([space_id], gap_s)
+        yield from (ticks, slips, members, listening, gap)
 
 
 def _workers(workers: tuple[WorkerLoad, ...], restarts: int) -> Iterator[Metric]:

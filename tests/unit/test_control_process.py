@@ -251,6 +251,8 @@ async def test_a_live_space_resumes_as_it_was_after_a_crash(tmp_path: Path) -> N
         assert opened == OpenStage(space.id, before.started_at or 0.0, frozenset(
             {after.host_id, space.speaker_id}))  # fmt: skip
         assert second.hub.of(ResyncPresence) == [ResyncPresence()]
+        # A stage that kept running is told the journaled program (it ignores OpenStage).
+        assert second.hub.programs() == [opened.program]
         record = second.control.store.space(space.id)
         assert (record.state, record.started_at) == ("live", started_at)
         # The removed stays removed; the others go on in their roles.
@@ -259,6 +261,11 @@ async def test_a_live_space_resumes_as_it_was_after_a_crash(tmp_path: Path) -> N
         assert (await second.speak(space.id, space.speaker)).status_code == 200
         await second.command(space.id, space.host, "invite", space.hand_id)
         assert second.live(space.id).room.pending_invitations() == [space.hand_id]
+        # The hub was restarted too (a whole ``townhall serve`` restart): its first stage
+        # for the Space is new and has heard nobody.
+        second.control.receive(StageStarted(space.id, 77, 0))
+        assert second.live(space.id).room.program() == []
+        assert second.hub.programs()[-1] == frozenset()
     finally:
         await second.close()
 
@@ -401,6 +408,7 @@ async def test_presence_and_audience_reports_reach_the_counts_and_metrics(town: 
     assert f'townhall_listening_now{{space="{space.id}"}} 2.0' in metrics
     assert f'townhall_stage_ticks_total{{space="{space.id}"}} 100.0' in metrics
     assert f'townhall_stage_members{{space="{space.id}"}} 2.0' in metrics
+    assert f'townhall_stage_longest_tick_gap_seconds{{space="{space.id}"}} 0.021' in metrics
 
 
 async def test_a_paused_recording_is_told_to_the_host_and_cohosts(town: Town) -> None:

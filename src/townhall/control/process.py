@@ -79,7 +79,13 @@ class ControlProcess(Control):
         for live in self.service.resume_live_spaces():
             if (stage := self.stages.get(live.space_id)) is not None:
                 stage.resumed = True
+                # A stage that kept running ignores the OpenStage: tell it the program
+                # as journaled, in case the last change never reached it.
+                stage.sync_program(force=True)
         self.link.send(ResyncPresence())
+
+    def longest_tick_gaps(self) -> dict[str, float]:
+        return {s.space_id: s.longest_tick_gap_s for s in self.stages.all()}
 
     def _room_changed(self, live: LiveSpace, _events: list[RoomEvent]) -> None:
         if (stage := self.stages.get(live.space_id)) is not None:

@@ -144,10 +144,14 @@ class RemoteStage:
         self._send(Disconnect(participant_id))
 
     def status(self) -> list[dict[str, object]]:
+        """The meters as ``StageMember.status`` words them, from the last report."""
         return [
             {
                 "id": pid,
                 "connected": seat.connection == "connected",
+                # The report has no frame clock: audio is arriving as far as we can tell
+                # when the connection is up and the stage has decoded real audio from it.
+                "receiving": seat.connection == "connected" and seat.mic_checked,
                 "level_dbfs": round(seat.level, 1),
                 "mic_checked": seat.mic_checked,
                 "silent_s": seat.silent_s,
