@@ -28,7 +28,6 @@ from townhall.room.counting import ListenerCounter
 from townhall.room.events import ParticipantRemoved, RoomEvent, SpeakerMovedToAudience
 from townhall.room.roles import Role, SpaceState
 from townhall.room.state import Room
-from townhall.stage.runtime import ProgramGate
 
 # Someone on stage with no signal for this long shows as a dead microphone.
 DEAD_MIC_AFTER_S = 3.0
@@ -72,9 +71,12 @@ class Stage(Protocol):
     def status(self) -> list[dict[str, object]]: ...
 
 
-# Opens the stage of one Space: (space id, the room's program gate) -> a stage not yet
-# started. The composition root decides what a stage is (the mixer and its recorder).
-StageFactory = Callable[[str, ProgramGate], Stage]
+# Opens the stage of one Space, given its room (whose ``in_program`` gates the mix and
+# whose ``started_at`` starts media time) -> a stage not yet started. The composition
+# root decides what a stage is (the mixer in this process, or one in a stage process).
+StageFactory = Callable[[Room], Stage]
+# Called after events changed a Space's room (the journal, the stage's program set).
+RoomChanged = Callable[["LiveSpace", list[RoomEvent]], None]
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -166,6 +168,10 @@ class LiveSpace:
     watchers: set[Watcher] = field(default_factory=set)
     update_interval_s: float = 0.25
     watcher_queue_messages: int = 64
+    on_change: RoomChanged | None = None
+    # The recording's last news for the host and co-hosts (a paused one), re-sent to a
+    # moderator's socket when it opens.
+    recording: dict[str, Any] | None = None
     _monitor: asyncio.Task[None] | None = None
     _last_update: str = ""
     # Stage disconnects in flight, held so the loop does not drop them half done.
@@ -203,6 +209,8 @@ class LiveSpace:
         room = self.snapshot()
         if events:
             self._tell_watchers({"type": "room", "room": room})
+            if self.on_change is not None:
+                self.on_change(self, events)
         return Outcome(events, room)
 
     def _cut_from_stage(self, pid: str) -> None:
@@ -216,12 +224,41 @@ class LiveSpace:
         for watcher in list(self.watchers):
             watcher.offer(message)
 
+    def _tell_moderators(self, message: dict[str, Any]) -> None:
+        for watcher in list(self.watchers):
+            if self._is_moderator(watcher.participant_id):
+                watcher.offer(message)
+
+    def _is_moderator(self, pid: str) -> bool:
+        return self.room.role_of(pid) in (Role.HOST, Role.COHOST)
+
+    # -- news from the other processes ----------------------------------------------
+    def stage_lost(self) -> None:
+        """The stage process died; pages reconnect at once instead of waiting to notice."""
+        self._tell_watchers({"type": "stage", "state": "restarting"})
+
+    def stage_restarted(self, now: float) -> list[RoomEvent]:
+        """A new stage process took over: nobody on stage is heard until their audio
+        reaches it again (a fresh mic check)."""
+        self._tell_watchers({"type": "stage", "state": "restarting"})
+        return self.apply(self.room.reset_mic_checks(now)).events
+
+    def recording_changed(self, state: str, detail: str) -> None:
+        """Tell the host and co-hosts what happens to the recording (a full disk pauses
+        it; the live audio goes on)."""
+        if state == "recording" and self.recording is None:
+            return  # nothing was said about it, so there is nothing to take back
+        self.recording = {"type": "recording", "state": state, "detail": detail}
+        self._tell_moderators(self.recording)
+
     # -- watchers -------------------------------------------------------------------
     def watch(self, pid: str) -> Watcher:
         """A new socket for ``pid``; it starts with the whole room, to sync from."""
         watcher = Watcher(self.space_id, pid, asyncio.Queue(maxsize=self.watcher_queue_messages))
         self.watchers.add(watcher)
         watcher.offer({"type": "hello", "you": pid, "room": self.snapshot()})
+        if self.recording is not None and self._is_moderator(pid):
+            watcher.offer(self.recording)
         return watcher
 
     def unwatch(self, watcher: Watcher) -> None:

@@ -1,7 +1,9 @@
 """Prometheus metrics, read from live state at scrape time.
 
 A custom collector costs nothing on the hot paths (the fan-out loop, the 20 ms tick):
-counters already kept by those loops are read only when Prometheus asks.
+counters already kept by those loops are read only when Prometheus asks. In the control
+process those are the other processes' latest reports (the audience plane's stats, each
+stage's status, each recording's state), at most about a second old.
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from townhall.app import Townhall
-from townhall.audience.plane import AudienceStats, WorkerLoad
+from townhall.app import Control
+from townhall.audience.plane import WorkerLoad
 
 
 class TownhallCollector(Collector):
-    def __init__(self, th: Townhall) -> None:
+    def __init__(self, th: Control) -> None:
         self.th = th
 
     def collect(self) -> Iterator[Metric]:
@@ -40,10 +42,7 @@ class TownhallCollector(Collector):
         events = GaugeMetricFamily(
             "townhall_event_listeners", "SSE room-event listeners", labels=["space"]
         )
-        plane = self.th.audience_plane  # None until the audience port is served
-        # With workers, the main process serves nobody: their reports (at most a second
-        # old) are the truth.
-        stats = plane.stats() if plane is not None else AudienceStats(())
+        stats = self.th.audience_stats()
         for c in stats.channels:
             streams.add_metric([c.space_id], c.ogg_listeners)
             interval.add_metric([c.space_id], c.interval_s)
@@ -57,13 +56,21 @@ class TownhallCollector(Collector):
         yield CounterMetricFamily(
             "townhall_feed_sink_errors",
             "feed messages a sink (the recorder, the audience plane) raised on",
-            self.th.feed.errors,
+            self.th.feed_errors(),
         )
         yield CounterMetricFamily(
             "townhall_recording_write_errors",
             "recordings paused by a failing disk (full, out of file descriptors)",
-            self.th.recorder.write_errors,
+            self.th.recording_write_errors(),
         )
+        paused = GaugeMetricFamily(
+            "townhall_recording_paused",
+            "1 while a Space's recording is paused by a failing disk (its audio goes on)",
+            labels=["space"],
+        )
+        for space_id, is_paused in sorted(self.th.recordings_paused().items()):
+            paused.add_metric([space_id], 1.0 if is_paused else 0.0)
+        yield paused
 
     def _stage(self) -> Iterator[Metric]:
         ticks = CounterMetricFamily("townhall_stage_ticks", "20 ms mixer ticks", labels=["space"])
@@ -84,7 +91,14 @@ class TownhallCollector(Collector):
                 ticks.add_metric([space_id], live.stage.ticks)
                 slips.add_metric([space_id], live.stage.clock_slips)
                 members.add_metric([space_id], len(live.stage.members))
-        yield from (ticks, slips, members, listening)
+        gap = GaugeMetricFamily(
+            "townhall_stage_longest_tick_gap_seconds",
+            "the stage clock's longest gap between two ticks since its process started",
+            labels=["space"],
+        )
+        for space_id, gap_s in sorted(self.th.longest_tick_gaps().items()):
+            gap.add_metric([space_id], gap_s)
+        yield from (ticks, slips, members, listening, gap)
 
 
 def _workers(workers: tuple[WorkerLoad, ...], restarts: int) -> Iterator[Metric]:

@@ -28,6 +28,11 @@ CREATE TABLE IF NOT EXISTS spaces (
   ended_at REAL
 );
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS room_journal (
+  space_id TEXT PRIMARY KEY,
+  record TEXT NOT NULL,
+  updated_at REAL NOT NULL
+);
 """
 
 
@@ -78,13 +83,29 @@ class Store:
             f"UPDATE spaces SET state = ?, {column} = ? WHERE id = ?", (state, at, space_id)
         )
 
-    def end_orphaned(self, at: float) -> list[str]:
-        """Spaces still 'live' from a process that died: mark them ended, return their ids."""
-        rows = self._db.execute("SELECT id FROM spaces WHERE state = 'live'").fetchall()
+    def live_spaces(self) -> list[SpaceRecord]:
+        """Spaces that are live: a control process that starts resumes every one of them."""
+        rows = self._db.execute("SELECT * FROM spaces WHERE state = 'live' ORDER BY started_at")
+        return [SpaceRecord(*r) for r in rows]
+
+    def journal_room(self, space_id: str, record_json: str, at: float) -> None:
+        """Keep the latest state of a Space's room (``room.record.record_to_json``).
+
+        One row per Space, replaced in one statement: SQLite commits it durably (WAL)
+        before this returns, so a process killed right after still finds it.
+        """
         self._db.execute(
-            "UPDATE spaces SET state = 'ended', ended_at = ? WHERE state = 'live'", (at,)
+            "INSERT INTO room_journal (space_id, record, updated_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (space_id) DO UPDATE SET record = excluded.record,"
+            " updated_at = excluded.updated_at",
+            (space_id, record_json, at),
         )
-        return [str(r[0]) for r in rows]
+
+    def journaled_room(self, space_id: str) -> str | None:
+        row = self._db.execute(
+            "SELECT record FROM room_journal WHERE space_id = ?", (space_id,)
+        ).fetchone()
+        return None if row is None else str(row[0])
 
     def spaces(self, limit: int = 100) -> list[SpaceRecord]:
         rows = self._db.execute("SELECT * FROM spaces ORDER BY created_at DESC LIMIT ?", (limit,))

@@ -24,6 +24,7 @@ from townhall.control.api import create_app
 from townhall.control.config import ControlConfig, RateLimitConfig
 from townhall.feed import FeedMessage, FeedSink, RoomUpdate
 from townhall.live import Stage, StageFactory
+from townhall.room.state import Room
 from townhall.stage.runtime import ProgramGate
 
 
@@ -174,8 +175,8 @@ def town_config(tmp_path: Path, **control: object) -> ServerConfig:
 
 def fake_stages(stages: dict[str, FakeStage]) -> Callable[[ServerConfig, FeedSink], StageFactory]:
     def factory(_config: ServerConfig, _feed: FeedSink) -> StageFactory:
-        def open_stage(space_id: str, gate: ProgramGate) -> Stage:
-            stage = stages[space_id] = FakeStage(space_id, gate)
+        def open_stage(room: Room) -> Stage:
+            stage = stages[room.space_id] = FakeStage(room.space_id, room.in_program)
             return stage
 
         return open_stage
@@ -509,3 +510,32 @@ async def test_streams_reported_by_the_audience_port_are_counted(town: Town) -> 
     presence.stream_closed(space_id, "s2", "c3", session_ended=True)
     room = await town.room(space)
     assert (room["listening_now"], room["total_tuned_in"]) == (1, 2)
+
+
+# -- health and resuming ----------------------------------------------------------------
+
+
+async def test_healthz_lists_this_process(town: Town) -> None:
+    health = (await town.client.get("/healthz")).json()
+    assert health["status"] == "ok"
+    assert [p["role"] for p in health["processes"]] == ["control"]
+
+
+async def test_a_live_space_goes_on_in_the_next_process(tmp_path: Path) -> None:
+    config = town_config(tmp_path)
+    async for town in open_town(config):
+        space = await town.create()
+        await town.go_live(space)
+        guest = await town.invite(space)
+        await town.speak(space, guest)
+        before = await town.room(space)
+        stages: dict[str, FakeStage] = {}
+        # The first process is not shut down: it died, as far as the store knows.
+        again = Townhall(config, stage_factory=fake_stages(stages))
+        try:
+            resumed = again.service.held(str(space["id"]))
+            assert resumed is not None and resumed.room.snapshot()["stage"] == before["stage"]
+            assert stages[str(space["id"])].started
+            assert again.store.space(str(space["id"])).state == "live"
+        finally:
+            await again.shutdown()

@@ -18,7 +18,6 @@ from townhall.media.hls import HlsConfig
 from townhall.media.mixer import FRAME_SAMPLES, SAMPLE_RATE_HZ
 from townhall.media.program import ProgramEncoder
 from townhall.recorder import Recorder, RecorderConfig, seal_after_crash
-from townhall.store import Store
 
 
 def tone(i: int, hz: float = 440.0) -> np.ndarray:
@@ -94,14 +93,6 @@ def test_a_crash_loses_seconds_not_the_event(tmp_path: Path) -> None:
     assert "#EXT-X-PLAYLIST-TYPE:VOD" in playlist and playlist.endswith("#EXT-X-ENDLIST\n")
     audio = decode((tmp_path / "sp.ogg").read_bytes())
     assert len(audio) > 5.5 * SAMPLE_RATE_HZ and amplitude_at(audio, 440) > 0.1
-
-
-def test_orphaned_live_spaces_are_ended_on_start(tmp_path: Path) -> None:
-    store = Store(tmp_path / "db.sqlite3")
-    live, scheduled = store.create_space("a", "", None), store.create_space("b", "", None)
-    store.set_state(live.id, "live", 1.0)
-    assert store.end_orphaned(2.0) == [live.id]
-    assert store.space(live.id).state == "ended" and store.space(scheduled.id).state == "scheduled"
 
 
 # -- a failing disk ------------------------------------------------------------------------

@@ -742,7 +742,7 @@ def test_every_event_is_a_frozen_dataclass_with_space_and_time() -> None:
         for obj in vars(room_events).values()
         if isinstance(obj, type) and issubclass(obj, RoomEvent) and obj is not RoomEvent
     ]
-    assert len(event_classes) == 19
+    assert len(event_classes) == 20
     for event_class in event_classes:
         assert dataclasses.is_dataclass(event_class)
         assert event_class.__dataclass_params__.frozen, event_class  # type: ignore[attr-defined]

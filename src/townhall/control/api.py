@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, Field
 
-from townhall.app import Townhall
+from townhall.app import Control
 from townhall.control.errors import BodyLimit, install_error_handlers
 from townhall.control.pages import install_pages
 from townhall.control.service import SpaceService
@@ -71,7 +71,7 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def install_metrics(app: FastAPI, th: Townhall) -> None:
+def install_metrics(app: FastAPI, th: Control) -> None:
     registry = CollectorRegistry()
     registry.register(TownhallCollector(th))
 
@@ -80,9 +80,17 @@ def install_metrics(app: FastAPI, th: Townhall) -> None:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def create_app(th: Townhall) -> FastAPI:
+def install_health(app: FastAPI, th: Control) -> None:
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, object]:
+        """Every process of this server: role, name, pid, start time, restarts."""
+        return th.reports.healthz()
+
+
+def create_app(th: Control) -> FastAPI:
     app = FastAPI(title="townhall control API", version="0.1.0")
     install_error_handlers(app)
+    install_health(app, th)
     app.include_router(_spaces_router(th.service, th.views))
     install_websocket(app, th.service)
     install_pages(app, th.service)

@@ -28,3 +28,6 @@ class ControlConfig:
     max_cached_spaces: int = 1_024
     # How often the coalesced room snapshot may go to the audience's SSE stream.
     room_update_interval_s: float = 0.25
+    # A stage process that has not answered a request (an SDP offer) by then is taken
+    # for gone: the client gets 503 and retries.
+    stage_reply_timeout_s: float = 5.0

@@ -7,10 +7,15 @@ and returns domain values, and refuses with errors that carry their HTTP meaning
 
 Spaces are held in memory while they matter: a Space with a stage running or a stage
 WebSocket open is always held; the others are kept in least-recently-used order up to
-``ControlConfig.max_cached_spaces`` and rebuilt from the store when needed again (a
-scheduled Space comes back empty: its participants join again, by their tokens, with
-their next request). Reads (``public_view``, ``room``, ``stage_status``) never add a
-Space to that cache or anyone to a room.
+``ControlConfig.max_cached_spaces`` and rebuilt from the store when needed again.
+Reads (``public_view``, ``room``, ``stage_status``) never add a Space to that cache or
+anyone to a room.
+
+Every change to a room is journaled (the store's ``room_journal``: the room's record as
+JSON) before the request that made it is answered, so a rebuilt Space is the room as it
+was: a control process that starts resumes every live Space from its journal, with the
+same host, co-hosts, speakers, mutes, removals, hands and invitations, and opens its
+stage again. A crash never ends a Space; only its host does.
 """
 
 from __future__ import annotations
@@ -26,10 +31,19 @@ from dataclasses import dataclass
 from townhall.control.config import ControlConfig
 from townhall.errors import Conflict, Forbidden
 from townhall.feed import FeedSink
-from townhall.live import LiveSpace, Outcome, SdpAnswer, StageFactory, Watcher, check_command
+from townhall.live import (
+    LiveSpace,
+    Outcome,
+    RoomChanged,
+    SdpAnswer,
+    StageFactory,
+    Watcher,
+    check_command,
+)
 from townhall.ratelimit import RateLimiter
 from townhall.room.counting import CounterConfig, ListenerCounter
-from townhall.room.record import ParticipantRecord, RoomRecord
+from townhall.room.events import ReactionSent, RoomEvent
+from townhall.room.record import ParticipantRecord, RoomRecord, record_from_json, record_to_json
 from townhall.room.roles import Role, SpaceState
 from townhall.room.state import Room, RoomConfig
 from townhall.store import SpaceRecord, Store
@@ -71,6 +85,7 @@ class SpaceService:
         room_config: RoomConfig | None = None,
         counter_config: CounterConfig | None = None,
         clock: Callable[[], float] = time.time,
+        on_change: RoomChanged | None = None,
     ) -> None:
         self._store = store
         self._issuer = issuer
@@ -81,6 +96,7 @@ class SpaceService:
         self._room_config = room_config
         self._counter_config = counter_config
         self._clock = clock  # wall time: what the store and the room's events record
+        self._on_change = on_change  # after the journal: what else follows a room
         self._actions = RateLimiter.of(self._config.actions_limit)
         self._signins = RateLimiter.of(self._config.signin_limit)
         self._held: OrderedDict[str, LiveSpace] = OrderedDict()
@@ -121,7 +137,7 @@ class SpaceService:
         live = self._join(grant)
         now = self._clock()
         live.apply(live.room.start(grant.participant_id, now))
-        live.open_stage(self._new_stage(live.space_id, live.room.in_program))
+        live.open_stage(self._new_stage(live.room))
         self._store.set_state(live.space_id, "live", now)
         log.info("space %s started", live.space_id)
         return self._store.space(live.space_id)
@@ -133,6 +149,25 @@ class SpaceService:
         self._store.set_state(live.space_id, "ended", self._clock())
         log.info("space %s ended; replay written", live.space_id)
         return self._store.space(live.space_id)
+
+    def resume_live_spaces(self) -> list[LiveSpace]:
+        """Hold every live Space again, as its journal left it, and reopen its stage.
+
+        Called once when the process starts: the Spaces a dead process held go on, with
+        their original start time (media time and the LL-HLS numbering count from it).
+        """
+        resumed = []
+        for record in self._store.live_spaces():
+            live = self._hold(record.id)
+            if live.room.state is not SpaceState.LIVE:
+                # Ended in the journal: the process died before the store heard of it.
+                self._store.set_state(record.id, "ended", self._clock())
+                log.warning("space %s had ended before the crash; marked ended", record.id)
+                continue
+            live.open_stage(self._new_stage(live.room))
+            resumed.append(live)
+            log.info("space %s resumed from its journal", record.id)
+        return resumed
 
     async def shutdown(self) -> None:
         """Close every running stage; their Spaces end with the process."""
@@ -229,6 +264,10 @@ class SpaceService:
     def held_spaces(self) -> list[LiveSpace]:
         return list(self._held.values())
 
+    def held(self, space_id: str) -> LiveSpace | None:
+        """The Space if this process holds it (news from a stage is for held Spaces)."""
+        return self._held.get(space_id)
+
     # -- holding Spaces -------------------------------------------------------------
     def _join(self, grant: Grant) -> LiveSpace:
         live = self._hold(grant.space_id)
@@ -269,9 +308,22 @@ class SpaceService:
             ListenerCounter(self._counter_config),
             update_interval_s=self._config.room_update_interval_s,
             watcher_queue_messages=self._config.watcher_queue_messages,
+            on_change=self._changed,
         )
 
+    def _changed(self, live: LiveSpace, events: list[RoomEvent]) -> None:
+        # Reactions alone change only the tallies: a lost tally is not worth a disk
+        # commit per reaction; the next real change (or the end) journals them.
+        if not all(isinstance(e, ReactionSent) for e in events):
+            self._store.journal_room(
+                live.space_id, record_to_json(live.room.record()), self._clock()
+            )
+        if self._on_change is not None:
+            self._on_change(live, events)
+
     def _room(self, record: SpaceRecord) -> Room:
+        if (journaled := self._journaled(record)) is not None:
+            return journaled
         if record.state == "scheduled":
             return Room(
                 record.id,
@@ -281,19 +333,35 @@ class SpaceService:
                 scheduled_at=record.scheduled_at,
                 config=self._room_config,
             )
-        # A Space that is not scheduled and has no stage here is over: ended, or left
-        # live by a process that died.
-        ended = RoomRecord(
+        # No journal (a store from before it): the host alone, in the state the store says.
+        host_only = RoomRecord(
             record.id,
             record.host_id,
             record.title,
             record.description,
             record.scheduled_at,
-            SpaceState.ENDED,
+            SpaceState(record.state),
             record.started_at,
             participants=(ParticipantRecord(record.host_id, "Host", Role.HOST, stage_seq=1),),
         )
-        return Room.restore(ended, self._room_config)
+        return Room.restore(host_only, self._room_config)
+
+    def _journaled(self, record: SpaceRecord) -> Room | None:
+        """The room as last journaled, if that agrees with the store's lifecycle (or is
+        one step ahead of it: ended in the journal, live in the store)."""
+        text = self._store.journaled_room(record.id)
+        if text is None:
+            return None
+        try:
+            room = Room.restore(record_from_json(text), self._room_config)
+        except ValueError:
+            log.exception("space %s: the room journal is unreadable; rebuilt without it", record.id)
+            return None
+        if room.state.value == record.state or (
+            record.state == "live" and room.state is SpaceState.ENDED
+        ):
+            return room
+        return None
 
 
 def _check_moderator(role: Role) -> None:

@@ -138,6 +138,13 @@ class MicCheckPassed(RoomEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MicCheckReset(RoomEvent):
+    """This speaker's stage was restarted: they are heard again only after a fresh check."""
+
+    participant_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SpeakerMuted(RoomEvent):
     participant_id: str
     by: str

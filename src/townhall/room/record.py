@@ -3,12 +3,13 @@
 Everything the Room's rules depend on, and nothing else: who is there in which role,
 who is muted or mic-checked, who was removed, the hand queue and the pending
 invitations in their order, the reaction tallies, the lifecycle state and when it
-started. A process that keeps this (in the store, in a log of events) can rebuild a
+started. A process that keeps this (the store's room journal, as JSON) can rebuild a
 Space where it left off after a crash.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from townhall.room.roles import Role, SpaceState
@@ -40,3 +41,59 @@ class RoomRecord:
     hands: tuple[tuple[str, float], ...] = ()  # (participant, raised at), in raise order
     invitations: tuple[tuple[str, str], ...] = ()  # (invitee, inviter), in invite order
     reaction_tallies: tuple[tuple[str, int], ...] = ()
+
+
+def record_to_json(record: RoomRecord) -> str:
+    """The record as JSON text (the room journal's column); ``record_from_json`` reads it."""
+    return json.dumps(
+        {
+            "space_id": record.space_id,
+            "host_id": record.host_id,
+            "title": record.title,
+            "description": record.description,
+            "scheduled_at": record.scheduled_at,
+            "state": record.state.value,
+            "started_at": record.started_at,
+            "participants": [
+                [p.id, p.name, p.role.value, p.muted, p.live, p.stage_seq]
+                for p in record.participants
+            ],
+            "removed": sorted(record.removed),
+            "hands": [list(h) for h in record.hands],
+            "invitations": [list(i) for i in record.invitations],
+            "reaction_tallies": [list(t) for t in record.reaction_tallies],
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+
+
+def record_from_json(text: str) -> RoomRecord:
+    """Raises ``ValueError`` (``json.JSONDecodeError`` is one) for text that is no record."""
+    try:
+        raw = json.loads(text)
+        return RoomRecord(
+            space_id=str(raw["space_id"]),
+            host_id=str(raw["host_id"]),
+            title=str(raw["title"]),
+            description=str(raw["description"]),
+            scheduled_at=_optional_float(raw["scheduled_at"]),
+            state=SpaceState(raw["state"]),
+            started_at=_optional_float(raw["started_at"]),
+            participants=tuple(
+                ParticipantRecord(
+                    str(pid), str(name), Role(role), bool(muted), bool(live), int(seq)
+                )
+                for pid, name, role, muted, live, seq in raw["participants"]
+            ),
+            removed=frozenset(str(pid) for pid in raw["removed"]),
+            hands=tuple((str(pid), float(at)) for pid, at in raw["hands"]),
+            invitations=tuple((str(a), str(b)) for a, b in raw["invitations"]),
+            reaction_tallies=tuple((str(e), int(n)) for e, n in raw["reaction_tallies"]),
+        )
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"not a room record: {err!r}") from err
+
+
+def _optional_float(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]

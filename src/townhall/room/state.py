@@ -93,6 +93,7 @@ from townhall.room.events import (
     InvitationDeclined,
     InvitationWithdrawn,
     MicCheckPassed,
+    MicCheckReset,
     ParticipantJoined,
     ParticipantLeft,
     ParticipantRemoved,
@@ -509,6 +510,19 @@ class Room:
             return []
         speaker.live = True
         return [MicCheckPassed(space_id=self.space_id, at=now, participant_id=who)]
+
+    def reset_mic_checks(self, now: float) -> list[RoomEvent]:
+        """The media layer lost everyone's audio (its stage restarted): each speaker who
+        was heard must pass a fresh mic check before reaching the program again, so a
+        reconnect that sends nothing (a dead microphone, a stale tab) stays out of it."""
+        if self._state is not SpaceState.LIVE:
+            return []
+        events: list[RoomEvent] = []
+        for p in self._stage():
+            if p.live:
+                p.live = False
+                events.append(MicCheckReset(space_id=self.space_id, at=now, participant_id=p.id))
+        return events
 
     def mute(self, by: str, who: str, now: float) -> list[RoomEvent]:
         self._actor(by, Action.MUTE_SELF if by == who else Action.MUTE_OTHER)

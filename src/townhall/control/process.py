@@ -1,0 +1,196 @@
+"""The control process of ``townhall serve``: the API, the pages, the stage WebSockets.
+
+It holds the rooms, their journal and the listener counts, and nothing on a media
+clock: each Space's stage runs in its own stage process behind the supervisor (the
+hub), reached through ``RemoteStage``; the room snapshots for the listeners go to the
+hub, which hands them to the audience workers and the recorder. The hub reports back
+over the same link: stage replies and statuses, stage (re)starts and losses, the
+listeners' presence, the process table, the audience's stats, the recordings' state.
+
+A control process that starts resumes every live Space from its journal and opens its
+stage again (the hub ignores an OpenStage for a stage that runs), and asks the audience
+workers to report their open streams again, since its counters start empty. It serves
+on the listening socket the supervisor keeps, so requests wait in the backlog while a
+control process is replaced, and it exits when its link to the supervisor closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+import uvloop
+
+from townhall.app import Control
+from townhall.audience.framing import apply_presence
+from townhall.config import ServerConfig
+from townhall.control.api import create_app
+from townhall.control.presence import CountedPresence
+from townhall.control.remote import RemoteStages, Sender
+from townhall.feed import FeedMessage
+from townhall.gcpolicy import freeze_startup_heap
+from townhall.live import LiveSpace
+from townhall.room.events import RoomEvent
+from townhall.supervise.link import open_link
+from townhall.supervise.messages import (
+    AudienceReport,
+    Presence,
+    ProcessTable,
+    RecordingStatus,
+    ResyncPresence,
+    StageLost,
+    StageReply,
+    StageStarted,
+    StageStatus,
+)
+from townhall.supervise.specs import ControlSpec
+
+log = logging.getLogger("townhall.control")
+
+# How long a control process told to stop lets open requests finish.
+SHUTDOWN_GRACE_S = 2.0
+
+
+class LinkFeed:
+    """The feed of the control process (room snapshots): sent to the hub as they come."""
+
+    def __init__(self, link: Sender) -> None:
+        self._link = link
+
+    def publish(self, msg: FeedMessage) -> None:
+        self._link.send(msg)
+
+
+class ControlProcess(Control):
+    def __init__(self, config: ServerConfig, link: Sender) -> None:
+        self.link = link
+        self.stages = RemoteStages(link, config.control.stage_reply_timeout_s)
+        super().__init__(config, self.stages.open, LinkFeed(link), on_change=self._room_changed)
+        self.presence = CountedPresence(self.service.counter_of)
+
+    def resume(self) -> None:
+        """Take up the live Spaces a previous process held; recount their listeners."""
+        for live in self.service.resume_live_spaces():
+            if (stage := self.stages.get(live.space_id)) is not None:
+                stage.resumed = True
+                # A stage that kept running ignores the OpenStage: tell it the program
+                # as journaled, in case the last change never reached it.
+                stage.sync_program(force=True)
+        self.link.send(ResyncPresence())
+
+    def longest_tick_gaps(self) -> dict[str, float]:
+        return {s.space_id: s.longest_tick_gap_s for s in self.stages.all()}
+
+    def _room_changed(self, live: LiveSpace, _events: list[RoomEvent]) -> None:
+        if (stage := self.stages.get(live.space_id)) is not None:
+            stage.sync_program()
+
+    def receive(self, msg: object) -> None:
+        """One message from the hub."""
+        match msg:
+            case StageReply() | StageStatus():
+                if (stage := self.stages.get(msg.space_id)) is not None:
+                    if isinstance(msg, StageReply):
+                        stage.replied(msg)
+                    else:
+                        stage.reported(msg)
+            case StageStarted():
+                self._stage_started(msg)
+            case StageLost():
+                log.warning("space %s lost its stage (pid %d): %s", msg.space_id, msg.pid,
+                            msg.reason)  # fmt: skip
+                if (stage := self.stages.get(msg.space_id)) is not None:
+                    stage.lost()
+                if (live := self.service.held(msg.space_id)) is not None:
+                    live.stage_lost()
+            case Presence():
+                apply_presence(self.presence, msg.report)
+            case ProcessTable():
+                self.reports.processes = msg.processes
+            case AudienceReport():
+                self.reports.audience = msg.stats
+            case RecordingStatus():
+                self._recording_changed(msg)
+            case _:
+                log.warning("ignored a %s from the supervisor", type(msg).__name__)
+
+    def _stage_started(self, msg: StageStarted) -> None:
+        stage = self.stages.get(msg.space_id)
+        live = self.service.held(msg.space_id)
+        if stage is None or live is None:
+            return
+        stage.started()
+        # A replacement stage (or the first one a resumed Space sees: the hub itself was
+        # restarted) has nobody's audio yet: everyone on stage checks their mic again.
+        if msg.incarnation > 0 or stage.resumed:
+            live.stage_restarted(time.time())
+        stage.resumed = False
+        stage.sync_program(force=True)
+
+    def _recording_changed(self, msg: RecordingStatus) -> None:
+        self.reports.recording_changed(msg)
+        if msg.state == "paused":
+            log.error("space %s: recording paused: %s", msg.space_id, msg.detail)
+        if (live := self.service.held(msg.space_id)) is not None:
+            live.recording_changed(msg.state, msg.detail)
+
+
+class Inbox:
+    """Holds what the link delivers until the process that handles it exists."""
+
+    def __init__(self) -> None:
+        self._early: list[Any] = []
+        self._handler: Callable[[Any], None] | None = None
+
+    def deliver(self, msg: Any) -> None:
+        if self._handler is None:
+            self._early.append(msg)
+        else:
+            self._handler(msg)
+
+    def hand_to(self, handler: Callable[[Any], None]) -> None:
+        self._handler = handler
+        early, self._early = self._early, []
+        for msg in early:
+            handler(msg)
+
+
+async def serve_control(spec: ControlSpec, sock: socket.socket) -> None:
+    inbox = Inbox()
+    link = await open_link(sock, inbox.deliver)
+    control = ControlProcess(spec.config, link)
+    inbox.hand_to(control.receive)
+    control.resume()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(control),
+            loop="none",
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+        )
+    )
+    serving = asyncio.create_task(server.serve(sockets=[spec.listen_socket]), name="control")
+    freeze_startup_heap()
+    await asyncio.wait([serving, link.closed], return_when=asyncio.FIRST_COMPLETED)
+    if link.closed.done():
+        log.info("the supervisor is gone; the control process exits")
+    server.should_exit = True
+    with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+        async with asyncio.timeout(SHUTDOWN_GRACE_S):
+            await serving
+    link.close()
+
+
+def run_control_process(spec: ControlSpec, sock: socket.socket) -> None:
+    """The control process's entry point (blocking): serve until the supervisor goes."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    uvloop.run(serve_control(spec, sock))
