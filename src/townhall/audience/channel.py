@@ -66,8 +66,8 @@ class Channel:
                 self.ogg.publish(data, at)
             case HlsInit(data=data):
                 self.hls.init_segment = data
-            case HlsPart(data=data, duration_s=d, at_unix_s=at, seq=seq):
-                self.hls.add_part(data, d, at, seq)
+            case HlsPart(data=data, duration_s=d, at_unix_s=at, seq=seq, discontinuity=disc):
+                self.hls.add_part(data, d, at, seq, disc)
                 self._wake()
             case RoomUpdate(json=text, at_monotonic_s=at):
                 self.last_room_json = text

@@ -10,6 +10,10 @@ Implements the server side of RFC 8216bis (HLS 2nd edition) low-latency mode:
   reload with EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES (4.4.3.8);
 * ``ready(msn, part)`` answers the blocking-reload question of section 6.2.5.2: does
   the playlist now contain segment ``msn`` (and its part ``part``)?
+* a part whose number jumps ahead, or that says so (a restarted stage: media time
+  jumped), closes the open segment short and starts segment ``seq // parts_per_segment``
+  after an EXT-X-DISCONTINUITY (4.4.4.2); EXT-X-DISCONTINUITY-SEQUENCE (4.4.3.3) counts
+  the ones that left the window. Numbers never go backwards: a part behind is dropped.
 
 Pure and synchronous: the caller passes ``now`` (wall-clock seconds, used only for
 EXT-X-PROGRAM-DATE-TIME) and decides how to wait. The window is bounded: only the last
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -54,6 +59,8 @@ class Segment:
     started_at: float
     parts: list[Part] = field(default_factory=list)
     complete: bool = False
+    # Media time jumped before this segment: players reset their decoder and timeline.
+    discontinuity: bool = False
     _data: bytes | None = None
 
     @property
@@ -99,30 +106,67 @@ class HlsPackager:
         self.segments: deque[Segment] = deque()
         self.ended = False
         self._next_msn = 0
+        self._next_seq: int | None = None  # the part number expected next
+        # EXT-X-DISCONTINUITY tags that slid out of the window with their segments.
+        self.discontinuity_sequence = 0
         self._playlist: bytes | None = None
 
     # -- input -------------------------------------------------------------------
     def add_part(
-        self, data: bytes, duration_s: float, now: float, seq: int | None = None
+        self,
+        data: bytes,
+        duration_s: float,
+        now: float,
+        seq: int | None = None,
+        discontinuity: bool = False,
     ) -> list[HlsEvent]:
         """Add the next part. ``seq`` is its number since the stream began: a packager
         that joins mid-stream starts at the next segment boundary and numbers segments
-        from there, as every packager that saw the whole stream does."""
+        from there, as every packager that saw the whole stream does. A part numbered
+        ahead of the next one, or marked ``discontinuity``, starts a new segment
+        ``seq // parts_per_segment`` after a discontinuity; one numbered behind is
+        dropped."""
         if self.ended:
             raise RuntimeError("packager has ended")
-        if seq is not None and not self.segments and self._next_msn == 0:
-            msn, index = divmod(seq, self.config.parts_per_segment)
-            if index:
+        pps = self.config.parts_per_segment
+        if seq is None:
+            seq = self._next_seq if self._next_seq is not None else self._next_msn * pps
+        elif self._next_seq is None:
+            msn, index = divmod(seq, pps)
+            if index and not discontinuity:
                 return []  # mid-segment: its first parts are not ours to number
             self._next_msn = msn
+        elif seq < self._next_seq:
+            return []  # never backwards: a stale stage's part, or a duplicate
+        elif seq > self._next_seq or discontinuity:
+            self._break_at(seq)
+            discontinuity = True
+        self._next_seq = seq + 1
+        events: list[HlsEvent] = []
         current = self._open_segment(now)
+        if discontinuity:
+            # Marked even as a fresh packager's first segment: every process then counts
+            # the same discontinuities for the same segments (4.4.3.3).
+            current.discontinuity = True
         part = Part(current.msn, len(current.parts), data, duration_s)
         current.parts.append(part)
-        events: list[HlsEvent] = [PartAdded(part)]
-        if len(current.parts) >= self.config.parts_per_segment:
+        events.append(PartAdded(part))
+        if len(current.parts) >= pps:
             events.append(self._complete(current))
         self._playlist = None
         return events
+
+    def _break_at(self, seq: int) -> None:
+        """Media time jumped: close the open segment short; the next one starts at
+        ``seq``'s segment (or later, never reusing a number) after a discontinuity."""
+        if self.segments and not self.segments[-1].complete:
+            last = self.segments[-1]
+            if last.parts:
+                self._complete(last)
+            else:
+                self.segments.pop()
+                self._next_msn = last.msn
+        self._next_msn = max(self._next_msn, seq // self.config.parts_per_segment)
 
     def end(self) -> list[HlsEvent]:
         """Close the last (possibly short) segment and mark the playlist ended."""
@@ -142,7 +186,8 @@ class HlsPackager:
             self.segments.append(Segment(self._next_msn, now))
             self._next_msn += 1
             while len(self.segments) > self.config.window_segments:
-                self.segments.popleft()
+                if self.segments.popleft().discontinuity:
+                    self.discontinuity_sequence += 1
         return self.segments[-1]
 
     def _complete(self, segment: Segment) -> SegmentCompleted:
@@ -212,10 +257,13 @@ class HlsPackager:
             f"#EXT-X-PART-INF:PART-TARGET={c.part_target_s:.3f}",
             f"#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={3 * c.part_target_s:.3f}",
             f"#EXT-X-MEDIA-SEQUENCE:{self.segments[0].msn if self.segments else 0}",
+            f"#EXT-X-DISCONTINUITY-SEQUENCE:{self.discontinuity_sequence}",
             '#EXT-X-MAP:URI="init.mp4"',
         ]
         parts_from = self._next_msn - c.parts_window_segments
         for seg in self.segments:
+            if seg.discontinuity:
+                lines.append("#EXT-X-DISCONTINUITY")
             lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{_pdt(seg.started_at)}")
             if seg.msn >= parts_from:
                 lines += [
@@ -233,8 +281,11 @@ class HlsPackager:
         return "\n".join(lines) + "\n"
 
 
-def vod_playlist(durations_s: list[float], target_s: float) -> str:
-    """A complete VOD playlist for a recording (8216bis 4.4.3.5, PLAYLIST-TYPE:VOD)."""
+def vod_playlist(
+    durations_s: list[float], target_s: float, discontinuities: Collection[int] = ()
+) -> str:
+    """A complete VOD playlist for a recording (8216bis 4.4.3.5, PLAYLIST-TYPE:VOD);
+    ``discontinuities``: the segments (by index) that follow a gap in media time."""
     target = math.ceil(max([target_s, *durations_s]))
     lines = [
         "#EXTM3U",
@@ -245,6 +296,8 @@ def vod_playlist(durations_s: list[float], target_s: float) -> str:
         '#EXT-X-MAP:URI="init.mp4"',
     ]
     for msn, duration in enumerate(durations_s):
+        if msn in discontinuities:
+            lines.append("#EXT-X-DISCONTINUITY")
         lines += [f"#EXTINF:{duration:.3f},", segment_uri(msn)]
     lines.append("#EXT-X-ENDLIST")
     return "\n".join(lines) + "\n"
