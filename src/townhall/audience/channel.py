@@ -61,7 +61,9 @@ class Channel:
             return  # nothing after the end may reach listeners (or raise into the stage)
         match msg:
             case OggHeader(data=data):
-                self.ogg.header = data
+                # A later header is a restarted stage's new logical stream (chained Ogg):
+                # it reaches connected listeners in line with the pages.
+                self.ogg.restart_stream(data, self.ogg.newest_at)
             case OggPages(data=data, at_monotonic_s=at):
                 self.ogg.publish(data, at)
             case HlsInit(data=data):
