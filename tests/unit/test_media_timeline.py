@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import struct
 
 import numpy as np
@@ -81,7 +82,7 @@ def test_ogg_granules_and_fmp4_tfdt_count_on_from_the_start() -> None:
     # The restarted stream starts where media time is (less the encoder's 312-sample
     # priming, which the muxer keeps at a non-zero start) and runs on part by part.
     assert offset - 480 <= t1[0] <= offset
-    assert [b - a for a, b in zip(t1, t1[1:], strict=False)] == [24_000] * (len(t1) - 1)
+    assert [b - a for a, b in itertools.pairwise(t1)] == [24_000] * (len(t1) - 1)
     header_pages, _ = parse_pages(later.ogg_header)
     assert [p.granule for p in header_pages] == [0, 0]
 

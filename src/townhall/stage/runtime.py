@@ -47,6 +47,10 @@ class StageConfig:
     member: MemberConfig = field(default_factory=MemberConfig)
     max_catch_up_s: float = 0.2
     max_offer_bytes: int = 64 * 1024
+    # A stage process reports its members and its clock to the control plane this often.
+    status_every_s: float = 0.1
+    # After CloseStage, how long a stage process waits for its last messages to leave.
+    close_timeout_s: float = 2.0
 
 
 # Decides, per tick, whether a member's audio may reach the program (the room's rules:
