@@ -179,8 +179,10 @@ async def _scenario() -> None:
     windows = tone_windows(signal, TONE_HZ)
     assert windows.sum() >= 25, "the speaker's tone is in the program"
     pages_before = sum(len(parse_pages(m.data)[0]) for m in first.of(OggPages)[:silent_from])
-    after = windows[pages_before * 10 + 1 :]  # 10 windows of 20 ms per 200 ms page
-    assert len(after) >= 40 and not after.any(), "nothing of them after the set emptied"
+    # 10 windows of 20 ms per 200 ms page; 300 ms of slack for page sizes, the codec's
+    # delay and frames already in the tick when the set changed.
+    after = windows[pages_before * 10 + 15 :]
+    assert len(after) >= 30 and not after.any(), "nothing of them after the set emptied"
     statuses = first.of(StageStatus)
     assert len(statuses) >= 20 and statuses[-1].ticks >= 100
     assert 0.015 < statuses[-1].longest_tick_gap_s < 0.5
