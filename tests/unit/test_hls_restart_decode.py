@@ -82,8 +82,10 @@ def test_ffmpeg_plays_the_ll_hls_stream_across_a_restart(tmp_path: Path) -> None
     assert text.count("#EXT-X-DISCONTINUITY\n") == 1
     (tmp_path / "init.mp4").write_bytes(hls.init_segment or b"")
     for seg in hls.segments:
-        (tmp_path / segment_uri(seg.msn)).write_bytes(seg.data)
-    assert [s.msn for s in hls.segments] == [0, 1, 3, 4]  # segment 1 short, 2 never made
+        if not seg.gap:
+            (tmp_path / segment_uri(seg.msn)).write_bytes(seg.data)
+    assert [s.msn for s in hls.segments] == [0, 1, 2, 3, 4]
+    assert [s.gap for s in hls.segments] == [False, False, True, False, False]
     (tmp_path / "live.m3u8").write_text(text)
     signal = ffmpeg_decode(tmp_path / "live.m3u8")
     first, second = tone_windows(signal, FIRST_HZ), tone_windows(signal, SECOND_HZ)

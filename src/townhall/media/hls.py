@@ -13,7 +13,10 @@ Implements the server side of RFC 8216bis (HLS 2nd edition) low-latency mode:
 * a part whose number jumps ahead, or that says so (a restarted stage: media time
   jumped), closes the open segment short and starts segment ``seq // parts_per_segment``
   after an EXT-X-DISCONTINUITY (4.4.4.2); EXT-X-DISCONTINUITY-SEQUENCE (4.4.3.3) counts
-  the ones that left the window. Numbers never go backwards: a part behind is dropped.
+  the ones that left the window. The segments nobody produced in between are listed
+  with EXT-X-GAP (4.4.4.7): a playlist's media sequence numbers must be consecutive,
+  and the gap's duration keeps the playlist's time in step with media time. Numbers
+  never go backwards: a part behind is dropped.
 
 Pure and synchronous: the caller passes ``now`` (wall-clock seconds, used only for
 EXT-X-PROGRAM-DATE-TIME) and decides how to wait. The window is bounded: only the last
@@ -61,11 +64,15 @@ class Segment:
     complete: bool = False
     # Media time jumped before this segment: players reset their decoder and timeline.
     discontinuity: bool = False
+    # No stage produced this segment (it was down): listed as EXT-X-GAP so media
+    # sequence numbers stay consecutive and the playlist's time matches media time.
+    gap: bool = False
+    gap_duration_s: float = 0.0
     _data: bytes | None = None
 
     @property
     def duration_s(self) -> float:
-        return sum(p.duration_s for p in self.parts)
+        return self.gap_duration_s if self.gap else sum(p.duration_s for p in self.parts)
 
     @property
     def data(self) -> bytes:
@@ -129,6 +136,7 @@ class HlsPackager:
         if self.ended:
             raise RuntimeError("packager has ended")
         pps = self.config.parts_per_segment
+        events: list[HlsEvent] = []
         if seq is None:
             seq = self._next_seq if self._next_seq is not None else self._next_msn * pps
         elif self._next_seq is None:
@@ -139,10 +147,9 @@ class HlsPackager:
         elif seq < self._next_seq:
             return []  # never backwards: a stale stage's part, or a duplicate
         elif seq > self._next_seq or discontinuity:
-            self._break_at(seq)
+            events += self._break_at(seq, now)
             discontinuity = True
         self._next_seq = seq + 1
-        events: list[HlsEvent] = []
         current = self._open_segment(now)
         if discontinuity:
             # Marked even as a fresh packager's first segment: every process then counts
@@ -156,17 +163,27 @@ class HlsPackager:
         self._playlist = None
         return events
 
-    def _break_at(self, seq: int) -> None:
+    def _break_at(self, seq: int, now: float) -> list[HlsEvent]:
         """Media time jumped: close the open segment short; the next one starts at
-        ``seq``'s segment (or later, never reusing a number) after a discontinuity."""
+        ``seq``'s segment (or later, never reusing a number) after a discontinuity, with
+        gap segments for the numbers in between."""
+        events: list[HlsEvent] = []
         if self.segments and not self.segments[-1].complete:
             last = self.segments[-1]
             if last.parts:
-                self._complete(last)
+                events.append(self._complete(last))
             else:
                 self.segments.pop()
                 self._next_msn = last.msn
-        self._next_msn = max(self._next_msn, seq // self.config.parts_per_segment)
+        target = max(self._next_msn, seq // self.config.parts_per_segment)
+        segment_s = self.config.segment_target_s
+        # Only a window's worth: any more would slide straight out again.
+        for msn in range(max(self._next_msn, target - self.config.window_segments), target):
+            started_at = now - (target - msn) * segment_s
+            gap = Segment(msn, started_at, complete=True, gap=True, gap_duration_s=segment_s)
+            self._append(gap)
+        self._next_msn = target
+        return events
 
     def end(self) -> list[HlsEvent]:
         """Close the last (possibly short) segment and mark the playlist ended."""
@@ -183,12 +200,15 @@ class HlsPackager:
 
     def _open_segment(self, now: float) -> Segment:
         if not self.segments or self.segments[-1].complete:
-            self.segments.append(Segment(self._next_msn, now))
+            self._append(Segment(self._next_msn, now))
             self._next_msn += 1
-            while len(self.segments) > self.config.window_segments:
-                if self.segments.popleft().discontinuity:
-                    self.discontinuity_sequence += 1
         return self.segments[-1]
+
+    def _append(self, segment: Segment) -> None:
+        self.segments.append(segment)
+        while len(self.segments) > self.config.window_segments:
+            if self.segments.popleft().discontinuity:
+                self.discontinuity_sequence += 1
 
     def _complete(self, segment: Segment) -> SegmentCompleted:
         segment.complete = True
@@ -207,7 +227,7 @@ class HlsPackager:
 
     def segment(self, msn: int) -> Segment | None:
         seg = self._segment(msn)
-        return seg if seg and seg.complete else None
+        return seg if seg and seg.complete and not seg.gap else None
 
     @property
     def next_part(self) -> tuple[int, int]:
@@ -271,6 +291,8 @@ class HlsPackager:
                     "INDEPENDENT=YES"
                     for p in seg.parts
                 ]
+            if seg.gap:
+                lines.append("#EXT-X-GAP")
             if seg.complete:
                 lines += [f"#EXTINF:{seg.duration_s:.3f},", segment_uri(seg.msn)]
         if self.ended:
