@@ -381,3 +381,79 @@ def test_zero_join_burst_keeps_nothing() -> None:
     fanout.flush(0.0)
     (sink,) = subscribe(fanout, 1)
     assert sink.writes == [b"HEAD"]
+
+
+# -- chained streams (a restarted source) ------------------------------------------------
+def streams_in(received: bytes) -> list[str]:
+    """The labels in a subscriber's bytes, e.g. ``HEAD a1 a2 NEW b1``."""
+    return received.decode().split(";")[:-1]
+
+
+def test_a_new_header_reaches_every_listener_in_line_with_the_pages() -> None:
+    fanout = make(join_burst_s=10.0)
+    fanout.header = b"HEAD;"
+    sinks = subscribe(fanout, 6)
+    fanout.publish(b"a1;", 0.0)
+    fanout.flush(0.0)
+    fanout.publish(b"a2;", 0.2)
+    fanout.restart_stream(b"NEW;", 0.2)
+    fanout.publish(b"b1;", 0.4)
+    for t in (0.4, 0.6, 0.8, 1.0):
+        fanout.flush(t)
+    fanout.publish(b"b2;", 1.2)
+    fanout.flush(1.2)
+    for sink in sinks:
+        assert streams_in(sink.received) == ["HEAD", "a1", "a2", "NEW", "b1", "b2"]
+    assert fanout.header == b"NEW;"
+
+
+def test_a_newcomer_after_the_restart_gets_only_the_new_stream() -> None:
+    fanout = make(join_burst_s=10.0)
+    fanout.header = b"HEAD;"
+    subscribe(fanout, 1)
+    fanout.publish(b"a1;", 0.0)
+    fanout.restart_stream(b"NEW;", 0.1)
+    fanout.publish(b"b1;", 0.2)
+    fanout.flush(0.2)  # every cohort has had the new header and b1
+    (late,) = subscribe(fanout, 1, 0.3)
+    fanout.publish(b"b2;", 0.4)
+    fanout.flush(0.4)
+    assert streams_in(late.received) == ["NEW", "b1", "b2"]
+
+
+def test_a_newcomer_in_a_cohort_behind_the_restart_follows_its_cohort() -> None:
+    # Five cohorts, turns 0.2 s apart: cohort 4 is not due until 0.8 s.
+    fanout = make(join_burst_s=10.0, flush_interval_s=1.0, cohort_spacing_s=0.2)
+    fanout.header = b"HEAD;"
+    fanout.publish(b"a1;", 0.0)
+    fanout.flush(0.0)  # cohort 0 has had a1
+    fanout.restart_stream(b"NEW;", 0.1)
+    fanout.publish(b"b1;", 0.1)
+    joined = subscribe(fanout, 5, 0.15)  # one per cohort; none has reached NEW yet
+    fanout.publish(b"b2;", 0.5)
+    for t in (0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8):  # past every stale-page wait
+        fanout.flush(t)
+    for sink in joined:
+        got = streams_in(sink.received)
+        assert got[0] == "HEAD" and got.count("NEW") == 1 and got[-3:] == ["NEW", "b1", "b2"]
+        assert set(got[1:-3]) <= {"a1"}  # only the old stream's pages before NEW
+
+
+def test_the_same_header_again_is_not_a_new_stream() -> None:
+    fanout = make()
+    fanout.header = b"HEAD;"
+    (sink,) = subscribe(fanout, 1)
+    fanout.publish(b"a1;", 0.0)
+    fanout.restart_stream(b"HEAD;", 0.1)
+    fanout.flush(0.2)
+    assert streams_in(sink.received) == ["HEAD", "a1"]
+
+
+def test_headers_of_streams_no_cohort_is_in_are_forgotten() -> None:
+    fanout = make(join_burst_s=0.0, max_flush_interval_s=0.2)
+    fanout.header = b"H0;"
+    for i in range(1, 4):
+        fanout.restart_stream(f"H{i};".encode(), float(i))
+        fanout.publish(b"p;", float(i))
+        fanout.flush(float(i) + 0.5)
+    assert fanout._old_headers == {}

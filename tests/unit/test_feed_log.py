@@ -57,3 +57,16 @@ def test_ended_channels_are_bounded() -> None:
         log.record(ChannelEnded(space, 1.0))
     assert len(log) == 2
     assert {m.space_id for m in log.replay()} == {"b", "c"}
+
+
+def test_after_a_new_ogg_header_only_its_pages_are_replayed() -> None:
+    log = FeedLog(keep_ogg_pages=10, keep_hls_parts=10)
+    live_channel(log, "a", pages=4, parts=3)
+    log.record(OggHeader("a", b"restarted head"))
+    log.record(OggPages("a", b"new page", 9.0))
+    log.record(HlsPart("a", b"new part", 0.5, 9.0, 8, discontinuity=True))
+    replay = log.replay()
+    assert replay[0] == OggHeader("a", b"restarted head")
+    assert [m.data for m in replay if isinstance(m, OggPages)] == [b"new page"]
+    parts = [m for m in replay if isinstance(m, HlsPart)]
+    assert [p.seq for p in parts] == [0, 1, 2, 8] and parts[-1].discontinuity

@@ -238,3 +238,111 @@ def test_parts_without_numbers_start_at_segment_zero() -> None:
     hls = packager(parts=0)
     hls.add_part(b"x", 0.5, T0)
     assert hls.next_part == (0, 1)
+
+
+# -- discontinuities (a restarted stage) ---------------------------------------------------
+def feed_seqs(hls: HlsPackager, seqs: range, discontinuity_at: int | None = None) -> None:
+    for seq in seqs:
+        data = f"[{seq}]".encode()
+        hls.add_part(data, 0.5, T0 + 0.5 * seq, seq, discontinuity=seq == discontinuity_at)
+
+
+def test_a_jump_ahead_closes_the_segment_short_and_marks_a_discontinuity() -> None:
+    hls = packager()
+    feed_seqs(hls, range(0, 6))  # segment 0 full, segment 1 has parts 4 and 5
+    feed_seqs(hls, range(16, 18), discontinuity_at=16)  # the stage restarted at part 16
+    playlist = lines(hls)
+    assert hls.segment(1) is not None and len(hls.segment(1).parts) == 2  # type: ignore[union-attr]
+    assert hls.next_part == (4, 2)  # segment 16 // 4 = 4
+    i = playlist.index("#EXT-X-DISCONTINUITY")
+    assert playlist[i + 1].startswith("#EXT-X-PROGRAM-DATE-TIME:")
+    assert part_uri(4, 0) in playlist[i + 2]
+    assert playlist.count("#EXT-X-DISCONTINUITY") == 1
+    assert tag(hls, "EXT-X-DISCONTINUITY-SEQUENCE") == "0"
+    # Media sequence numbers stay consecutive: 2 and 3 are listed as gaps, as long as
+    # the media time they stand for, and are never served.
+    media = [ln for ln in playlist if ln.startswith(("#EXTINF", "#EXT-X-GAP", "s"))]
+    assert media == [
+        "#EXTINF:2.000,", segment_uri(0),
+        "#EXTINF:1.000,", segment_uri(1),
+        "#EXT-X-GAP", "#EXTINF:2.000,", segment_uri(2),
+        "#EXT-X-GAP", "#EXTINF:2.000,", segment_uri(3),
+    ]  # fmt: skip
+    assert hls.segment(2) is None and hls.segment(3) is None
+    assert hls.ready(3, None) and hls.ready(4, 1) and not hls.ready(4, 2)
+
+
+def test_a_long_outage_lists_at_most_a_window_of_gaps() -> None:
+    hls = packager(window_segments=4)
+    feed_seqs(hls, range(0, 4))
+    feed_seqs(hls, range(4000, 4001), discontinuity_at=4000)
+    assert [s.msn for s in hls.segments] == [997, 998, 999, 1000]
+    assert [s.gap for s in hls.segments] == [True, True, True, False]
+
+
+def test_a_gap_in_numbers_is_a_discontinuity_even_unmarked() -> None:
+    hls = packager()
+    feed_seqs(hls, range(0, 4))
+    feed_seqs(hls, range(12, 14))
+    assert hls.next_part == (3, 2)
+    assert lines(hls).count("#EXT-X-DISCONTINUITY") == 1
+    assert lines(hls).count("#EXT-X-GAP") == 2
+
+
+def test_a_marked_part_on_a_boundary_still_starts_a_new_segment() -> None:
+    hls = packager()
+    feed_seqs(hls, range(0, 4))
+    feed_seqs(hls, range(4, 6), discontinuity_at=4)  # restarted with no gap in numbers
+    playlist = lines(hls)
+    assert playlist.count("#EXT-X-DISCONTINUITY") == 1
+    assert hls.next_part == (1, 2)
+
+
+def test_numbers_never_go_backwards() -> None:
+    hls = packager()
+    feed_seqs(hls, range(0, 10))
+    assert hls.add_part(b"stale", 0.5, T0, 3) == []
+    assert hls.add_part(b"dup", 0.5, T0, 9) == []
+    assert hls.add_part(b"stale", 0.5, T0, 2, discontinuity=True) == []
+    assert hls.next_part == (2, 2)
+    assert b"stale" not in hls.playlist() and hls.part(0, 3) is not None
+    assert hls.part(0, 3).data == b"[3]"  # type: ignore[union-attr]
+
+
+def test_discontinuity_sequence_counts_the_tags_that_left_the_window() -> None:
+    hls = packager(window_segments=3)
+    feed_seqs(hls, range(0, 4))
+    feed_seqs(hls, range(8, 12), discontinuity_at=8)  # segment 2 follows gap segment 1
+    feed_seqs(hls, range(12, 16))  # segment 3
+    assert tag(hls, "EXT-X-DISCONTINUITY-SEQUENCE") == "0"
+    assert tag(hls, "EXT-X-MEDIA-SEQUENCE") == "1"
+    feed_seqs(hls, range(16, 17))  # segment 4 opens: gap segment 1 leaves, no tag with it
+    assert tag(hls, "EXT-X-DISCONTINUITY-SEQUENCE") == "0"
+    feed_seqs(hls, range(17, 21))  # segment 5 opens: segment 2 and its tag leave
+    assert tag(hls, "EXT-X-MEDIA-SEQUENCE") == "3"
+    assert tag(hls, "EXT-X-DISCONTINUITY-SEQUENCE") == "1"
+    assert "#EXT-X-DISCONTINUITY" not in lines(hls)
+
+
+def test_a_late_packager_counts_discontinuities_as_one_that_saw_everything() -> None:
+    whole, late = packager(window_segments=3), packager(window_segments=3)
+    feed_seqs(whole, range(0, 6))
+    for hls in (whole, late):  # the late one starts with the restarted stage's first part
+        feed_seqs(hls, range(20, 30), discontinuity_at=20)
+    for n in (30, 34, 38):
+        for hls in (whole, late):
+            feed_seqs(hls, range(n, n + 4))
+            assert tag(hls, "EXT-X-MEDIA-SEQUENCE") == tag(whole, "EXT-X-MEDIA-SEQUENCE")
+        assert tag(late, "EXT-X-DISCONTINUITY-SEQUENCE") == tag(
+            whole, "EXT-X-DISCONTINUITY-SEQUENCE"
+        )
+        assert lines(late).count("#EXT-X-DISCONTINUITY") == lines(whole).count(
+            "#EXT-X-DISCONTINUITY"
+        )
+
+
+def test_vod_playlist_marks_the_gaps() -> None:
+    text = vod_playlist([2.0, 1.0, 2.0, 2.0], 2.0, discontinuities={2}).splitlines()
+    i = text.index("#EXT-X-DISCONTINUITY")
+    assert text[i + 1] == "#EXTINF:2.000," and text[i + 2] == segment_uri(2)
+    assert text.count("#EXT-X-DISCONTINUITY") == 1

@@ -61,13 +61,15 @@ class Channel:
             return  # nothing after the end may reach listeners (or raise into the stage)
         match msg:
             case OggHeader(data=data):
-                self.ogg.header = data
+                # A later header is a restarted stage's new logical stream (chained Ogg):
+                # it reaches connected listeners in line with the pages.
+                self.ogg.restart_stream(data, self.ogg.newest_at)
             case OggPages(data=data, at_monotonic_s=at):
                 self.ogg.publish(data, at)
             case HlsInit(data=data):
                 self.hls.init_segment = data
-            case HlsPart(data=data, duration_s=d, at_unix_s=at, seq=seq):
-                self.hls.add_part(data, d, at, seq)
+            case HlsPart(data=data, duration_s=d, at_unix_s=at, seq=seq, discontinuity=disc):
+                self.hls.add_part(data, d, at, seq, disc)
                 self._wake()
             case RoomUpdate(json=text, at_monotonic_s=at):
                 self.last_room_json = text

@@ -108,6 +108,8 @@ class _Page:
     seq: int
     data: bytes
     at: float
+    stream: int = 0  # which logical stream (header) it belongs to
+    is_header: bool = False  # a later stream's header pages, sent in line with the data
 
 
 @dataclass
@@ -119,6 +121,7 @@ class Cohort:
     sent_to: int = 0
     due_at: float | None = None  # set when the first page arrives
     join: bytes | None = None  # header + burst for a newcomer, built once per chunk
+    stream: int = 0  # the logical stream of the last page it has had
 
 
 @dataclass(eq=False)
@@ -153,6 +156,10 @@ class Fanout:
     _pages: deque[_Page] = field(default_factory=deque)
     _next_seq: int = 0
     _join_header: bytes = b""
+    # A chained stream (a restarted source): each later logical stream's number, and the
+    # headers of earlier ones still owed to cohorts that have not reached the new one.
+    _stream: int = 0
+    _old_headers: dict[int, bytes] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.interval_s = self.config.flush_interval_s
@@ -161,11 +168,40 @@ class Fanout:
     # -- program side ------------------------------------------------------------
     def publish(self, page: bytes, now: float) -> None:
         if self._next_seq == 0:  # the first page sets the cohorts' phases
-            step = self.interval_s / len(self.cohorts)
-            for c in self.cohorts:
-                c.due_at = now + c.index * step
-        self._pages.append(_Page(self._next_seq, page, now))
+            self._set_phases(now)
+        self._pages.append(_Page(self._next_seq, page, now, self._stream))
         self._next_seq += 1
+
+    def restart_stream(self, header: bytes, now: float) -> None:
+        """A new logical stream follows (RFC 3533 chaining: a restarted encoder, a new
+        serial). Its header pages go to every listener in line with the data, so nobody
+        gets the new stream's pages without its BOS pages; newcomers get it as their
+        header once their cohort has reached it."""
+        if header == self.header:
+            return  # the same stream announced again
+        if not self.header:
+            self.header = header
+            return
+        self._old_headers[self._stream] = self.header
+        self._stream += 1
+        self.header = header
+        if self._next_seq == 0:  # the first page sets the cohorts' phases
+            self._set_phases(now)
+        self._pages.append(_Page(self._next_seq, header, now, self._stream, is_header=True))
+        self._next_seq += 1
+
+    @property
+    def newest_at(self) -> float:
+        """When the newest page was published (0 before any)."""
+        return self._pages[-1].at if self._pages else 0.0
+
+    def _set_phases(self, now: float) -> None:
+        step = self.interval_s / len(self.cohorts)
+        for c in self.cohorts:
+            c.due_at = now + c.index * step
+
+    def _header_of(self, stream: int) -> bytes:
+        return self.header if stream == self._stream else self._old_headers.get(stream, b"")
 
     def next_due(self, now: float) -> Cohort | None:
         """A cohort whose turn has come and that has pages it has not had."""
@@ -183,6 +219,7 @@ class Fanout:
         """The pages ``cohort`` has not had, as one chunk; schedules its next turn."""
         chunk = b"".join(p.data for p in self._pages if p.seq >= cohort.sent_to)
         cohort.sent_to = self._next_seq
+        cohort.stream = self._stream
         cohort.join = None
         if cohort.due_at is not None:
             # Keep the phase; after a stall, do not fire back to back.
@@ -196,6 +233,10 @@ class Fanout:
         newest = self._pages[-1].at if self._pages else 0.0
         while self._pages and self._pages[0].seq < unsent and newest - self._pages[0].at >= keep_s:
             self._pages.popleft()
+        if self._old_headers:
+            oldest = min(c.stream for c in self.cohorts)
+            for stream in [s for s in self._old_headers if s < oldest]:
+                del self._old_headers[stream]
 
     def next_turn(self, now: float) -> Turn | None:
         """The turn of a cohort that is due (its chunk taken, its next turn scheduled)."""
@@ -301,7 +342,9 @@ class Fanout:
         """Header plus a short burst up to what ``cohort`` has had, built once per chunk.
 
         The burst stops where the cohort's last chunk stopped, so a newcomer never gets
-        a page twice (once in the burst, once in its cohort's next chunk).
+        a page twice (once in the burst, once in its cohort's next chunk). Header and
+        burst are of the logical stream the cohort is in: a newcomer then follows its
+        cohort into a later stream through the same in-line header pages.
         """
         # The header is a plain attribute the channel may set late; rebuild if it changed.
         if cohort.join is None or self._join_header is not self.header:
@@ -309,11 +352,15 @@ class Fanout:
                 for c in self.cohorts:
                     c.join = None
                 self._join_header = self.header
-            had = [p for p in self._pages if p.seq < cohort.sent_to]
+            had = [
+                p
+                for p in self._pages
+                if p.seq < cohort.sent_to and p.stream == cohort.stream and not p.is_header
+            ]
             edge = had[-1].at if had else 0.0
             # "<" so that join_burst_s=0 keeps nothing (the SSE stream sends a snapshot).
             burst = b"".join(p.data for p in had if edge - p.at < self.config.join_burst_s)
-            cohort.join = self.header + burst
+            cohort.join = self._header_of(cohort.stream) + burst
         return cohort.join
 
     def subscribe(self, key: int, sink: Sink, now: float) -> None:

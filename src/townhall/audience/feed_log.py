@@ -29,7 +29,8 @@ class _ChannelLog:
 class FeedLog:
     """What an audience process started mid-stream needs to serve every live channel at
     once: the headers, the last room snapshot, a few seconds of Ogg pages (the join
-    burst) and the LL-HLS window's parts (so its media sequence numbers match).
+    burst) and the LL-HLS window's parts (so its media sequence numbers match). After a
+    restarted stage's new Ogg header, only that header and the pages after it.
 
     Pure and bounded: per channel, at most ``keep_ogg_pages`` and ``keep_hls_parts``
     messages; at most ``keep_ended`` ended channels (served out their grace period).
@@ -54,6 +55,7 @@ class FeedLog:
         match msg:
             case OggHeader():
                 log.ogg_header = msg
+                log.ogg_pages.clear()  # a new logical stream: older pages are not its own
             case HlsInit():
                 log.hls_init = msg
             case RoomUpdate():

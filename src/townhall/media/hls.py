@@ -10,6 +10,13 @@ Implements the server side of RFC 8216bis (HLS 2nd edition) low-latency mode:
   reload with EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES (4.4.3.8);
 * ``ready(msn, part)`` answers the blocking-reload question of section 6.2.5.2: does
   the playlist now contain segment ``msn`` (and its part ``part``)?
+* a part whose number jumps ahead, or that says so (a restarted stage: media time
+  jumped), closes the open segment short and starts segment ``seq // parts_per_segment``
+  after an EXT-X-DISCONTINUITY (4.4.4.2); EXT-X-DISCONTINUITY-SEQUENCE (4.4.3.3) counts
+  the ones that left the window. The segments nobody produced in between are listed
+  with EXT-X-GAP (4.4.4.7): a playlist's media sequence numbers must be consecutive,
+  and the gap's duration keeps the playlist's time in step with media time. Numbers
+  never go backwards: a part behind is dropped.
 
 Pure and synchronous: the caller passes ``now`` (wall-clock seconds, used only for
 EXT-X-PROGRAM-DATE-TIME) and decides how to wait. The window is bounded: only the last
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -54,11 +62,17 @@ class Segment:
     started_at: float
     parts: list[Part] = field(default_factory=list)
     complete: bool = False
+    # Media time jumped before this segment: players reset their decoder and timeline.
+    discontinuity: bool = False
+    # No stage produced this segment (it was down): listed as EXT-X-GAP so media
+    # sequence numbers stay consecutive and the playlist's time matches media time.
+    gap: bool = False
+    gap_duration_s: float = 0.0
     _data: bytes | None = None
 
     @property
     def duration_s(self) -> float:
-        return sum(p.duration_s for p in self.parts)
+        return self.gap_duration_s if self.gap else sum(p.duration_s for p in self.parts)
 
     @property
     def data(self) -> bytes:
@@ -99,29 +113,76 @@ class HlsPackager:
         self.segments: deque[Segment] = deque()
         self.ended = False
         self._next_msn = 0
+        self._next_seq: int | None = None  # the part number expected next
+        # EXT-X-DISCONTINUITY tags that slid out of the window with their segments.
+        self.discontinuity_sequence = 0
         self._playlist: bytes | None = None
 
     # -- input -------------------------------------------------------------------
     def add_part(
-        self, data: bytes, duration_s: float, now: float, seq: int | None = None
+        self,
+        data: bytes,
+        duration_s: float,
+        now: float,
+        seq: int | None = None,
+        discontinuity: bool = False,
     ) -> list[HlsEvent]:
         """Add the next part. ``seq`` is its number since the stream began: a packager
         that joins mid-stream starts at the next segment boundary and numbers segments
-        from there, as every packager that saw the whole stream does."""
+        from there, as every packager that saw the whole stream does. A part numbered
+        ahead of the next one, or marked ``discontinuity``, starts a new segment
+        ``seq // parts_per_segment`` after a discontinuity; one numbered behind is
+        dropped."""
         if self.ended:
             raise RuntimeError("packager has ended")
-        if seq is not None and not self.segments and self._next_msn == 0:
-            msn, index = divmod(seq, self.config.parts_per_segment)
-            if index:
+        pps = self.config.parts_per_segment
+        events: list[HlsEvent] = []
+        if seq is None:
+            seq = self._next_seq if self._next_seq is not None else self._next_msn * pps
+        elif self._next_seq is None:
+            msn, index = divmod(seq, pps)
+            if index and not discontinuity:
                 return []  # mid-segment: its first parts are not ours to number
             self._next_msn = msn
+        elif seq < self._next_seq:
+            return []  # never backwards: a stale stage's part, or a duplicate
+        elif seq > self._next_seq or discontinuity:
+            events += self._break_at(seq, now)
+            discontinuity = True
+        self._next_seq = seq + 1
         current = self._open_segment(now)
+        if discontinuity:
+            # Marked even as a fresh packager's first segment: every process then counts
+            # the same discontinuities for the same segments (4.4.3.3).
+            current.discontinuity = True
         part = Part(current.msn, len(current.parts), data, duration_s)
         current.parts.append(part)
-        events: list[HlsEvent] = [PartAdded(part)]
-        if len(current.parts) >= self.config.parts_per_segment:
+        events.append(PartAdded(part))
+        if len(current.parts) >= pps:
             events.append(self._complete(current))
         self._playlist = None
+        return events
+
+    def _break_at(self, seq: int, now: float) -> list[HlsEvent]:
+        """Media time jumped: close the open segment short; the next one starts at
+        ``seq``'s segment (or later, never reusing a number) after a discontinuity, with
+        gap segments for the numbers in between."""
+        events: list[HlsEvent] = []
+        if self.segments and not self.segments[-1].complete:
+            last = self.segments[-1]
+            if last.parts:
+                events.append(self._complete(last))
+            else:
+                self.segments.pop()
+                self._next_msn = last.msn
+        target = max(self._next_msn, seq // self.config.parts_per_segment)
+        segment_s = self.config.segment_target_s
+        # Only a window's worth: any more would slide straight out again.
+        for msn in range(max(self._next_msn, target - self.config.window_segments), target):
+            started_at = now - (target - msn) * segment_s
+            gap = Segment(msn, started_at, complete=True, gap=True, gap_duration_s=segment_s)
+            self._append(gap)
+        self._next_msn = target
         return events
 
     def end(self) -> list[HlsEvent]:
@@ -139,11 +200,15 @@ class HlsPackager:
 
     def _open_segment(self, now: float) -> Segment:
         if not self.segments or self.segments[-1].complete:
-            self.segments.append(Segment(self._next_msn, now))
+            self._append(Segment(self._next_msn, now))
             self._next_msn += 1
-            while len(self.segments) > self.config.window_segments:
-                self.segments.popleft()
         return self.segments[-1]
+
+    def _append(self, segment: Segment) -> None:
+        self.segments.append(segment)
+        while len(self.segments) > self.config.window_segments:
+            if self.segments.popleft().discontinuity:
+                self.discontinuity_sequence += 1
 
     def _complete(self, segment: Segment) -> SegmentCompleted:
         segment.complete = True
@@ -162,7 +227,7 @@ class HlsPackager:
 
     def segment(self, msn: int) -> Segment | None:
         seg = self._segment(msn)
-        return seg if seg and seg.complete else None
+        return seg if seg and seg.complete and not seg.gap else None
 
     @property
     def next_part(self) -> tuple[int, int]:
@@ -212,10 +277,13 @@ class HlsPackager:
             f"#EXT-X-PART-INF:PART-TARGET={c.part_target_s:.3f}",
             f"#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={3 * c.part_target_s:.3f}",
             f"#EXT-X-MEDIA-SEQUENCE:{self.segments[0].msn if self.segments else 0}",
+            f"#EXT-X-DISCONTINUITY-SEQUENCE:{self.discontinuity_sequence}",
             '#EXT-X-MAP:URI="init.mp4"',
         ]
         parts_from = self._next_msn - c.parts_window_segments
         for seg in self.segments:
+            if seg.discontinuity:
+                lines.append("#EXT-X-DISCONTINUITY")
             lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{_pdt(seg.started_at)}")
             if seg.msn >= parts_from:
                 lines += [
@@ -223,6 +291,8 @@ class HlsPackager:
                     "INDEPENDENT=YES"
                     for p in seg.parts
                 ]
+            if seg.gap:
+                lines.append("#EXT-X-GAP")
             if seg.complete:
                 lines += [f"#EXTINF:{seg.duration_s:.3f},", segment_uri(seg.msn)]
         if self.ended:
@@ -233,8 +303,11 @@ class HlsPackager:
         return "\n".join(lines) + "\n"
 
 
-def vod_playlist(durations_s: list[float], target_s: float) -> str:
-    """A complete VOD playlist for a recording (8216bis 4.4.3.5, PLAYLIST-TYPE:VOD)."""
+def vod_playlist(
+    durations_s: list[float], target_s: float, discontinuities: Collection[int] = ()
+) -> str:
+    """A complete VOD playlist for a recording (8216bis 4.4.3.5, PLAYLIST-TYPE:VOD);
+    ``discontinuities``: the segments (by index) that follow a gap in media time."""
     target = math.ceil(max([target_s, *durations_s]))
     lines = [
         "#EXTM3U",
@@ -245,6 +318,8 @@ def vod_playlist(durations_s: list[float], target_s: float) -> str:
         '#EXT-X-MAP:URI="init.mp4"',
     ]
     for msn, duration in enumerate(durations_s):
+        if msn in discontinuities:
+            lines.append("#EXT-X-DISCONTINUITY")
         lines += [f"#EXTINF:{duration:.3f},", segment_uri(msn)]
     lines.append("#EXT-X-ENDLIST")
     return "\n".join(lines) + "\n"

@@ -59,7 +59,10 @@ class _Sink(io.RawIOBase):
 
 
 class ProgramEncoder:
-    def __init__(self, config: EncoderConfig | None = None) -> None:
+    """``start_samples``: the first frame's pts in media time (``media.timeline``); Ogg
+    granule positions and fMP4 ``tfdt`` count on from it."""
+
+    def __init__(self, config: EncoderConfig | None = None, start_samples: int = 0) -> None:
         self.config = config or EncoderConfig()
         self._ogg_sink, self._mp4_sink = _Sink(), _Sink()
         self._ogg = av.open(self._ogg_sink, "w", format="ogg", options=self._ogg_options())
@@ -69,7 +72,7 @@ class ProgramEncoder:
         self._mp4_stream: av.audio.stream.AudioStream | None = None
         self.ogg = OggPageSplitter()
         self.fmp4 = Fmp4Splitter()
-        self._pts = 0
+        self._pts = start_samples
         self._closed = False
 
     def _ogg_options(self) -> dict[str, str]:
@@ -77,9 +80,13 @@ class ProgramEncoder:
 
     def _mp4_options(self) -> dict[str, str]:
         # frag_duration is what cuts audio-only fragments; frag_keyframe alone gives one.
+        # frag_discont and make_non_negative keep the first tfdt at the first packet's
+        # time: by default the muxer shifts a stream to start at 0, which would reset a
+        # restarted stage's media time.
         return {
-            "movflags": "frag_keyframe+empty_moov+default_base_moof",
+            "movflags": "frag_keyframe+empty_moov+default_base_moof+frag_discont",
             "frag_duration": str(int(self.config.part_target_s * 1e6)),
+            "avoid_negative_ts": "make_non_negative",
         }
 
     def encode(self, pcm: Pcm) -> Packaged:

@@ -32,6 +32,7 @@ from townhall.feed import (
 )
 from townhall.media.mixer import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE_HZ, Pcm, mix
 from townhall.media.program import EncoderConfig, Packaged, ProgramEncoder
+from townhall.media.timeline import MediaStart
 from townhall.stage.ice import rtc_configuration
 from townhall.stage.member import MemberConfig, StageMember
 
@@ -46,6 +47,10 @@ class StageConfig:
     member: MemberConfig = field(default_factory=MemberConfig)
     max_catch_up_s: float = 0.2
     max_offer_bytes: int = 64 * 1024
+    # A stage process reports its members and its clock to the control plane this often.
+    status_every_s: float = 0.1
+    # After CloseStage, how long a stage process waits for its last messages to leave.
+    close_timeout_s: float = 2.0
 
 
 # Decides, per tick, whether a member's audio may reach the program (the room's rules:
@@ -62,8 +67,12 @@ class StageRuntime:
     members: dict[str, StageMember] = field(default_factory=dict)
     ticks: int = 0
     clock_slips: int = 0
+    # The longest time between two ticks (seconds): the clock's health; 20 ms is perfect.
+    longest_tick_gap_s: float = 0.0
     feed_errors: int = 0  # messages the feed raised on (logged once; the clock runs on)
     on_program: Callable[[Pcm], None] | None = None
+    # Where this stage's program begins in the Space's media time (a restart carries on).
+    media_start: MediaStart = field(default_factory=MediaStart.origin)
     _encoder: ProgramEncoder | None = None
     _headers_sent: bool = False
     _init_sent: bool = False
@@ -72,7 +81,8 @@ class StageRuntime:
     ended: bool = False
 
     def __post_init__(self) -> None:
-        self._encoder = ProgramEncoder(self.config.encoder)
+        self._encoder = ProgramEncoder(self.config.encoder, self.media_start.samples)
+        self._parts_sent = self.media_start.first_part_seq
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
@@ -96,8 +106,11 @@ class StageRuntime:
     # -- the clock -----------------------------------------------------------------
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time()
+        deadline = last = loop.time()
         while True:
+            now = loop.time()
+            self.longest_tick_gap_s = max(self.longest_tick_gap_s, now - last)
+            last = now
             self.tick()
             deadline += TICK_S
             delay = deadline - loop.time()
@@ -140,7 +153,11 @@ class StageRuntime:
         if init is not None and not self._init_sent:
             self._init_sent = True
             self._publish(HlsInit(self.space_id, init))
-        self._publish(HlsPart(self.space_id, data, duration_s, now_unix_s, self._parts_sent))
+        first = self._parts_sent == self.media_start.first_part_seq
+        discontinuity = first and self.media_start.discontinuity
+        self._publish(
+            HlsPart(self.space_id, data, duration_s, now_unix_s, self._parts_sent, discontinuity)
+        )
         self._parts_sent += 1
 
     def _publish(self, msg: FeedMessage) -> None:

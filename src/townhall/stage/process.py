@@ -1,0 +1,266 @@
+"""A stage process: one Space's WebRTC stage, its 20 ms clock and its one encode, alone.
+
+Everything else of ``townhall serve`` runs in other processes, so nothing on this
+event loop competes with the clock: no HTTP serving, no disk, no JSON. The process
+holds one framed link to the supervisor (the hub). Down it go the feed (the encoded
+program, which the hub routes to the audience workers and the recorder), the answers
+to the control plane's requests, and a ``StageStatus`` every ``status_every_s``. Up it
+come ``StageRequest`` (connect, disconnect, the program set) and ``CloseStage``.
+
+The program set is kept here: if the control plane restarts, the stage keeps mixing
+the people it was last told may be heard. If the hub goes away (the link closes), the
+process exits at once rather than run orphaned; the hub restarts it if it died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import uvloop
+
+from townhall.errors import TownhallError
+from townhall.feed import FeedMessage
+from townhall.gcpolicy import freeze_startup_heap
+from townhall.media.timeline import MediaStart, media_start
+from townhall.stage.ice import allow_loopback_candidates
+from townhall.stage.member import StageMember
+from townhall.stage.runtime import StageRuntime
+from townhall.supervise.link import Link, open_link
+from townhall.supervise.messages import (
+    CloseStage,
+    Connect,
+    Disconnect,
+    MemberStatus,
+    SetProgram,
+    StageReply,
+    StageRequest,
+    StageStatus,
+)
+from townhall.supervise.specs import StageSpec
+
+log = logging.getLogger(__name__)
+
+# The stage outranks everything else on the machine's cores; without the privilege to
+# raise it, it stays at the default and the others are niced below it instead.
+STAGE_NICE = -5
+
+Send = Callable[[object], object]
+
+
+class LinkFeed:
+    """The stage's feed is the link: the hub fans it out to the audience and recorder.
+    ``Link.send`` only queues bytes on the transport, so publishing never blocks."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+
+    def publish(self, msg: FeedMessage) -> None:
+        self._send(msg)
+
+
+class ProgramSet:
+    """The gate: who may be heard in the program, as the control plane last said."""
+
+    def __init__(self, participant_ids: frozenset[str]) -> None:
+        self.participant_ids = participant_ids
+
+    def __call__(self, participant_id: str) -> bool:
+        return participant_id in self.participant_ids
+
+
+def start_for(spec: StageSpec, now_unix_s: float) -> MediaStart:
+    """Where this incarnation's program begins in the Space's media time."""
+    return media_start(
+        spec.open.started_at_unix_s,
+        now_unix_s,
+        spec.config.stage.encoder.part_target_s,
+        spec.config.audience.channel.hls.parts_per_segment,
+        spec.next_part_seq,
+        restarted=spec.incarnation > 0,
+    )
+
+
+def member_status(member: StageMember, now: float) -> MemberStatus:
+    silent = member.silent_for(now)
+    return MemberStatus(
+        participant_id=member.participant_id,
+        name=member.name,
+        mic_checked=member.mic_checked,
+        level_dbfs=round(member.level, 1),
+        silent_s=None if math.isinf(silent) else round(silent, 1),
+        connection=member.pc.connectionState,
+    )
+
+
+class StageHost:
+    """Answers the hub's messages for one Space's ``StageRuntime``."""
+
+    def __init__(self, runtime: StageRuntime, program: ProgramSet, send: Send) -> None:
+        self.runtime = runtime
+        self.program = program
+        self._send = send
+        self.closing: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._requests: set[asyncio.Task[None]] = set()
+
+    @property
+    def space_id(self) -> str:
+        return self.runtime.space_id
+
+    def on_message(self, msg: Any) -> None:
+        match msg:
+            case StageRequest(op=SetProgram(participant_ids=ids)) if self._ours(msg):
+                # Applied at once, in arrival order: the next tick already obeys it.
+                self.program.participant_ids = ids
+                self._reply(msg, True)
+            case StageRequest() if self._ours(msg):
+                task = asyncio.create_task(self._answer(msg), name=f"stage-request-{msg.op}")
+                self._requests.add(task)
+                task.add_done_callback(self._requests.discard)
+            case StageRequest():
+                self._reply(msg, False, status=404, detail="no such space on this stage")
+            case CloseStage(space_id=space_id) if space_id == self.space_id:
+                if not self.closing.done():
+                    self.closing.set_result(None)
+            case _:
+                log.warning("stage %s: ignoring %s from the hub", self.space_id, type(msg))
+
+    def _ours(self, req: StageRequest) -> bool:
+        return req.space_id == self.space_id
+
+    async def _answer(self, req: StageRequest) -> None:
+        try:
+            match req.op:
+                case Connect(participant_id=pid, name=name, sdp=sdp, kind=kind):
+                    answer = await self.runtime.connect(pid, name, sdp, kind)
+                    self._reply(req, True, sdp=answer.sdp, kind=answer.type)
+                case Disconnect(participant_id=pid):
+                    await self.runtime.disconnect(pid)
+                    self._reply(req, True)
+        except TownhallError as exc:
+            self._reply(req, False, status=exc.status, detail=exc.detail)
+        except Exception as exc:
+            log.exception("stage %s: %s failed", self.space_id, type(req.op).__name__)
+            self._reply(req, False, status=500, detail=f"the stage failed: {exc}")
+
+    def _reply(
+        self,
+        req: StageRequest,
+        ok: bool,
+        sdp: str = "",
+        kind: str = "",
+        status: int = 0,
+        detail: str = "",
+    ) -> None:
+        self._send(StageReply(req.space_id, req.request_id, ok, sdp, kind, status, detail))
+
+    def status(self) -> StageStatus:
+        now = time.monotonic()
+        rt = self.runtime
+        members = tuple(member_status(m, now) for m in rt.members.values())
+        return StageStatus(
+            self.space_id, members, rt.ticks, rt.clock_slips, round(rt.longest_tick_gap_s, 4)
+        )
+
+    async def report_status(self, every_s: float) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            self._send(self.status())
+
+    async def close(self) -> None:
+        """End the Space's program: flush the encoder, publish ``ChannelEnded``."""
+        for task in list(self._requests):
+            task.cancel()
+        await self.runtime.end()
+
+
+class _UvLink(Link):
+    """``Link`` on uvloop, whose transports are not ``asyncio.Transport`` subclasses
+    (``Link.connection_made`` asserts that one is)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+
+async def _open_link(sock: socket.socket, on_message: Callable[[Any], None]) -> Link:
+    if isinstance(asyncio.get_running_loop(), uvloop.Loop):
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        _, link = await loop.create_unix_connection(lambda: _UvLink(on_message), sock=sock)
+        return link
+    return await open_link(sock, on_message)
+
+
+def run_stage_process(spec: StageSpec, sock: socket.socket) -> None:
+    """Entry point of a stage process: serve ``spec.open``'s Space until ``CloseStage``
+    (exit 0) or until the supervisor's link closes (exit at once)."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        for noisy in ("aioice", "aiortc"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    with contextlib.suppress(OSError):  # EPERM without the privilege: stay at 0
+        os.nice(STAGE_NICE)
+    allow_loopback_candidates()
+    uvloop.run(serve_stage(spec, sock))
+
+
+async def serve_stage(spec: StageSpec, sock: socket.socket, exit_on_lost: bool = True) -> str:
+    """Run the stage; ``"closed"`` after ``CloseStage``. If the link closes, exit the
+    process at once (or, with ``exit_on_lost`` false, return ``"lost"``)."""
+    inbox: list[Any] = []
+    host: StageHost | None = None
+
+    def on_message(msg: Any) -> None:
+        if host is None:
+            inbox.append(msg)  # arrived while starting up: handled right after
+        else:
+            host.on_message(msg)
+
+    link = await _open_link(sock, on_message)
+    program = ProgramSet(spec.open.program)
+    runtime = StageRuntime(
+        spec.open.space_id,
+        LinkFeed(link.send),
+        spec.config.stage,
+        gate=program,
+        media_start=start_for(spec, time.time()),
+    )
+    host = StageHost(runtime, program, link.send)
+    for msg in inbox:
+        host.on_message(msg)
+    freeze_startup_heap()
+    runtime.start()
+    reporter = asyncio.create_task(
+        host.report_status(spec.config.stage.status_every_s), name="stage-status"
+    )
+    log.info(
+        "stage %s up (pid %d, incarnation %d, first part %d)",
+        runtime.space_id,
+        os.getpid(),
+        spec.incarnation,
+        runtime.media_start.first_part_seq,
+    )
+    await asyncio.wait([link.closed, host.closing], return_when=asyncio.FIRST_COMPLETED)
+    reporter.cancel()
+    if link.closed.done():
+        log.warning("stage %s: the supervisor link closed; exiting", runtime.space_id)
+        if exit_on_lost:
+            # Nobody hears this program any more and nobody can end it. Peer
+            # connections and the encoder need no goodbye: exit without unwinding.
+            logging.shutdown()
+            os._exit(0)
+        return "lost"
+    await host.close()
+    link.close()  # the transport writes out what is queued (ChannelEnded last), then closes
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(link.closed), spec.config.stage.close_timeout_s)
+    return "closed"
