@@ -33,7 +33,7 @@ from townhall.media.timeline import MediaStart, media_start
 from townhall.stage.ice import allow_loopback_candidates
 from townhall.stage.member import StageMember
 from townhall.stage.runtime import StageRuntime
-from townhall.supervise.link import Link, open_link
+from townhall.supervise.link import open_link
 from townhall.supervise.messages import (
     CloseStage,
     Connect,
@@ -181,23 +181,6 @@ class StageHost:
         await self.runtime.end()
 
 
-class _UvLink(Link):
-    """``Link`` on uvloop, whose transports are not ``asyncio.Transport`` subclasses
-    (``Link.connection_made`` asserts that one is)."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
-
-
-async def _open_link(sock: socket.socket, on_message: Callable[[Any], None]) -> Link:
-    if isinstance(asyncio.get_running_loop(), uvloop.Loop):
-        sock.setblocking(False)
-        loop = asyncio.get_running_loop()
-        _, link = await loop.create_unix_connection(lambda: _UvLink(on_message), sock=sock)
-        return link
-    return await open_link(sock, on_message)
-
-
 def run_stage_process(spec: StageSpec, sock: socket.socket) -> None:
     """Entry point of a stage process: serve ``spec.open``'s Space until ``CloseStage``
     (exit 0) or until the supervisor's link closes (exit at once)."""
@@ -207,8 +190,6 @@ def run_stage_process(spec: StageSpec, sock: socket.socket) -> None:
         )
         for noisy in ("aioice", "aiortc"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-    with contextlib.suppress(OSError):  # EPERM without the privilege: stay at 0
-        os.nice(STAGE_NICE)
     allow_loopback_candidates()
     uvloop.run(serve_stage(spec, sock))
 
@@ -225,7 +206,7 @@ async def serve_stage(spec: StageSpec, sock: socket.socket, exit_on_lost: bool =
         else:
             host.on_message(msg)
 
-    link = await _open_link(sock, on_message)
+    link = await open_link(sock, on_message)
     program = ProgramSet(spec.open.program)
     runtime = StageRuntime(
         spec.open.space_id,
