@@ -22,7 +22,7 @@ from townhall.control.service import SpaceService
 from townhall.control.views import SpaceViews
 from townhall.feed import FeedSink, FeedSinks
 from townhall.live import Stage, StageFactory
-from townhall.recorder import Recorder, seal_after_crash
+from townhall.recording.recorder import Recorder, seal_after_crash
 from townhall.stage.runtime import ProgramGate, StageRuntime
 from townhall.store import Store
 from townhall.tokens import TokenIssuer

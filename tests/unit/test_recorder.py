@@ -17,7 +17,7 @@ from townhall.feed import ChannelEnded, FeedMessage, HlsInit, HlsPart, OggHeader
 from townhall.media.hls import HlsConfig
 from townhall.media.mixer import FRAME_SAMPLES, SAMPLE_RATE_HZ
 from townhall.media.program import ProgramEncoder
-from townhall.recorder import Recorder, RecorderConfig, seal_after_crash
+from townhall.recording.recorder import Recorder, RecorderConfig, seal_after_crash
 from townhall.store import Store
 
 
@@ -145,7 +145,7 @@ def test_a_full_disk_pauses_the_recording_and_the_end_seals_what_was_written(
         rec.publish(ChannelEnded("sp", 2e9))
         return rec
 
-    with caplog.at_level(logging.ERROR, logger="townhall.recorder"):
+    with caplog.at_level(logging.ERROR, logger="townhall.recording.recorder"):
         rec = asyncio.run(scenario())
     assert rec.write_errors == 1 and len(paused_lines(caplog)) == 1
     assert "No space left on device" in paused_lines(caplog)[0]
@@ -182,7 +182,7 @@ def test_a_file_that_fails_every_write_pauses_only_its_space(
         rec.publish(ChannelEnded("ok", 2e9))
         return rec
 
-    with caplog.at_level(logging.ERROR, logger="townhall.recorder"):
+    with caplog.at_level(logging.ERROR, logger="townhall.recording.recorder"):
         rec = asyncio.run(scenario())
     assert rec.write_errors == 1 and len(paused_lines(caplog)) == 1
     assert "broken" in paused_lines(caplog)[0]
