@@ -340,3 +340,22 @@ def test_a_paused_recording_resumes_when_the_disk_has_room_again(
     assert amplitude_at(audio[-SAMPLE_RATE_HZ:], 440) > 0.1
     lines = vod_lines(tiny_disk)
     assert lines.count("#EXT-X-DISCONTINUITY") == 1 and lines[-1] == "#EXT-X-ENDLIST"
+
+
+def test_a_restarted_stage_with_another_init_segment_gets_its_own_map(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        rec = recorder(tmp_path)
+        for msg in program_feed(150):
+            rec.publish(msg)
+        for msg in program_feed(150, hz=880, first_seq=12, restarted=True):
+            if isinstance(msg, HlsInit):  # as if the new encoder's parameters differed
+                msg = HlsInit("sp", msg.data + b"\0")
+            rec.publish(msg)
+        rec.publish(ChannelEnded("sp", 2e9))
+
+    asyncio.run(scenario())
+    lines = vod_lines(tmp_path)
+    gap = lines.index("#EXT-X-DISCONTINUITY")
+    assert lines[gap + 1] == '#EXT-X-MAP:URI="init1.mp4"'
+    assert (tmp_path / "sp" / "init1.mp4").read_bytes().endswith(b"\0")
+    assert not (tmp_path / "sp" / "init.mp4").read_bytes().endswith(b"\0")

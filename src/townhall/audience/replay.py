@@ -113,7 +113,6 @@ class ReplayFiles:
                 f.close()
                 return head
             if self.sending >= self.max_connections:
-                f.close()
                 raise Unavailable("too many replay downloads; retry", 1.0 + self.rng.random())
         except BaseException:
             f.close()

@@ -41,7 +41,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from townhall.feed import ChannelEnded, FeedMessage, HlsInit, HlsPart, OggHeader, OggPages
+from townhall.feed import (
+    ChannelEnded,
+    FeedMessage,
+    HlsInit,
+    HlsPart,
+    OggHeader,
+    OggPages,
+    RoomUpdate,
+)
 from townhall.media.hls import HlsConfig, segment_uri
 from townhall.recording import vod
 from townhall.recording.oggfile import page_serial, read_state
@@ -93,10 +101,10 @@ class Recorder:
         self.write_errors = 0  # recordings paused (or seals cut short) by a failing disk
 
     def publish(self, msg: FeedMessage) -> None:
+        if isinstance(msg, RoomUpdate):
+            return  # the room's snapshots are for live listeners only
         rec = self.recordings.get(msg.space_id)
         if rec is None:
-            if not isinstance(msg, OggHeader | OggPages | HlsInit | HlsPart | ChannelEnded):
-                return
             if isinstance(msg, ChannelEnded) and not _has_files(self.root, msg.space_id):
                 return  # never recorded: nothing to seal
             rec = self.recordings[msg.space_id] = SpaceRecording(
@@ -327,6 +335,10 @@ class SpaceRecording:
 
     def _write_next_init(self) -> None:
         assert self._next_init is not None
+        if self._init is None:  # the first one never made it to disk: it is the first
+            (self.dir / vod.FIRST_MAP_URI).write_bytes(self._next_init)
+            self._init, self._next_init = self._next_init, None
+            return
         uri = f"init{sum(s.map_uri is not None for s in self._segments) + 1}.mp4"
         (self.dir / uri).write_bytes(self._next_init)
         self._init, self._next_init = self._next_init, None
