@@ -8,9 +8,12 @@ import multiprocessing
 import os
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterable
 from pathlib import Path
+
+import pytest
 
 from benchmarks.harness.audio import amplitude_at
 from tests.unit.test_recorder import ffmpeg_decode, program_feed
@@ -105,3 +108,32 @@ def test_a_recorder_whose_supervisor_goes_away_leaves_live_files_appendable(
     assert child.proc.exitcode == 0
     playlist = (config.recordings_dir / "live" / "vod.m3u8").read_text()
     assert "#EXT-X-PLAYLIST-TYPE:EVENT" in playlist and "#EXT-X-ENDLIST" not in playlist
+
+
+def test_a_full_disk_pauses_the_recording_and_end_still_seals(tmp_path: Path) -> None:
+    """A real 64 KiB filesystem under the recordings: it fills up mid-Space."""
+    data = tmp_path / "data"
+    (data / "recordings").mkdir(parents=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(data / "recordings")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        child = RecorderChild(ServerConfig(data_dir=data))
+        child.send(program_feed(1500))  # 30 s of program, far more than 64 KiB
+        paused = child.wait_for("paused")
+        assert "No space left on device" in paused.detail and paused.write_errors == 1
+        child.send([ChannelEnded("sp", 2e9)])
+        assert child.wait_for("sealed").space_id == "sp"
+        child.link.close()
+        child.proc.join(5)
+        playlist = (data / "recordings" / "sp" / "vod.m3u8").read_text()
+        assert playlist.endswith("#EXT-X-ENDLIST\n")
+        audio = ffmpeg_decode(data / "recordings" / "sp.ogg")
+        assert len(audio) > SAMPLE_RATE_HZ and amplitude_at(audio, 440) > 0.1
+    finally:
+        subprocess.run(["umount", "-l", str(data / "recordings")], check=False)

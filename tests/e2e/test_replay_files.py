@@ -34,7 +34,9 @@ from pathlib import Path
 from townhall.audience.server import AudienceConfig, AudienceServer
 
 async def main() -> None:
-    config = AudienceConfig(max_replay_connections=int(sys.argv[2]))
+    config = AudienceConfig(
+        max_replay_connections=int(sys.argv[2]), replay_stall_timeout_s=float(sys.argv[4])
+    )
     server = AudienceServer(config, Path(sys.argv[1]))
     listener = await server.open("127.0.0.1", 0)
     print(listener.sockets[0].getsockname()[1], flush=True)
@@ -61,9 +63,12 @@ class Served:
 
 
 @contextlib.contextmanager
-def serving(root: Path, max_replay_connections: int = 64, loop: str = "uvloop") -> Iterator[Served]:
+def serving(
+    root: Path, max_replay_connections: int = 64, loop: str = "uvloop", stall_timeout_s: float = 30
+) -> Iterator[Served]:
+    args = [str(root), str(max_replay_connections), loop, str(stall_timeout_s)]
     proc = subprocess.Popen(
-        [sys.executable, "-c", SERVE, str(root), str(max_replay_connections), loop],
+        [sys.executable, "-c", SERVE, *args],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -157,6 +162,19 @@ def test_downloads_past_the_bound_get_503_with_retry_after(recording: Path) -> N
                 assert time.monotonic() < deadline, "the slot was never given back"
                 time.sleep(0.05)
             assert again.status_code == 200
+
+
+def test_a_download_that_stalls_is_cut_off_and_frees_its_slot(recording: Path) -> None:
+    with serving(recording, max_replay_connections=1, stall_timeout_s=1.0) as srv:
+        stalled = socket.create_connection(("127.0.0.1", srv.port))
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.sendall(b"GET /replay/big.ogg HTTP/1.1\r\nHost: x\r\n\r\n")
+        stalled.recv(1024)
+        with httpx.Client(base_url=srv.url, timeout=10) as client:
+            assert client.get("/replay/sp.ogg").status_code == 503
+            time.sleep(1.5)  # the stall timeout passes; the stalled client is still there
+            assert client.get("/replay/sp.ogg").status_code == 200
+        stalled.close()
 
 
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
