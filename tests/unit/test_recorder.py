@@ -359,3 +359,17 @@ def test_a_restarted_stage_with_another_init_segment_gets_its_own_map(tmp_path: 
     assert lines[gap + 1] == '#EXT-X-MAP:URI="init1.mp4"'
     assert (tmp_path / "sp" / "init1.mp4").read_bytes().endswith(b"\0")
     assert not (tmp_path / "sp" / "init.mp4").read_bytes().endswith(b"\0")
+
+
+def test_a_sealed_replay_is_not_reopened_by_late_messages(tmp_path: Path) -> None:
+    """The hub ends a Space whose stage did not answer; the stage's own end, and its
+    last pages, come after: the sealed replay stays as it was."""
+    asyncio.run(record(tmp_path, ticks=200, finish=True))
+    ogg, playlist = (tmp_path / "sp.ogg").read_bytes(), vod_lines(tmp_path)
+    statuses: list[RecordingStatus] = []
+    rec = Recorder(tmp_path, HlsConfig(), RecorderConfig(), on_status=statuses.append)
+    for msg in program_feed(100, first_seq=40):
+        rec.publish(msg)
+    rec.publish(ChannelEnded("sp", 2e9))
+    assert (tmp_path / "sp.ogg").read_bytes() == ogg and vod_lines(tmp_path) == playlist
+    assert not statuses and not rec.recordings

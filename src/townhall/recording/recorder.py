@@ -107,6 +107,8 @@ class Recorder:
         if rec is None:
             if isinstance(msg, ChannelEnded) and not _has_files(self.root, msg.space_id):
                 return  # never recorded: nothing to seal
+            if _sealed(self.root, msg.space_id):
+                return  # ended: a late message (or a second end) must not reopen it
             rec = self.recordings[msg.space_id] = SpaceRecording(
                 self.root, msg.space_id, self.hls, self.config
             )
@@ -167,6 +169,13 @@ class Recorder:
 
 def _has_files(root: Path, space_id: str) -> bool:
     return (root / f"{space_id}.ogg").is_file() or (root / space_id / "vod.m3u8").is_file()
+
+
+def _sealed(root: Path, space_id: str) -> bool:
+    try:
+        return vod.is_sealed((root / space_id / "vod.m3u8").read_text())
+    except OSError:
+        return False
 
 
 class SpaceRecording:
