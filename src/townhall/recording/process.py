@@ -30,9 +30,16 @@ FEED_MESSAGES = (OggHeader, OggPages, HlsInit, HlsPart, ChannelEnded)
 
 def run_recorder_process(spec: RecorderSpec, sock: socket.socket) -> None:
     """Entry point of the recorder process; returns when the supervisor goes away."""
-    with contextlib.suppress(OSError):  # not allowed here: run at the parent's priority
-        os.nice(spec.config.recorder.process_nice)
+    _lower_priority(spec.config.recorder.process_nice)
     uvloop.run(record(spec, sock))
+
+
+def _lower_priority(nice: int) -> None:
+    """At least this nice, whoever started us: a spawner that already set it (or set
+    more) is left alone, so the value is never applied twice."""
+    with contextlib.suppress(OSError):  # not allowed here: run at the parent's priority
+        if os.getpriority(os.PRIO_PROCESS, 0) < nice:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
 
 
 class _StatusRelay:
