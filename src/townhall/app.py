@@ -25,7 +25,7 @@ from townhall.control.service import SpaceService
 from townhall.control.views import SpaceViews
 from townhall.feed import FeedSink, FeedSinks
 from townhall.live import RoomChanged, Stage, StageFactory
-from townhall.recorder import Recorder
+from townhall.recording.recorder import Recorder
 from townhall.room.state import Room
 from townhall.stage.runtime import StageRuntime
 from townhall.store import Store

@@ -17,7 +17,7 @@ from pathlib import Path
 from townhall import settings
 from townhall.audience.server import AudienceConfig
 from townhall.control.config import ControlConfig
-from townhall.recorder import RecorderConfig
+from townhall.recording.recorder import RecorderConfig
 from townhall.room.counting import CounterConfig
 from townhall.room.state import RoomConfig
 from townhall.stage.runtime import StageConfig

@@ -5,20 +5,25 @@ request is parsed by httptools, routed by the application, and answered with
 pre-built bytes wherever possible. Long-lived responses (the Ogg stream, SSE) take the
 transport over and are written by the fan-out engine directly.
 
+Files (replays) are answered with a ``FileReply``: the head, then the body straight
+from the page cache to the socket with ``sendfile(2)``, never through Python memory.
+
 Bounds: request heads over ``max_head_bytes`` get 431; bodies are not accepted (the
 audience port is read-only); one request is handled at a time per connection, and
-reading pauses while a blocking request waits, so pipelining cannot queue unbounded
-work.
+reading pauses while a blocking request or a file is being answered, so pipelining
+cannot queue unbounded work.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import BinaryIO
 from urllib.parse import parse_qs
 
 import httptools
@@ -46,13 +51,15 @@ def response_bytes(
     content_type: str,
     cache_control: str = NO_STORE,
     extra: tuple[tuple[str, str], ...] = (),
+    content_length: int | None = None,
 ) -> bytes:
-    """A complete response, built once so it can be written to many clients."""
+    """A complete response, built once so it can be written to many clients; with
+    ``content_length``, the head of a body sent separately (a file)."""
     phrase = HTTPStatus(status).phrase
     head = [
         f"HTTP/1.1 {status} {phrase}",
         f"Content-Type: {content_type}",
-        f"Content-Length: {len(body)}",
+        f"Content-Length: {len(body) if content_length is None else content_length}",
         f"Cache-Control: {cache_control}",
         *(f"{k}: {v}" for k, v in extra),
     ]
@@ -81,13 +88,99 @@ def stream_head(content_type: str, extra: tuple[tuple[str, str], ...] = ()) -> b
     return ("\r\n".join(head) + "\r\n").encode() + CORS + b"\r\n"
 
 
-Reply = bytes | Awaitable[bytes] | None
+@dataclass
+class FileReply:
+    """A response whose body is ``count`` bytes of ``file`` from ``offset``. The
+    connection closes the file and calls ``done`` once it is sent (or abandoned)."""
+
+    head: bytes
+    file: BinaryIO
+    offset: int
+    count: int
+    done: Callable[[], None] = lambda: None
+    # A client that takes nothing for this long is cut off: it holds a file and a slot.
+    stall_timeout_s: float = 30.0
+
+    def release(self) -> None:
+        self.file.close()
+        self.done()
+
+
+# Bytes per sendfile(2) call; the socket's send buffer takes less at a time anyway.
+_SENDFILE_CHUNK_BYTES = 1 << 20
+
+
+async def send_file(transport: asyncio.Transport, reply: FileReply) -> None:
+    """Write ``reply``'s head, then its byte range with sendfile(2). Raises ``OSError``
+    (the client went away, or the file shrank under us) or ``TimeoutError`` (a stall)."""
+    transport.write(reply.head)
+    await _drained(transport, reply.stall_timeout_s)
+    loop = asyncio.get_running_loop()
+    try:
+        # asyncio's own loops send files zero-copy from the transport's socket.
+        await loop.sendfile(transport, reply.file, reply.offset, reply.count)
+        return
+    except NotImplementedError:
+        pass  # uvloop has no loop.sendfile: drive sendfile(2) on the socket ourselves
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        raise ConnectionError("the connection has no socket to send a file on")
+    # A duplicate descriptor of the same socket: uvloop refuses to watch the descriptor
+    # its transport owns, and the transport has nothing buffered to interleave with.
+    fd = os.dup(sock.fileno())
+    try:
+        await _sendfile(loop, fd, reply)
+    finally:
+        os.close(fd)
+
+
+async def _sendfile(loop: asyncio.AbstractEventLoop, fd: int, reply: FileReply) -> None:
+    offset, left, src = reply.offset, reply.count, reply.file.fileno()
+    while left > 0:
+        try:
+            sent = os.sendfile(fd, src, offset, min(left, _SENDFILE_CHUNK_BYTES))
+        except BlockingIOError:
+            await _writable(loop, fd, reply.stall_timeout_s)
+            continue
+        if sent == 0:
+            raise ConnectionError("the file ended before its announced length")
+        offset, left = offset + sent, left - sent
+
+
+async def _writable(loop: asyncio.AbstractEventLoop, fd: int, timeout_s: float) -> None:
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_writer(fd, wake)
+    try:
+        await asyncio.wait_for(ready, timeout_s)
+    finally:
+        loop.remove_writer(fd)
+
+
+async def _drained(transport: asyncio.Transport, timeout_s: float) -> None:
+    """Until the transport has handed everything it holds (a previous response on this
+    keep-alive connection, the head) to the kernel: the file's bytes must follow them."""
+    deadline = time.monotonic() + timeout_s
+    while transport.get_write_buffer_size() > 0:
+        if transport.is_closing():
+            raise ConnectionError("the client went away")
+        if time.monotonic() > deadline:
+            raise TimeoutError("the client stopped reading")
+        await asyncio.sleep(0.005)
+
+
+Reply = bytes | Awaitable[bytes] | FileReply | None
 Handler = Callable[["HttpConnection", Request], Reply]
 
 
 class HttpConnection(asyncio.Protocol):
     """One client connection. ``handler`` returns the response bytes, an awaitable of
-    them (a blocking request), or None when it took the transport over (a stream)."""
+    them (a blocking request), a ``FileReply``, or None when it took the transport over
+    (a stream)."""
 
     def __init__(
         self,
@@ -158,6 +251,8 @@ class HttpConnection(asyncio.Protocol):
         # Only what the routes read; anything else is parsed and dropped.
         if len(name) == 10 and name.lower() == b"user-agent":
             self._headers["user-agent"] = value.decode("latin-1")
+        elif len(name) == 5 and name.lower() == b"range":
+            self._headers["range"] = value.decode("latin-1")
 
     def on_body(self, body: bytes) -> None:
         pass  # the audience port takes no bodies; the head limit bounds what we read
@@ -203,8 +298,33 @@ class HttpConnection(asyncio.Protocol):
         if isinstance(reply, bytes):
             return self.send(reply, request.keep_alive, head_only)
         assert self.transport is not None
+        if isinstance(reply, FileReply):
+            if head_only:
+                reply.release()
+                return self.send(reply.head, request.keep_alive, head_only)
+            self.transport.pause_reading()
+            self._task = asyncio.ensure_future(self._send_file(reply, request.keep_alive))
+            return None
         self.transport.pause_reading()
         self._task = asyncio.ensure_future(self._await(reply, request.keep_alive, head_only))
+
+    async def _send_file(self, reply: FileReply, keep_alive: bool) -> None:
+        transport = self.transport
+        assert transport is not None
+        try:
+            await send_file(transport, reply)
+        except (OSError, TimeoutError):
+            # Part of a body may be out: the response cannot be finished, only cut.
+            transport.abort()
+            return
+        finally:
+            self._task = None
+            reply.release()
+        self.last_active = time.monotonic()
+        if not keep_alive:
+            transport.close()
+        elif not transport.is_closing():
+            transport.resume_reading()
 
     async def _await(self, reply: Awaitable[bytes], keep_alive: bool, head_only: bool) -> None:
         try:

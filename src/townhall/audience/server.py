@@ -8,7 +8,7 @@ Endpoints (all GET, all CORS-open, all errors JSON):
     /live/{space}/p{msn}.{i}.m4s      partial segment; blocks if preload-hinted
     /live/{space}/s{msn}.m4s          full segment
     /events/{space}                   SSE room events, coalesced
-    /replay/{space}.ogg, /replay/{space}/...   the recording (see recorder.py)
+    /replay/{space}.ogg, /replay/{space}/...   the recording, with Range (replay.py)
     /healthz                          which process answered (metrics: the control port)
 
 Caching (RFC 9111) is set for a CDN: parts, segments and the init segment never change
@@ -48,6 +48,7 @@ from townhall.audience.http import (
     stream_head,
 )
 from townhall.audience.plane import AudienceStats, ChannelStats, ListenerPresence
+from townhall.audience.replay import ReplayFiles
 from townhall.errors import BadRequest, NotFound, Unavailable
 from townhall.feed import ChannelEnded, FeedMessage, HlsPart
 from townhall.media.hls import part_uri, segment_uri
@@ -61,7 +62,9 @@ _LIVE = re.compile(
     r"(\.ogg|/index\.m3u8|/init\.mp4|/p(\d+)\.(\d+)\.m4s|/s(\d+)\.m4s)$"
 )
 _EVENTS = re.compile(r"^/events/([A-Za-z0-9_-]{1,64})$")
-_REPLAY = re.compile(r"^/replay/([A-Za-z0-9_-]{1,64})(\.ogg|/index\.m3u8|/init\.mp4|/s\d+\.m4s)$")
+_REPLAY = re.compile(
+    r"^/replay/([A-Za-z0-9_-]{1,64})(\.ogg|/index\.m3u8|/init\d{0,6}\.mp4|/s\d{1,9}\.m4s)$"
+)
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,11 @@ class AudienceConfig:
     # Immutable responses kept ready per live channel; older ones are rebuilt on demand.
     max_cached_responses: int = 256
     reap_every_s: float = 1.0
+    # Replay files being sent at once per process (each holds a file and a socket);
+    # past it a download gets 503 with Retry-After.
+    max_replay_connections: int = 64
+    # A replay download that takes nothing for this long is cut off.
+    replay_stall_timeout_s: float = 30.0
 
 
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -159,6 +167,14 @@ class AudienceServer:
     presence: ListenerPresence | None = None
     _listener: asyncio.Server | None = None
     _flusher: asyncio.Task[None] | None = None
+    replays: ReplayFiles | None = None
+
+    def __post_init__(self) -> None:
+        if self.recordings_dir is not None and self.replays is None:
+            c = self.config
+            self.replays = ReplayFiles(
+                self.recordings_dir, c.max_replay_connections, c.replay_stall_timeout_s, self.rng
+            )
 
     # -- the audience plane (see plane.py) --------------------------------------------
     async def open(self, host: str, port: int, reuse_port: bool = False) -> asyncio.Server:
@@ -252,7 +268,7 @@ class AudienceServer:
             self._events(conn, self._channel(m.group(1)))
             return None  # the connection is a stream now
         if m := _REPLAY.match(req.path):
-            return self._replay(m.group(1), m.group(2))
+            return self._replay(m.group(1), m.group(2), req)
         if req.path == "/healthz":
             # The pid tells which of several audience workers on one port answered.
             body = json.dumps({"ok": True, "pid": os.getpid()}).encode()
@@ -455,18 +471,10 @@ class AudienceServer:
         return self._wait_then(channel, msn, part, build)
 
     # -- replay ----------------------------------------------------------------------
-    def _replay(self, space_id: str, rest: str) -> bytes:
-        if self.recordings_dir is None:
+    def _replay(self, space_id: str, rest: str, req: Request) -> Reply:
+        if self.replays is None:
             raise NotFound("this server keeps no recordings")
-        name = f"{space_id}.ogg" if rest == ".ogg" else f"{space_id}/{rest.lstrip('/')}"
-        path = self.recordings_dir / name
-        if rest == "/index.m3u8":
-            path = self.recordings_dir / space_id / "vod.m3u8"
-        if not path.is_file():
-            raise NotFound(f"no replay for space {space_id!r} (yet)")
-        ctype = {".ogg": "audio/ogg", ".m3u8": M3U8}.get(path.suffix, MP4)
-        cache = "no-cache" if path.suffix == ".ogg" else "public, max-age=60"
-        return response_bytes(200, path.read_bytes(), ctype, cache)
+        return self.replays.reply(space_id, rest, req)
 
     # -- the flush loop --------------------------------------------------------------
     async def run_flusher(self) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from townhall.audience.framing import SessionSeen, StreamClosed, StreamOpened
 from townhall.feed import (
     ChannelEnded,
+    FeedMessage,
     HlsInit,
     HlsPart,
     OggHeader,
@@ -71,6 +72,9 @@ class Hub:
     running: set[str] = field(default_factory=set)  # Spaces with a stage process
     last_part_seq: dict[str, int] = field(default_factory=dict)
     ended: set[str] = field(default_factory=set)  # ChannelEnded went out
+    # Each Space's current stream headers: a restarted recorder needs them to tell a
+    # stream it already holds from a new one (a stage that restarted meanwhile).
+    headers: dict[str, dict[type, FeedMessage]] = field(default_factory=dict)
 
     # -- what the supervisor tells the hub ------------------------------------------
 
@@ -96,7 +100,17 @@ class Hub:
     def forget(self, space_id: str) -> None:
         """A closed Space whose stage is gone: nothing of it is needed any more."""
         self.last_part_seq.pop(space_id, None)
+        self.headers.pop(space_id, None)
         self.running.discard(space_id)
+
+    def recorder_catch_up(self) -> list[Delivery]:
+        """What a (re)started recorder is sent first: the headers of every live stream."""
+        return [
+            Delivery(RECORDER, msg)
+            for space_id, kept in self.headers.items()
+            if space_id not in self.ended
+            for msg in kept.values()
+        ]
 
     # -- routing ----------------------------------------------------------------------
 
@@ -146,6 +160,8 @@ class Hub:
         if isinstance(msg, StageStatus | StageReply):
             return [Delivery(CONTROL, msg)]
         if isinstance(msg, FEED_TYPES) and not isinstance(msg, RoomUpdate):
+            if isinstance(msg, OggHeader | HlsInit):
+                self.headers.setdefault(space_id, {})[type(msg)] = msg
             if isinstance(msg, HlsPart) and msg.seq is not None:
                 self.last_part_seq[space_id] = max(msg.seq, self.last_part_seq.get(space_id, -1))
             if isinstance(msg, ChannelEnded) and space_id in self.ended:

@@ -256,6 +256,9 @@ class Supervisor:
         loop.add_reader(proc.sentinel, self._on_exit, slot, child)
         link.closed.add_done_callback(lambda _: self._on_link_lost(slot, child))
         log.info("%s started (pid %d)", slot.name, child.pid)
+        if slot.role == RECORDER:
+            for delivery in self.hub.recorder_catch_up():
+                self._deliver(delivery)
         space_id = space_of(slot.name)
         if space_id is not None:
             self.hub.stage_up(space_id)
@@ -296,6 +299,9 @@ class Supervisor:
         if self._closing:
             return
         log.warning("%s (pid %d) ended: %s", slot.name, child.pid, reason)
+        if slot.role == RECORDER:
+            for delivery in self.hub.recorder_catch_up():
+                self._deliver(delivery)
         space_id = space_of(slot.name)
         if space_id is not None:
             self.hub.stage_down(space_id)
