@@ -72,6 +72,12 @@ def parser() -> argparse.ArgumentParser:
     fa.add_argument(
         "--set", action="append", default=[], metavar="PATH=VALUE", help="server setting"
     )
+    fa.add_argument(
+        "--recordings-tmpfs-kib",
+        type=int,
+        metavar="KIB",
+        help="instead of kills: the recordings on a tmpfs this small (root), filled mid-Space",
+    )
     fa.add_argument("--json", type=Path, help="also write the results here")
     fa.set_defaults(run=_faults)
     for name, (_, help_) in FORWARDED.items():
@@ -122,10 +128,12 @@ def _flash(args: argparse.Namespace) -> int:
 
 
 def _faults(args: argparse.Namespace) -> int:
-    from benchmarks.faults import ROLES, FaultPlan, run_fault_bench
+    from benchmarks.faults import DISK_FULL, ROLES, FaultPlan, run_fault_bench
 
     roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
-    if unknown := [r for r in roles if r not in ROLES]:
+    if args.recordings_tmpfs_kib is not None:
+        roles = (DISK_FULL,)  # the recordings fill up once; kills would measure a paused recorder
+    if unknown := [r for r in roles if r not in (*ROLES, DISK_FULL)]:
         print(f"unknown roles {unknown}; known: {', '.join(ROLES)}", file=sys.stderr)
         return 2
     plan = FaultPlan(
@@ -140,6 +148,7 @@ def _faults(args: argparse.Namespace) -> int:
         max_seconds=args.max_seconds,
         server_args=tuple(a for s in args.set for a in ("--set", s)),
         keep_dir=args.keep,
+        recordings_tmpfs_kib=args.recordings_tmpfs_kib,
     )
     report = run_fault_bench(plan)
     print(report.table())

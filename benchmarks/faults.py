@@ -29,6 +29,7 @@ import contextlib
 import itertools
 import json
 import math
+import os
 import subprocess
 import tempfile
 import time
@@ -50,8 +51,10 @@ from benchmarks.harness.processes import (
     wait_replaced,
 )
 from benchmarks.harness.server import Server, Space, start_server, townhall_command
+from benchmarks.harness.watch import StageWatch
 
 ROLES = ("stage", "control", "recorder", "audience")
+DISK_FULL = "disk-full"  # a scenario of its own: the recordings on a tiny filesystem
 HOST_TONE_HZ, GUEST_TONE_HZ = 440.0, 660.0
 TONES = (HOST_TONE_HZ, GUEST_TONE_HZ)
 AUDIBLE_SUSTAIN_FRAMES = 5  # 100 ms of tone: a listener hears it
@@ -69,10 +72,12 @@ class Target:
     """A bound on one statistic of a measure: ``p99 <= 3.0``, ``max < 0.1``..."""
 
     stat: str  # "p50", "p99" or "max"
-    op: str  # "<=" or "<"
+    op: str  # "<=", "<" or ">="
     bound: float
 
     def holds(self, value: float) -> bool:
+        if self.op == ">=":
+            return value >= self.bound
         return value <= self.bound if self.op == "<=" else value < self.bound
 
     def __str__(self) -> str:
@@ -84,12 +89,18 @@ TARGETS: dict[tuple[str, str], Target] = {
     ("stage", "audible_s"): Target("p99", "<=", 3.0),
     ("stage", "both_back_s"): Target("p99", "<=", 5.0),
     ("stage", "probe_disconnects"): Target("max", "<=", 0),
+    ("stage", "crowd_ogg_dropped"): Target("max", "<=", 0),
     ("stage", "recording_hole_s"): Target("max", "<=", 3.0),
     ("control", "tick_gap_s"): Target("max", "<", 0.1),
     ("control", "lost_windows"): Target("max", "<=", 0),
     ("control", "api_back_s"): Target("max", "<=", 3.0),
     ("recorder", "lost_windows"): Target("max", "<=", 0),
     ("audience", "audio_back_s"): Target("max", "<=", 5.0),
+    (DISK_FULL, "tick_gap_s"): Target("max", "<", 0.1),
+    (DISK_FULL, "lost_windows"): Target("max", "<=", 0),
+    (DISK_FULL, "host_told_s"): Target("max", "<=", 2.0),
+    (DISK_FULL, "end_ok"): Target("max", ">=", 1),
+    (DISK_FULL, "replay_audio_s"): Target("max", ">=", 1.0),
 }
 # The order measures are printed in, per role.
 MEASURES: dict[str, tuple[str, ...]] = {
@@ -97,7 +108,10 @@ MEASURES: dict[str, tuple[str, ...]] = {
     "control": ("api_back_s", "lost_windows", "tick_gap_s", "replaced_s"),
     "recorder": ("lost_windows", "recording_hole_s", "replaced_s"),
     "audience": ("audio_back_s", "probes_on_worker", "replaced_s"),
+    DISK_FULL: ("host_told_s", "paused_metric_s", "lost_windows", "tick_gap_s", "end_ok"),
 }
+# Measured once per role over all its kills (from the crowd, the replay), not per kill.
+ROLE_MEASURES = ("crowd_ogg_dropped", "crowd_hls_failed", "replay_audio_s")
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -190,12 +204,16 @@ class FaultPlan:
     max_seconds: float = 3600.0
     server_args: tuple[str, ...] = ()
     keep_dir: Path | None = None
+    recordings_tmpfs_kib: int | None = None
 
-    def crowd_seconds(self) -> float:
-        """How long the crowd must stay: the kills, at a typical 6 s of recovery each,
-        plus the arrivals and a margin."""
-        per_kill = self.settle_s + 6.0
-        return self.crowd_over_s + 20.0 + self.kills * len(self.roles) * per_kill
+    def crowd_seconds(self, role: str) -> float:
+        """How long one role's crowd stays: its kills at a typical recovery each (the
+        windows-lost measures watch 6 s), plus the arrivals and a margin. The crowd is
+        not stopped early (its report is written at the end of its run), so this is
+        also what the run waits for after the last kill."""
+        typical_s = {"audience": 3.0, "stage": 8.0}.get(role, 7.0)
+        kills = 1 if role == DISK_FULL else self.kills
+        return self.crowd_over_s + 10.0 + kills * (self.settle_s + typical_s)
 
 
 @dataclass
@@ -216,7 +234,8 @@ class FaultReport:
     plan: FaultPlan
     kills: list[Kill] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # role → why
-    crowd: dict[str, Any] = field(default_factory=dict)
+    crowd: dict[str, dict[str, Any]] = field(default_factory=dict)  # role → figures
+    per_role: dict[str, dict[str, float | None]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def summaries(self) -> dict[str, dict[str, Summary]]:
@@ -226,6 +245,8 @@ class FaultReport:
             if not kills:
                 continue
             out[role] = {m: summarise([k.measures.get(m) for k in kills]) for m in MEASURES[role]}
+            for m, v in self.per_role.get(role, {}).items():
+                out[role][m] = summarise([v])
         return out
 
     @property
@@ -251,8 +272,10 @@ class FaultReport:
                 )
         for role, why in self.skipped.items():
             lines.append(f"{role:<10}skipped: {why}")
-        if self.crowd:
-            lines.append("crowd: " + ", ".join(f"{k} {v}" for k, v in self.crowd.items()))
+        for role, figures in self.crowd.items():
+            lines.append(
+                f"crowd during {role}: " + ", ".join(f"{k} {v}" for k, v in figures.items())
+            )
         lines += [f"note: {n}" for n in self.notes]
         for k in self.kills:
             lines += [f"note: {k.role} kill {k.index}: {n}" for n in k.notes]
@@ -277,6 +300,7 @@ class FaultReport:
             "kills": [asdict(k) for k in self.kills],
             "skipped": self.skipped,
             "crowd": self.crowd,
+            "per_role": self.per_role,
             "notes": self.notes,
             "passed": self.passed,
         }
@@ -309,7 +333,9 @@ class Rig:
     listed: bool  # healthz lists the processes
     audience_port: int
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    crowd: list[tuple[str, subprocess.Popen[bytes], Path]] = field(default_factory=list)
+    watch: StageWatch | None = None
+    recordings_mount: Path | None = None
+    ended: bool = False
 
     def lookup(self) -> list[ServeProcess] | None:
         if self.listed:
@@ -331,10 +357,18 @@ def run_fault_bench(plan: FaultPlan, log: Callable[[str], None] = print) -> Faul
         try:
             rig = _rig_up(plan, work, stack, log)
             for role in plan.roles:
-                _kill_role(rig, role, report, log)
+                with contextlib.ExitStack() as crowd_stack:
+                    crowd = _start_crowd(rig, role, crowd_stack, log)
+                    if role == DISK_FULL:
+                        _disk_full(rig, report, log)
+                    else:
+                        _kill_role(rig, role, report, log)
+                    _finish_crowd(rig, role, crowd, report)
             _wind_down(rig, report, log)
         except OutOfTime as exc:
             report.notes.append(str(exc))
+        except SkipScenario as exc:
+            report.skipped[DISK_FULL] = str(exc)
         except KeyboardInterrupt:
             report.notes.append("interrupted (Ctrl-C): partial results")
     return report
@@ -345,6 +379,10 @@ def _rig_up(
 ) -> Rig:
     deadline = time.monotonic() + plan.max_seconds
     args = ["--audience-workers", str(plan.audience_workers), *plan.server_args]
+    mount = None
+    if plan.recordings_tmpfs_kib is not None:
+        mount, extra = _tiny_recordings(plan.recordings_tmpfs_kib, work, stack)
+        args += extra
     server = start_server(work / "data", args)
     stack.callback(server.stop)
     # Saved last (callbacks run in reverse): the log then holds the whole run.
@@ -382,6 +420,8 @@ def _rig_up(
         stack.callback(p.stop)
     audience_port = int(server.audience_url.rsplit(":", 1)[1])
     listed = process_table(server.control_url) is not None
+    watch = StageWatch(_ws_url(space)).start()
+    stack.callback(watch.stop)
     rig = Rig(
         plan,
         server,
@@ -396,8 +436,8 @@ def _rig_up(
     )
     if not _wait_steady(rig, plan.recover_timeout_s * 2):
         raise RuntimeError("the probes never heard both speakers:\n" + server.output())
+    rig.watch, rig.recordings_mount = watch, mount
     log(f"space {space.id} on air; both speakers heard by {len(probes)} probes")
-    _start_crowd(rig, stack, log)
     return rig
 
 
@@ -406,14 +446,21 @@ def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
         stop(proc)
 
 
-def _start_crowd(rig: Rig, stack: contextlib.ExitStack, log: Callable[[str], None]) -> None:
+Crowd = list[tuple[str, subprocess.Popen[bytes], Path]]
+
+
+def _start_crowd(
+    rig: Rig, role: str, stack: contextlib.ExitStack, log: Callable[[str], None]
+) -> Crowd:
+    """One crowd per role, so what its listeners went through is that role's."""
     plan = rig.plan
-    seconds = f"{plan.crowd_seconds():.0f}"
+    seconds = f"{plan.crowd_seconds(role):.0f}"
+    crowd: Crowd = []
     for mix, n in (("ogg", plan.ogg_listeners), ("hls", plan.hls_listeners)):
         if n <= 0:
             continue
-        out_json = rig.work / f"crowd-{mix}.json"
-        out = (rig.work / f"crowd-{mix}.log").open("wb")
+        out_json = rig.work / f"crowd-{role}-{mix}.json"
+        out = (rig.work / f"crowd-{role}-{mix}.log").open("wb")
         stack.callback(out.close)
         cmd = townhall_command(
             "loadtest", rig.space.ogg_url, "--listeners", str(n), "--mix", mix,
@@ -421,14 +468,37 @@ def _start_crowd(rig: Rig, stack: contextlib.ExitStack, log: Callable[[str], Non
             "--server-pid", str(rig.server.pid), "--json", str(out_json),
         )  # fmt: skip
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        rig.crowd.append((mix, proc, out_json))
+        crowd.append((mix, proc, out_json))
         stack.callback(stop, proc)
-    if rig.crowd:
+    if crowd:
         log(
-            f"crowd: {plan.ogg_listeners} Ogg + {plan.hls_listeners} LL-HLS listeners "
-            f"for {seconds} s"
+            f"{role}: a crowd of {plan.ogg_listeners} Ogg + {plan.hls_listeners} LL-HLS "
+            f"listeners for {seconds} s"
         )
         time.sleep(plan.crowd_over_s)
+    return crowd
+
+
+def _finish_crowd(rig: Rig, role: str, crowd: Crowd, report: FaultReport) -> None:
+    figures: dict[str, Any] = {}
+    for mix, proc, out_json in crowd:
+        try:
+            proc.wait(timeout=max(5.0, rig.deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            stop(proc)
+        figures.update(_crowd_summary(mix, out_json))
+    if not crowd:
+        return
+    report.crowd[role] = figures
+    measures = report.per_role.setdefault(role, {})
+    if rig.plan.ogg_listeners > 0:
+        measures["crowd_ogg_dropped"] = _number(figures.get("ogg.failed"))
+    if rig.plan.hls_listeners > 0:
+        measures["crowd_hls_failed"] = _number(figures.get("hls.failed"))
+
+
+def _number(v: object) -> float | None:
+    return float(v) if isinstance(v, int | float) else None
 
 
 def _wait_steady(rig: Rig, timeout_s: float) -> bool:
@@ -583,10 +653,7 @@ def _measure_control(rig: Rig, kill: Kill, t0: float, limit_s: float) -> None:
         time.sleep(POLL_S)
     kill.measures["api_back_s"] = back
     _measure_lost(rig, kill, t0)
-    text = ""
-    with contextlib.suppress(httpx.HTTPError):
-        text = httpx.get(f"{rig.server.control_url}/metrics", timeout=REQUEST_TIMEOUT_S * 3).text
-    kill.measures["tick_gap_s"] = metric_max(text, TICK_GAP_METRIC)
+    kill.measures["tick_gap_s"] = metric_max(_metrics(rig), TICK_GAP_METRIC)
     if kill.measures["tick_gap_s"] is None:
         kill.notes.append(f"{TICK_GAP_METRIC} not served: the stage clock's gap is n/a")
 
@@ -613,15 +680,10 @@ def _wind_down(rig: Rig, report: FaultReport, log: Callable[[str], None]) -> Non
                 f"{probe.name}: {len(probe.log.connects)} connections, "
                 f"{len(probe.log.disconnects)} drops, {len(probe.log.streams)} Ogg streams"
             )
-    resp = httpx.post(rig.space.api("/end"), headers=rig.space.host_headers(), timeout=10)
-    if resp.status_code != 200:
-        report.notes.append(f"End answered {resp.status_code}: {resp.text[:200]}")
-    for mix, proc, out_json in rig.crowd:
-        try:
-            proc.wait(timeout=max(5.0, rig.deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            stop(proc)
-        report.crowd.update(_crowd_summary(mix, out_json))
+    if not rig.ended:
+        resp = httpx.post(rig.space.api("/end"), headers=rig.space.host_headers(), timeout=10)
+        if resp.status_code != 200:
+            report.notes.append(f"End answered {resp.status_code}: {resp.text[:200]}")
     _recording_holes(rig, report, log)
 
 
@@ -659,6 +721,8 @@ def _recording_holes(rig: Rig, report: FaultReport, log: Callable[[str], None]) 
         return
     (rig.work / "replay.ogg").write_bytes(data)
     media, toned, streams = replay_timeline(data)
+    if DISK_FULL in rig.plan.roles:
+        report.per_role.setdefault(DISK_FULL, {})["replay_audio_s"] = len(media) * 0.02
     if any(b < a for a, b in itertools.pairwise(media)):
         report.notes.append(
             f"the replay's media time goes backwards across its {streams} Ogg streams "
@@ -672,3 +736,105 @@ def _recording_holes(rig: Rig, report: FaultReport, log: Callable[[str], None]) 
                 stretches, kill.at_unix - rig.started_at_unix
             )
     log(f"replay: {len(data)} bytes, {streams} Ogg stream(s), {len(media) * 0.02:.1f} s of frames")
+
+
+# -- the recorder on a full disk -----------------------------------------------------------
+
+FILL_TIMEOUT_S = 180.0
+
+
+def _ws_url(space: Space) -> str:
+    base = space.server.control_url.replace("http://", "ws://", 1)
+    return f"{base}/api/spaces/{space.id}/ws?token={space.host_token}"
+
+
+def recordings_setting(print_config: str) -> str | None:
+    """The path of a recordings-directory setting in ``townhall serve --print-config``
+    output, if the server has one (a ``dir`` key in the ``[recorder]`` table)."""
+    table = ""
+    for line in print_config.splitlines():
+        line = line.strip()
+        if line.startswith("[") and line.endswith("]"):
+            table = line[1:-1]
+        elif table == "recorder" and "=" in line:
+            key = line.split("=", 1)[0].strip()
+            if key in ("dir", "recordings_dir", "directory"):
+                return f"recorder.{key}"
+    return None
+
+
+def _tiny_recordings(kib: int, work: Path, stack: contextlib.ExitStack) -> tuple[Path, list[str]]:
+    """A tmpfs of ``kib`` KiB for the recordings (root only): mounted where a recorder
+    directory setting points, or else at the data directory's ``recordings``, which is
+    where a server without that setting writes them."""
+    if os.geteuid() != 0:
+        raise SkipScenario("a tmpfs for the recordings needs root (mount -t tmpfs)")
+    printed = subprocess.run(
+        townhall_command("serve", "--print-config"), capture_output=True, text=True, check=True
+    ).stdout
+    setting = recordings_setting(printed)
+    mount = work / "recordings-tmpfs" if setting else work / "data" / "recordings"
+    mount.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(mount)], check=True)
+    stack.callback(subprocess.run, ["umount", "-l", str(mount)], check=False)
+    return mount, (["--set", f"{setting}={mount}"] if setting else [])
+
+
+class SkipScenario(Exception):
+    pass
+
+
+def _disk_full(rig: Rig, report: FaultReport, log: Callable[[str], None]) -> None:
+    if rig.recordings_mount is None:
+        report.skipped[DISK_FULL] = "give --recordings-tmpfs-kib N (as root) for this scenario"
+        return
+    full_at = _wait_full(rig.recordings_mount, min(FILL_TIMEOUT_S, rig.deadline - time.monotonic()))
+    if full_at is None or rig.watch is None:
+        report.skipped[DISK_FULL] = f"{rig.recordings_mount} never filled up"
+        return
+    kill = Kill(DISK_FULL, 0, "recordings filesystem", 0, None, full_at, time.time())
+    log(f"{DISK_FULL}: {rig.recordings_mount} is full")
+    watch, until = rig.watch, full_at + rig.plan.recover_timeout_s
+    told = _poll_until(lambda: watch.first("recording", "paused", full_at - 1.0), until)
+    kill.measures["host_told_s"] = None if told is None else max(0.0, told - full_at)
+    paused = _poll_until(lambda: _paused_metric(rig), until)
+    kill.measures["paused_metric_s"] = None if paused is None else max(0.0, paused - full_at)
+    _measure_lost(rig, kill, full_at)
+    text = _metrics(rig)
+    kill.measures["tick_gap_s"] = metric_max(text, TICK_GAP_METRIC)
+    resp = httpx.post(rig.space.api("/end"), headers=rig.space.host_headers(), timeout=10)
+    kill.measures["end_ok"] = 1.0 if resp.status_code == 200 else 0.0
+    rig.ended = True
+    if resp.status_code != 200:
+        kill.notes.append(f"End answered {resp.status_code}: {resp.text[:200]}")
+    report.kills.append(kill)
+
+
+def _wait_full(mount: Path, timeout_s: float) -> float | None:
+    """When the filesystem at ``mount`` has no free block left."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        st = os.statvfs(mount)
+        if st.f_bavail == 0:
+            return time.monotonic()
+        time.sleep(POLL_S)
+    return None
+
+
+def _poll_until(probe: Callable[[], float | None], deadline: float) -> float | None:
+    while time.monotonic() < deadline:
+        if (at := probe()) is not None:
+            return at
+        time.sleep(POLL_S * 2)
+    return None
+
+
+def _paused_metric(rig: Rig) -> float | None:
+    value = metric_max(_metrics(rig), "townhall_recording_paused")
+    return time.monotonic() if value is not None and value > 0 else None
+
+
+def _metrics(rig: Rig) -> str:
+    with contextlib.suppress(httpx.HTTPError):
+        return httpx.get(f"{rig.server.control_url}/metrics", timeout=REQUEST_TIMEOUT_S * 3).text
+    return ""
