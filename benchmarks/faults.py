@@ -357,13 +357,18 @@ def run_fault_bench(plan: FaultPlan, log: Callable[[str], None] = print) -> Faul
         try:
             rig = _rig_up(plan, work, stack, log)
             for role in plan.roles:
+                if (why := _unrunnable(rig, role)) is not None:
+                    report.skipped[role] = why
+                    continue
                 with contextlib.ExitStack() as crowd_stack:
                     crowd = _start_crowd(rig, role, crowd_stack, log)
                     if role == DISK_FULL:
-                        _disk_full(rig, report, log)
+                        filled = _disk_full(rig, report, log)
                     else:
                         _kill_role(rig, role, report, log)
                     _finish_crowd(rig, role, crowd, report)
+                if role == DISK_FULL and filled is not None:
+                    _end_after_disk_full(rig, filled)
             _wind_down(rig, report, log)
         except OutOfTime as exc:
             report.notes.append(str(exc))
@@ -517,13 +522,21 @@ def _heard_both(probe: OggProbe, since: float) -> bool:
         return probe.log.first_with(TONES, since, sustain=BACK_SUSTAIN_FRAMES) is not None
 
 
-def _kill_role(rig: Rig, role: str, report: FaultReport, log: Callable[[str], None]) -> None:
+def _unrunnable(rig: Rig, role: str) -> str | None:
+    """Why ``role`` cannot be measured on this server, or None."""
+    if role == DISK_FULL:
+        return None if rig.recordings_mount else "give --recordings-tmpfs-kib N (as root)"
     if not rig.listed and role != "audience":
-        report.skipped[role] = (
+        return (
             "GET /healthz on the control port lists no processes (a server without the "
             "process model); only audience workers are found, as children on the audience port"
         )
-        return
+    if not any(p.role == role for p in _table(rig)):
+        return f"no {role} process listed ({[p.name for p in _table(rig)]})"
+    return None
+
+
+def _kill_role(rig: Rig, role: str, report: FaultReport, log: Callable[[str], None]) -> None:
     if not rig.listed:
         report.notes.append(
             "processes found with psutil (children on the audience port), not /healthz"
@@ -784,14 +797,12 @@ class SkipScenario(Exception):
     pass
 
 
-def _disk_full(rig: Rig, report: FaultReport, log: Callable[[str], None]) -> None:
-    if rig.recordings_mount is None:
-        report.skipped[DISK_FULL] = "give --recordings-tmpfs-kib N (as root) for this scenario"
-        return
+def _disk_full(rig: Rig, report: FaultReport, log: Callable[[str], None]) -> Kill | None:
+    assert rig.recordings_mount is not None
     full_at = _wait_full(rig.recordings_mount, min(FILL_TIMEOUT_S, rig.deadline - time.monotonic()))
     if full_at is None or rig.watch is None:
         report.skipped[DISK_FULL] = f"{rig.recordings_mount} never filled up"
-        return
+        return None
     kill = Kill(DISK_FULL, 0, "recordings filesystem", 0, None, full_at, time.time())
     log(f"{DISK_FULL}: {rig.recordings_mount} is full")
     watch, until = rig.watch, full_at + rig.plan.recover_timeout_s
@@ -802,12 +813,17 @@ def _disk_full(rig: Rig, report: FaultReport, log: Callable[[str], None]) -> Non
     _measure_lost(rig, kill, full_at)
     text = _metrics(rig)
     kill.measures["tick_gap_s"] = metric_max(text, TICK_GAP_METRIC)
+    report.kills.append(kill)
+    return kill
+
+
+def _end_after_disk_full(rig: Rig, kill: Kill) -> None:
+    """End always works, also with the recording paused; the replay is checked after."""
     resp = httpx.post(rig.space.api("/end"), headers=rig.space.host_headers(), timeout=10)
     kill.measures["end_ok"] = 1.0 if resp.status_code == 200 else 0.0
     rig.ended = True
     if resp.status_code != 200:
         kill.notes.append(f"End answered {resp.status_code}: {resp.text[:200]}")
-    report.kills.append(kill)
 
 
 def _wait_full(mount: Path, timeout_s: float) -> float | None:

@@ -55,6 +55,9 @@ CONNECT_TIMEOUT_S = 3.0
 READ_CHUNK_BYTES = 65_536
 HEAD_MAX_BYTES = 16_384
 FRAMES_KEPT = 200_000  # about 67 minutes of 20 ms frames
+# Frames arrive in bursts, one per write to the listener (0.2 s by default, growing under
+# load): a stretch without arrivals shorter than this is rhythm, not loss.
+EDGE_SLACK_S = 0.6
 
 
 # -- pages to packets (pure) ---------------------------------------------------------------
@@ -248,12 +251,16 @@ class FrameLog:
 
     def lost_windows(self, tones: Sequence[float], t0: float, t1: float) -> int:
         """Media windows missing or without all of ``tones`` among the frames that arrived
-        in [t0, t1]: a jump in media time counts its windows as lost."""
+        in [t0, t1]: a jump in media time counts its windows as lost, and so does a
+        stretch at either edge with no arrival for longer than ``EDGE_SLACK_S`` (frames
+        arrive in bursts, one per write, so a shorter one is the burst's rhythm)."""
         idx = self._index(tones)
         got = self._between(t0, t1)
         if not got:
             return max(1, round((t1 - t0) / FRAME_S))
         lost = sum(1 for f in got if not self._carries(f, idx, False))
+        for edge_s in (got[0].arrival_s - t0, t1 - got[-1].arrival_s):
+            lost += round(edge_s / FRAME_S) if edge_s > EDGE_SLACK_S else 0
         for a, b in itertools.pairwise(got):
             if a.serial != b.serial:
                 lost += max(0, round((b.arrival_s - a.arrival_s) / FRAME_S) - 1)

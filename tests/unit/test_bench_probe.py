@@ -129,7 +129,8 @@ def test_lost_windows_count_media_jumps_and_toneless_frames() -> None:
     for f in steady(1.5, 5, (False,), media0=1.5) + steady(1.6, 20, (True,), media0=1.6):
         log.add(f)
     assert log.lost_windows([440.0], 0.0, 0.99) == 0
-    assert log.lost_windows([440.0], 0.0, 3.0) == 25 + 5 - 1 + 1  # 0.98→1.5: 25 missing; 5 silent
+    assert log.lost_windows([440.0], 0.0, 1.3) == 0  # 0.32 s after the last: a burst's rhythm
+    assert log.lost_windows([440.0], 0.0, 1.98) == 25 + 5  # 0.98→1.5: 25 missing; 5 silent
     assert log.fraction_with(440.0, 0.0, 1.0) == pytest.approx(1.0)
     assert log.longest_gap(0.0, 1.98) == pytest.approx(1.5 - 0.98)
 
@@ -138,7 +139,15 @@ def test_a_new_stream_counts_the_clock_gap_as_lost() -> None:
     log = FrameLog((440.0,))
     for f in steady(0.0, 10, (True,), serial=1) + steady(1.2, 10, (True,), serial=2, media0=0.0):
         log.add(f)
-    assert log.lost_windows([440.0], 0.0, 2.0) == round((1.2 - 0.18) / FRAME_S) - 1
+    assert log.lost_windows([440.0], 0.0, 1.4) == round((1.2 - 0.18) / FRAME_S) - 1
+
+
+def test_audio_that_stops_counts_as_lost_up_to_the_end_of_the_span() -> None:
+    log = FrameLog((440.0,))
+    for f in steady(0.0, 50, (True,)):  # the last arrives at 0.98
+        log.add(f)
+    assert log.lost_windows([440.0], 0.0, 1.5) == 0  # within a burst's rhythm
+    assert log.lost_windows([440.0], 0.0, 2.98) == 100  # 2 s of nothing
 
 
 def test_disconnects_are_counted_in_their_window() -> None:
