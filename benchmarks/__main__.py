@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -150,6 +151,8 @@ def _faults(args: argparse.Namespace) -> int:
         keep_dir=args.keep,
         recordings_tmpfs_kib=args.recordings_tmpfs_kib,
     )
+    # SIGTERM as Ctrl-C: the run then stops everything it started before exiting.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     report = run_fault_bench(plan)
     print(report.table())
     if args.json:

@@ -33,6 +33,7 @@ import os
 import subprocess
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -237,6 +238,7 @@ class FaultReport:
     crowd: dict[str, dict[str, Any]] = field(default_factory=dict)  # role → figures
     per_role: dict[str, dict[str, float | None]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    error: str = ""  # why the run stopped early, if it did
 
     def summaries(self) -> dict[str, dict[str, Summary]]:
         out: dict[str, dict[str, Summary]] = {}
@@ -256,7 +258,7 @@ class FaultReport:
             for role, by in self.summaries().items()
             for m, s in by.items()
         ]
-        return "FAIL" not in verdicts and bool(self.kills)
+        return "FAIL" not in verdicts and bool(self.kills) and not self.error
 
     def table(self) -> str:
         head = f"{'role':<10}{'measure':<20}{'n':>4}{'p50':>9}{'p99':>9}{'max':>9}"
@@ -277,6 +279,7 @@ class FaultReport:
                 f"crowd during {role}: " + ", ".join(f"{k} {v}" for k, v in figures.items())
             )
         lines += [f"note: {n}" for n in self.notes]
+        lines += [f"ERROR: {self.error}"] if self.error else []
         for k in self.kills:
             lines += [f"note: {k.role} kill {k.index}: {n}" for n in k.notes]
         return "\n".join(lines)
@@ -302,6 +305,7 @@ class FaultReport:
             "crowd": self.crowd,
             "per_role": self.per_role,
             "notes": self.notes,
+            "error": self.error,
             "passed": self.passed,
         }
 
@@ -375,7 +379,10 @@ def run_fault_bench(plan: FaultPlan, log: Callable[[str], None] = print) -> Faul
         except SkipScenario as exc:
             report.skipped[DISK_FULL] = str(exc)
         except KeyboardInterrupt:
-            report.notes.append("interrupted (Ctrl-C): partial results")
+            report.error = "interrupted: partial results"
+        except Exception as exc:  # the partial results are worth printing
+            traceback.print_exc()
+            report.error = f"stopped by {type(exc).__name__}: {exc}"[:500]
     return report
 
 
@@ -389,9 +396,9 @@ def _rig_up(
         mount, extra = _tiny_recordings(plan.recordings_tmpfs_kib, work, stack)
         args += extra
     server = start_server(work / "data", args)
-    stack.callback(server.stop)
-    # Saved last (callbacks run in reverse): the log then holds the whole run.
+    # Callbacks run in reverse: the log is saved once the server has stopped.
     stack.callback(lambda: (work / "server.log").write_text(server.output(last=5_000)))
+    stack.callback(server.stop)
     log(f"server pid {server.pid}: {server.control_url} {server.audience_url}")
     space = server.create_space_sync("fault benchmark")
     space.start_sync()
