@@ -106,7 +106,7 @@ TARGETS: dict[tuple[str, str], Target] = {
 # The order measures are printed in, per role.
 MEASURES: dict[str, tuple[str, ...]] = {
     "stage": ("audible_s", "both_back_s", "probe_disconnects", "recording_hole_s", "replaced_s"),
-    "control": ("api_back_s", "lost_windows", "tick_gap_s", "replaced_s"),
+    "control": ("api_back_s", "ws_back_s", "lost_windows", "tick_gap_s", "replaced_s"),
     "recorder": ("lost_windows", "recording_hole_s", "replaced_s"),
     "audience": ("audio_back_s", "probes_on_worker", "replaced_s"),
     DISK_FULL: ("host_told_s", "paused_metric_s", "lost_windows", "tick_gap_s", "end_ok"),
@@ -631,15 +631,16 @@ def _worst_back(
     deadline = t0 + limit_s
     pending = list(probes)
     worst = 0.0
-    while pending and time.monotonic() < deadline:
+    while True:  # looks once more at the deadline
         for probe in list(pending):
             with probe.lock:
                 at = probe.log.first_with(TONES, t0, sustain=sustain, any_=any_)
             if at is not None:
                 worst = max(worst, at - t0)
                 pending.remove(probe)
+        if not pending or time.monotonic() >= deadline:
+            return None if pending else worst
         time.sleep(POLL_S)
-    return None if pending else worst
 
 
 def _measure_stage(rig: Rig, kill: Kill, t0: float, limit_s: float) -> None:
@@ -672,7 +673,9 @@ def _measure_control(rig: Rig, kill: Kill, t0: float, limit_s: float) -> None:
                 break
         time.sleep(POLL_S)
     kill.measures["api_back_s"] = back
-    _measure_lost(rig, kill, t0)
+    _measure_lost(rig, kill, t0)  # also gives the stage WebSocket time to come back
+    ws_back = rig.watch.connected_after(t0) if rig.watch else None
+    kill.measures["ws_back_s"] = None if ws_back is None else ws_back - t0
     kill.measures["tick_gap_s"] = metric_max(_metrics(rig), TICK_GAP_METRIC)
     if kill.measures["tick_gap_s"] is None:
         kill.notes.append(f"{TICK_GAP_METRIC} not served: the stage clock's gap is n/a")

@@ -29,7 +29,7 @@ class StageWatch:
     messages: deque[tuple[float, dict[str, Any]]] = field(
         default_factory=lambda: deque(maxlen=MESSAGES_KEPT)
     )
-    connects: int = 0
+    connected_at: list[float] = field(default_factory=list)  # monotonic, per connection
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -53,13 +53,19 @@ class StageWatch:
                     return at
         return None
 
+    def connected_after(self, after_s: float) -> float | None:
+        """When it first connected again after ``after_s``; None if it has not."""
+        with self.lock:
+            return next((at for at in self.connected_at if at >= after_s), None)
+
     def _run(self) -> None:
         while not self._stop.is_set():
             with (
                 contextlib.suppress(OSError, WebSocketException, TimeoutError),
                 connect(self.url, open_timeout=OPEN_TIMEOUT_S) as ws,
             ):
-                self.connects += 1
+                with self.lock:
+                    self.connected_at.append(time.monotonic())
                 while not self._stop.is_set():
                     with contextlib.suppress(TimeoutError):
                         self._keep(ws.recv(timeout=0.5))

@@ -3,19 +3,29 @@ the process table and who replaced whom."""
 
 from __future__ import annotations
 
+import itertools
+import threading
+
 import pytest
 
 from benchmarks.faults import (
+    AUDIBLE_SUSTAIN_FRAMES,
+    BACK_SUSTAIN_FRAMES,
+    TONES,
     Target,
+    _worst_back,
     hole_at,
     metric_max,
     percentile,
     recordings_setting,
+    replay_timeline,
     silent_stretches,
     summarise,
     verdict,
 )
+from benchmarks.harness.probe import Frame, FrameLog
 from benchmarks.harness.processes import ServeProcess, parse_process_table, replacement
+from tests.unit.test_bench_probe import incarnation
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -106,3 +116,40 @@ def test_replacement_by_name_or_by_a_new_pid_of_the_role() -> None:
     later = [workers[1], ServeProcess("audience", "audience:pid9", 9)]
     assert replacement(workers, later, workers[0]) == later[1]
     assert replacement(workers, [workers[1]], workers[0]) is None
+
+
+class _HeardProbe:
+    """What ``_worst_back`` reads of a probe: its lock and its frame log."""
+
+    def __init__(self, log: FrameLog) -> None:
+        self.lock = threading.Lock()
+        self.log = log
+
+
+def _log_with(*runs: tuple[float, int, tuple[bool, bool]]) -> FrameLog:
+    log = FrameLog(TONES)
+    for start, n, tones in runs:
+        for i in range(n):
+            log.add(Frame(start + i * 0.02, start + i * 0.02, 1, tones))
+    return log
+
+
+def test_the_worst_probe_decides_when_the_program_is_back() -> None:
+    both, host_only = (True, True), (True, False)
+    early = _HeardProbe(_log_with((100.5, 20, host_only), (101.0, 20, both)))
+    late = _HeardProbe(_log_with((102.0, 20, host_only), (103.0, 20, both)))
+    probes = [early, late]
+    audible = _worst_back(probes, 100.0, 1.0, any_=True, sustain=AUDIBLE_SUSTAIN_FRAMES)  # type: ignore[arg-type]
+    both_back = _worst_back(probes, 100.0, 1.0, any_=False, sustain=BACK_SUSTAIN_FRAMES)  # type: ignore[arg-type]
+    assert audible == pytest.approx(2.0)
+    assert both_back == pytest.approx(3.0)
+    silent = _HeardProbe(FrameLog(TONES))
+    assert _worst_back([early, silent], 100.0, 0.2, any_=True, sustain=5) is None  # type: ignore[list-item]
+
+
+def test_a_replay_of_restarted_streams_that_restart_their_granules_is_detected() -> None:
+    data = incarnation(440) + incarnation(660)
+    media, toned, streams = replay_timeline(data)
+    assert streams == 2
+    assert any(b < a for a, b in itertools.pairwise(media))  # granules start over at 0
+    assert sum(toned) >= 2 * 45
