@@ -19,6 +19,12 @@ Per role (targets from the issue; p99 over the kills):
 * recorder: audio windows lost at the probes; the new recorder listed;
 * audience worker: the probes that were on it hearing audio again.
 
+``--recordings-tmpfs-kib N`` (root) runs another scenario instead: the recordings on a
+tmpfs of N KiB that fills up mid-Space; audio windows lost and the stage clock's gap
+around that moment, the host told (the stage WebSocket's ``recording``/``paused``
+message; the ``townhall_recording_paused`` metric), End answering 200, and the replay
+decoding. A crowd runs per role, so the listeners it drops are that role's doing.
+
 Everything started here is stopped by pid at the end, also on an error or Ctrl-C; the
 whole run is bounded by ``--max-seconds``; loopback only.
 """
@@ -278,6 +284,7 @@ class FaultReport:
             lines.append(
                 f"crowd during {role}: " + ", ".join(f"{k} {v}" for k, v in figures.items())
             )
+        lines.append("n: kills measured; +k? kills where it was not (timed out or not served)")
         lines += [f"note: {n}" for n in self.notes]
         lines += [f"ERROR: {self.error}"] if self.error else []
         for k in self.kills:
