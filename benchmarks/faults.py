@@ -112,10 +112,24 @@ TARGETS: dict[tuple[str, str], Target] = {
 # The order measures are printed in, per role.
 MEASURES: dict[str, tuple[str, ...]] = {
     "stage": ("audible_s", "both_back_s", "probe_disconnects", "recording_hole_s", "replaced_s"),
-    "control": ("api_back_s", "ws_back_s", "lost_windows", "tick_gap_s", "replaced_s"),
-    "recorder": ("lost_windows", "recording_hole_s", "replaced_s"),
+    "control": (
+        "api_back_s",
+        "ws_back_s",
+        "lost_windows",
+        "lost_windows_before",
+        "tick_gap_s",
+        "replaced_s",
+    ),
+    "recorder": ("lost_windows", "lost_windows_before", "recording_hole_s", "replaced_s"),
     "audience": ("audio_back_s", "probes_on_worker", "replaced_s"),
-    DISK_FULL: ("host_told_s", "paused_metric_s", "lost_windows", "tick_gap_s", "end_ok"),
+    DISK_FULL: (
+        "host_told_s",
+        "paused_metric_s",
+        "lost_windows",
+        "lost_windows_before",
+        "tick_gap_s",
+        "end_ok",
+    ),
 }
 # Measured once per role over all its kills (from the crowd, the replay), not per kill.
 ROLE_MEASURES = ("crowd_ogg_dropped", "crowd_hls_failed", "replay_audio_s")
@@ -696,11 +710,15 @@ def _measure_lost(rig: Rig, kill: Kill, t0: float) -> None:
     that span have arrived once another second has passed."""
     t1 = t0 + LOST_AFTER_S
     time.sleep(max(0.0, t1 + 1.0 - time.monotonic()))
-    worst = 0
+    worst = before = 0
     for probe in rig.probes:
         with probe.lock:
             worst = max(worst, probe.log.lost_windows(TONES, t0 - LOST_BEFORE_S, t1))
+            # The same length of time just before: what this run loses with no fault.
+            span = LOST_BEFORE_S + LOST_AFTER_S
+            before = max(before, probe.log.lost_windows(TONES, t0 - 2 * span, t0 - span))
     kill.measures["lost_windows"] = float(worst)
+    kill.measures["lost_windows_before"] = float(before)
 
 
 def _wind_down(rig: Rig, report: FaultReport, log: Callable[[str], None]) -> None:
