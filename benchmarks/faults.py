@@ -710,15 +710,17 @@ def _measure_lost(rig: Rig, kill: Kill, t0: float) -> None:
     that span have arrived once another second has passed."""
     t1 = t0 + LOST_AFTER_S
     time.sleep(max(0.0, t1 + 1.0 - time.monotonic()))
-    worst = before = 0
+    worst, before = 0, 0
+    span = LOST_BEFORE_S + LOST_AFTER_S
+    listening = True
     for probe in rig.probes:
         with probe.lock:
             worst = max(worst, probe.log.lost_windows(TONES, t0 - LOST_BEFORE_S, t1))
-            # The same length of time just before: what this run loses with no fault.
-            span = LOST_BEFORE_S + LOST_AFTER_S
+            # As long a span just before: what this run loses with no fault.
+            listening &= bool(probe.log.connects) and probe.log.connects[0] <= t0 - 2 * span
             before = max(before, probe.log.lost_windows(TONES, t0 - 2 * span, t0 - span))
     kill.measures["lost_windows"] = float(worst)
-    kill.measures["lost_windows_before"] = float(before)
+    kill.measures["lost_windows_before"] = float(before) if listening else None
 
 
 def _wind_down(rig: Rig, report: FaultReport, log: Callable[[str], None]) -> None:
@@ -834,6 +836,11 @@ class SkipScenario(Exception):
 
 def _disk_full(rig: Rig, report: FaultReport, log: Callable[[str], None]) -> Kill | None:
     assert rig.recordings_mount is not None
+    if os.statvfs(rig.recordings_mount).f_bavail == 0:
+        report.notes.append(
+            f"{rig.recordings_mount} filled before the crowd had arrived: the moment is "
+            "taken as now; give a larger --recordings-tmpfs-kib"
+        )
     full_at = _wait_full(rig.recordings_mount, min(FILL_TIMEOUT_S, rig.deadline - time.monotonic()))
     if full_at is None or rig.watch is None:
         report.skipped[DISK_FULL] = f"{rig.recordings_mount} never filled up"
