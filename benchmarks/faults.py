@@ -621,7 +621,7 @@ def _one_kill(
         if not on_worker:
             kill.notes.append("no probe was on the killed worker")
         kill.measures["audio_back_s"] = _worst_back(
-            on_worker, t0, limit, any_=True, sustain=AUDIBLE_SUSTAIN_FRAMES
+            on_worker, t0, limit, any_=True, sustain=AUDIBLE_SUSTAIN_FRAMES, since="reconnect"
         )
     replaced = wait_replaced(rig.lookup, table, victim, max(0.5, t0 + limit - time.monotonic()))
     if replaced is None:
@@ -645,17 +645,28 @@ def _busiest_worker(rig: Rig, workers: list[ServeProcess]) -> tuple[ServeProcess
 
 
 def _worst_back(
-    probes: Sequence[OggProbe], t0: float, limit_s: float, any_: bool, sustain: int
+    probes: Sequence[OggProbe],
+    t0: float,
+    limit_s: float,
+    any_: bool,
+    sustain: int,
+    since: str = "kill",
 ) -> float | None:
     """The latest of the probes' first sustained tone(s) after ``t0``, minus ``t0``;
-    None if one of them heard nothing within ``limit_s``."""
+    None if one of them heard nothing within ``limit_s``.
+
+    What counts as heard again: ``since="new_stream"``, only a logical stream begun after
+    the kill (a restarted stage's); ``since="reconnect"``, only what came on a connection
+    opened after it (the probes on a killed worker); ``"kill"``, anything that arrived
+    after it. Frames in flight at the kill would otherwise count as heard again.
+    """
     deadline = t0 + limit_s
     pending = list(probes)
     worst = 0.0
     while True:  # looks once more at the deadline
         for probe in list(pending):
             with probe.lock:
-                at = probe.log.first_with(TONES, t0, sustain=sustain, any_=any_)
+                at = _heard_again(probe.log, t0, any_, sustain, since)
             if at is not None:
                 worst = max(worst, at - t0)
                 pending.remove(probe)
@@ -664,13 +675,28 @@ def _worst_back(
         time.sleep(POLL_S)
 
 
+def _heard_again(log: FrameLog, t0: float, any_: bool, sustain: int, since: str) -> float | None:
+    after = t0
+    if since == "reconnect":
+        reconnected = log.connected_after(t0)
+        if reconnected is None:
+            return None
+        after = reconnected
+    new_stream = since == "new_stream"
+    return log.first_with(TONES, after, sustain=sustain, any_=any_, new_stream=new_stream)
+
+
 def _measure_stage(rig: Rig, kill: Kill, t0: float, limit_s: float) -> None:
     kill.measures["audible_s"] = _worst_back(
-        rig.probes, t0, limit_s, any_=True, sustain=AUDIBLE_SUSTAIN_FRAMES
+        rig.probes, t0, limit_s, any_=True, sustain=AUDIBLE_SUSTAIN_FRAMES, since="new_stream"
     )
     kill.measures["both_back_s"] = _worst_back(
-        rig.probes, t0, limit_s, any_=False, sustain=BACK_SUSTAIN_FRAMES
+        rig.probes, t0, limit_s, any_=False, sustain=BACK_SUSTAIN_FRAMES, since="new_stream"
     )
+    if kill.measures["audible_s"] is None:
+        kill.notes.append(
+            f"no probe heard a new Ogg stream (a restarted stage's serial) within {limit_s:g} s"
+        )
     now = time.monotonic()
     disconnects = 0
     for probe in rig.probes:
@@ -716,9 +742,10 @@ def _measure_lost(rig: Rig, kill: Kill, t0: float) -> None:
     for probe in rig.probes:
         with probe.lock:
             worst = max(worst, probe.log.lost_windows(TONES, t0 - LOST_BEFORE_S, t1))
-            # As long a span just before: what this run loses with no fault.
-            listening &= bool(probe.log.connects) and probe.log.connects[0] <= t0 - 2 * span
-            before = max(before, probe.log.lost_windows(TONES, t0 - 2 * span, t0 - span))
+            # As long a span just before (with a short --settle, the previous fault's
+            # tail may be in it): what this run loses without this fault.
+            listening &= bool(probe.log.connects) and probe.log.connects[0] <= t0 - span
+            before = max(before, probe.log.lost_windows(TONES, t0 - span, t0))
     kill.measures["lost_windows"] = float(worst)
     kill.measures["lost_windows_before"] = float(before) if listening else None
 

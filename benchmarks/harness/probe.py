@@ -224,16 +224,29 @@ class FrameLog:
         return [f for f in self.frames if t0 <= f.arrival_s <= t1]
 
     def first_with(
-        self, tones: Sequence[float], after_s: float, sustain: int = 5, any_: bool = False
+        self,
+        tones: Sequence[float],
+        after_s: float,
+        sustain: int = 5,
+        any_: bool = False,
+        new_stream: bool = False,
     ) -> float | None:
         """Arrival of the first frame after ``after_s`` that begins ``sustain`` frames in a
-        row carrying all of ``tones`` (any of them with ``any_``); None if none did."""
+        row carrying all of ``tones`` (any of them with ``any_``); None if none did.
+
+        With ``new_stream`` only frames of a logical stream first seen after ``after_s``
+        count: what a restarted stage encoded, not what was still in flight (in the
+        server's buffers, in this socket's) when the old one died.
+        """
         idx = self._index(tones)
+        old = {serial for at, serial in self.streams if at < after_s} if new_stream else set()
         run_start, run = None, 0
         for f in self.frames:
             if f.arrival_s < after_s:
                 continue
-            if self._carries(f, idx, any_):
+            if f.serial in old:
+                run = 0
+            elif self._carries(f, idx, any_):
                 run_start = f.arrival_s if run == 0 else run_start
                 run += 1
                 if run >= sustain:
@@ -272,6 +285,10 @@ class FrameLog:
         """Longest time between frame arrivals in [t0, t1] (the edges count)."""
         times = [t0, *(f.arrival_s for f in self._between(t0, t1)), t1]
         return max(b - a for a, b in itertools.pairwise(times))
+
+    def connected_after(self, after_s: float) -> float | None:
+        """When a connection was next opened after ``after_s``; None if none was."""
+        return next((at for at in self.connects if at >= after_s), None)
 
     def disconnects_between(self, t0: float, t1: float) -> int:
         return sum(1 for d in self.disconnects if t0 <= d.at_s <= t1)

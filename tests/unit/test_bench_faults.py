@@ -13,6 +13,7 @@ from benchmarks.faults import (
     BACK_SUSTAIN_FRAMES,
     TONES,
     Target,
+    _heard_again,
     _worst_back,
     hole_at,
     metric_max,
@@ -153,3 +154,28 @@ def test_a_replay_of_restarted_streams_that_restart_their_granules_is_detected()
     assert streams == 2
     assert any(b < a for a, b in itertools.pairwise(media))  # granules start over at 0
     assert sum(toned) >= 2 * 45
+
+
+def test_frames_in_flight_at_a_stage_kill_do_not_count_as_back() -> None:
+    log = FrameLog(TONES)
+    log.streams.append((90.0, 1))
+    for i in range(30):  # the old stage's last frames, arriving just after the kill at 100
+        log.add(Frame(100.0 + i * 0.01, 50.0 + i * 0.02, 1, (True, True)))
+    assert _heard_again(log, 100.0, True, AUDIBLE_SUSTAIN_FRAMES, "kill") == pytest.approx(100.0)
+    assert _heard_again(log, 100.0, True, AUDIBLE_SUSTAIN_FRAMES, "new_stream") is None
+    log.streams.append((101.5, 2))
+    for i in range(10):
+        log.add(Frame(101.6 + i * 0.02, 52.0 + i * 0.02, 2, (True, True)))
+    assert _heard_again(log, 100.0, True, 5, "new_stream") == pytest.approx(101.6)
+
+
+def test_a_killed_workers_listener_is_back_only_on_a_new_connection() -> None:
+    log = FrameLog(TONES)
+    log.connects.append(90.0)
+    for i in range(10):  # read from the socket's buffer after the kill
+        log.add(Frame(100.0 + i * 0.02, 10.0 + i * 0.02, 1, (True, True)))
+    assert _heard_again(log, 100.0, True, 5, "reconnect") is None
+    log.connects.append(100.9)
+    for i in range(10):
+        log.add(Frame(101.0 + i * 0.02, 11.0 + i * 0.02, 1, (True, True)))
+    assert _heard_again(log, 100.0, True, 5, "reconnect") == pytest.approx(101.0)
