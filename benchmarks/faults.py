@@ -166,14 +166,19 @@ def summarise(samples: Sequence[float | None]) -> Summary:
     )
 
 
-def verdict(target: Target | None, summary: Summary) -> str:
-    """PASS/FAIL against the target; a kill not measured fails a target (a timeout is
-    the worst outcome, not a missing one); "-" without a target or any sample."""
+# Measures a server may simply not offer (a metric it does not serve): absent, they are
+# "n/a"; any other measure absent means it timed out, the worst outcome.
+MAY_BE_ABSENT = frozenset({"tick_gap_s"})
+
+
+def verdict(target: Target | None, summary: Summary, measure: str = "") -> str:
+    """PASS/FAIL against the target: a kill not measured fails it, unless ``measure`` is
+    one a server may not serve (then "n/a" when none was); "-" without a target."""
     if target is None:
         return "-"
     value = summary.stat(target.stat)
     if value is None:
-        return "n/a"
+        return "n/a" if measure in MAY_BE_ABSENT else "FAIL"
     return "PASS" if target.holds(value) and summary.missing == 0 else "FAIL"
 
 
@@ -274,7 +279,7 @@ class FaultReport:
     @property
     def passed(self) -> bool:
         verdicts = [
-            verdict(TARGETS.get((role, m)), s)
+            verdict(TARGETS.get((role, m)), s, m)
             for role, by in self.summaries().items()
             for m, s in by.items()
         ]
@@ -290,7 +295,7 @@ class FaultReport:
                 n = f"{s.n}" + (f"+{s.missing}?" if s.missing else "")
                 lines.append(
                     f"{role:<10}{m:<20}{n:>4}{_cell(s.p50):>9}{_cell(s.p99):>9}{_cell(s.max):>9}"
-                    f"  {target or ''!s:<14}{verdict(target, s)}"
+                    f"  {target or ''!s:<14}{verdict(target, s, m)}"
                 )
         for role, why in self.skipped.items():
             lines.append(f"{role:<10}skipped: {why}")
@@ -315,7 +320,7 @@ class FaultReport:
                     m: {
                         **asdict(s),
                         "target": str(TARGETS.get((role, m)) or ""),
-                        "verdict": verdict(TARGETS.get((role, m)), s),
+                        "verdict": verdict(TARGETS.get((role, m)), s, m),
                     }
                     for m, s in by.items()
                 }

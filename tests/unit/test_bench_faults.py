@@ -43,7 +43,8 @@ def test_a_kill_not_measured_fails_its_target() -> None:
     assert verdict(target, summarise([1.0, 2.0, 2.5])) == "PASS"
     assert verdict(target, summarise([1.0, 2.0, 3.5])) == "FAIL"
     assert verdict(target, summarise([1.0, None])) == "FAIL"  # one timed out
-    assert verdict(target, summarise([None])) == "n/a"
+    assert verdict(target, summarise([None])) == "FAIL"  # it never came back
+    assert verdict(target, summarise([None]), "tick_gap_s") == "n/a"  # metric not served
     assert verdict(None, summarise([1.0])) == "-"
     assert verdict(Target("max", "<", 0.1), summarise([0.1])) == "FAIL"
     assert verdict(Target("max", ">=", 1), summarise([1.0])) == "PASS"
