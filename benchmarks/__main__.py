@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -56,6 +57,30 @@ def parser() -> argparse.ArgumentParser:
     fl.add_argument("--mix", choices=["ogg", "hls", "mixed"], default="ogg")
     fl.add_argument("--json", type=Path, help="also write the results here")
     fl.set_defaults(run=_flash)
+    fa = sub.add_parser("faults", help="kill -9 each process of a live Space in turn: recovery")
+    fa.add_argument("--kills", type=int, default=10, help="kills of each role")
+    fa.add_argument(
+        "--roles", default="stage,control,recorder,audience", help="comma-separated, in order"
+    )
+    fa.add_argument("--ogg-listeners", type=int, default=1000)
+    fa.add_argument("--hls-listeners", type=int, default=200)
+    fa.add_argument("--probes", type=int, default=4, help="decoding Ogg listeners measured")
+    fa.add_argument("--audience-workers", type=int, default=2)
+    fa.add_argument("--settle", type=float, default=3.0, help="seconds between kills")
+    fa.add_argument("--recover-timeout", type=float, default=20.0, help="per kill (s)")
+    fa.add_argument("--max-seconds", type=float, default=3600.0, help="bound on the whole run")
+    fa.add_argument("--keep", type=Path, help="keep the run's files (logs, replay) here")
+    fa.add_argument(
+        "--set", action="append", default=[], metavar="PATH=VALUE", help="server setting"
+    )
+    fa.add_argument(
+        "--recordings-tmpfs-kib",
+        type=int,
+        metavar="KIB",
+        help="instead of kills: the recordings on a tmpfs this small (root), filled mid-Space",
+    )
+    fa.add_argument("--json", type=Path, help="also write the results here")
+    fa.set_defaults(run=_faults)
     for name, (_, help_) in FORWARDED.items():
         # Listed here for --help; main() hands their arguments over before parsing.
         sub.add_parser(name, help=help_, add_help=False)
@@ -101,6 +126,38 @@ def _flash(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_text(json.dumps(result.to_json(), indent=2))
     return 0 if result.passed else 1
+
+
+def _faults(args: argparse.Namespace) -> int:
+    from benchmarks.faults import DISK_FULL, ROLES, FaultPlan, run_fault_bench
+
+    roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
+    if args.recordings_tmpfs_kib is not None:
+        roles = (DISK_FULL,)  # the recordings fill up once; kills would measure a paused recorder
+    if unknown := [r for r in roles if r not in (*ROLES, DISK_FULL)]:
+        print(f"unknown roles {unknown}; known: {', '.join(ROLES)}", file=sys.stderr)
+        return 2
+    plan = FaultPlan(
+        kills=args.kills,
+        roles=roles,
+        ogg_listeners=args.ogg_listeners,
+        hls_listeners=args.hls_listeners,
+        probes=args.probes,
+        audience_workers=args.audience_workers,
+        settle_s=args.settle,
+        recover_timeout_s=args.recover_timeout,
+        max_seconds=args.max_seconds,
+        server_args=tuple(a for s in args.set for a in ("--set", s)),
+        keep_dir=args.keep,
+        recordings_tmpfs_kib=args.recordings_tmpfs_kib,
+    )
+    # SIGTERM as Ctrl-C: the run then stops everything it started before exiting.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    report = run_fault_bench(plan)
+    print(report.table())
+    if args.json:
+        args.json.write_text(json.dumps(report.to_json(), indent=2))
+    return 0 if report.passed else 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,12 +1,19 @@
-"""Subprocesses that serve on a port: find a port, start, wait until it answers, stop."""
+"""Subprocesses that serve on a port: find a port, start, wait until it answers, stop;
+and the processes of one ``townhall serve``: list them by role, kill one, see it replaced."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import httpx
+import psutil
 
 PORT_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
@@ -59,3 +66,125 @@ def serving(command: list[str], port: int, cpu: int | None = None) -> Iterator[i
         yield proc.pid
     finally:
         stop(proc)
+
+
+# -- the processes of one ``townhall serve`` ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServeProcess:
+    """One process of a ``townhall serve``, as ``GET /healthz`` on the control port lists
+    it (role: "supervisor", "control", "stage", "recorder", "audience"; name unique, e.g.
+    "stage:<space>", "audience:1")."""
+
+    role: str
+    name: str
+    pid: int
+    started_at: float = 0.0
+    restarts: int = 0
+    last_exit: str = ""
+
+
+def parse_process_table(body: object) -> list[ServeProcess] | None:
+    """The processes a healthz body lists; None when it lists none (an older server)."""
+    rows = body.get("processes") if isinstance(body, dict) else None
+    if not isinstance(rows, list):
+        return None
+    out = []
+    for row in rows:
+        if not isinstance(row, dict) or "pid" not in row or "role" not in row:
+            continue
+        started = row.get("started_at", row.get("started_at_unix_s", 0.0))
+        out.append(
+            ServeProcess(
+                role=str(row["role"]),
+                name=str(row.get("name") or row["role"]),
+                pid=int(row["pid"]),
+                started_at=float(started or 0.0),
+                restarts=int(row.get("restarts") or 0),
+                last_exit=str(row.get("last_exit") or ""),
+            )
+        )
+    return out
+
+
+def process_table(control_url: str, timeout_s: float = 1.0) -> list[ServeProcess] | None:
+    """``GET {control_url}/healthz``'s process list; None if it has none or did not answer
+    200 (a control process restarting)."""
+    try:
+        resp = httpx.get(f"{control_url}/healthz", timeout=timeout_s)
+    except httpx.HTTPError:
+        return None
+    if resp.status_code != 200:
+        return None
+    try:
+        return parse_process_table(resp.json())
+    except ValueError:
+        return None
+
+
+def children_on_port(server_pid: int, port: int) -> list[ServeProcess]:
+    """Fallback for a server whose healthz lists no processes: its child processes that
+    listen on ``port`` (the audience workers), named by their pid."""
+    try:
+        children = psutil.Process(server_pid).children(recursive=True)
+    except psutil.Error:
+        return []
+    found = []
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            if any(
+                c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+                for c in child.net_connections(kind="tcp")
+            ):
+                found.append(ServeProcess("audience", f"audience:pid{child.pid}", child.pid))
+    return found
+
+
+def serving_pid(pids: Iterable[int], port: int, peer_port: int) -> int | None:
+    """Which of ``pids`` holds the connection from local ``peer_port`` to ``port``."""
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            for c in psutil.Process(pid).net_connections(kind="tcp"):
+                if c.laddr and c.raddr and c.laddr.port == port and c.raddr.port == peer_port:
+                    return pid
+    return None
+
+
+def kill9(pid: int) -> None:
+    """SIGKILL, the fault being measured; a process already gone is fine."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def replacement(
+    before: Sequence[ServeProcess], after: Sequence[ServeProcess], victim: ServeProcess
+) -> ServeProcess | None:
+    """The process that took ``victim``'s place: same name with another pid, or (names
+    that carry pids) a new pid of the same role."""
+    for p in after:
+        if p.name == victim.name and p.pid != victim.pid:
+            return p
+    old = {p.pid for p in before}
+    for p in after:
+        if p.role == victim.role and p.pid not in old and p.name != victim.name:
+            return p
+    return None
+
+
+def wait_replaced(
+    lookup: Callable[[], Sequence[ServeProcess] | None],
+    before: Sequence[ServeProcess],
+    victim: ServeProcess,
+    timeout_s: float,
+    poll_s: float = 0.05,
+) -> tuple[ServeProcess, float] | None:
+    """Poll ``lookup`` until a replacement of ``victim`` is listed; returns it and the
+    monotonic time it was first seen, or None after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        table = lookup()
+        if table is not None and (new := replacement(before, table, victim)) is not None:
+            return new, time.monotonic()
+        time.sleep(poll_s)
+    return None
