@@ -194,7 +194,7 @@ def _speak(args: argparse.Namespace) -> int:
     link = parse_stage_link(args.link)
     source = ToneSource(args.tone) if args.tone else FileSource(args.file)
 
-    async def run() -> None:
+    async def run() -> int:
         if args.start:
             httpx.post(
                 f"{link.control_url}/api/spaces/{link.space_id}/start",
@@ -204,14 +204,23 @@ def _speak(args: argparse.Namespace) -> int:
         await speaker.join()
         print(f"on stage in space {link.space_id}", file=sys.stderr)
         try:
-            await asyncio.sleep(args.seconds or 10**9)
+            # On stage until time is up, through stage restarts (the speaker rejoins by
+            # itself), unless the stage refuses it for good (removed, moved off stage).
+            await asyncio.wait_for(speaker.gone.wait(), args.seconds or None)
+        except TimeoutError:
+            pass
         finally:
             await speaker.leave()
             if args.out:
                 _write_wav(args.out, speaker.heard.pcm())
+        if speaker.stopped is not None:
+            print(f"off stage: {speaker.stopped}", file=sys.stderr)
+            return 1
+        if speaker.rejoins:
+            print(f"rejoined the stage {speaker.rejoins} times", file=sys.stderr)
+        return 0
 
-    asyncio.run(run())
-    return 0
+    return asyncio.run(run())
 
 
 def _write_wav(path: Path, pcm: object) -> None:
