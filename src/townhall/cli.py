@@ -245,14 +245,20 @@ def _listen_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def _listen(args: argparse.Namespace) -> int:
-    from townhall.peers.listen import listen_hls, listen_ogg, save
+    from townhall.peers.listen import Refused, listen_hls, listen_ogg, save
 
     url = args.url
     if args.hls and url.endswith(".ogg"):
         url = url.removesuffix(".ogg") + "/index.m3u8"
-    rec = asyncio.run((listen_hls if args.hls else listen_ogg)(url, args.seconds))
+    try:
+        # Reconnects by itself until --seconds are up (a restarted stage or worker).
+        rec = asyncio.run((listen_hls if args.hls else listen_ogg)(url, args.seconds))
+    except Refused as refused:
+        print(f"townhall listen: {refused}", file=sys.stderr)
+        return 1
     save(rec, args.out, args.hls)
-    print(f"saved {len(rec.data)} bytes to {args.out}", file=sys.stderr)
+    again = f" ({rec.reconnects} reconnects)" if rec.reconnects else ""
+    print(f"saved {len(rec.data)} bytes to {args.out}{again}", file=sys.stderr)
     return 0
 
 
