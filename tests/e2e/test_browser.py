@@ -239,3 +239,69 @@ def test_host_and_listener_in_chromium(server: Server) -> None:
         f"after: 440={a440_after:.3f} 660={a660_after:.3f}; "
         + ", ".join(f"{k} {v:.1f}s" for k, v in marks.items())
     )
+
+
+def test_the_stage_page_rejoins_a_lost_stage_with_the_same_microphone(server: Server) -> None:
+    """The host page replaces its connection when the socket says the stage restarts,
+    and when its watchdog hears nothing; the microphone is opened once; the host sees
+    a paused recording. (The stage really restarting is tested with the supervisor.)"""
+    space = httpx.post(
+        f"{server.control_url}/api/spaces",
+        json={"title": "Rejoin", "description": ""},
+        headers={"Authorization": f"Bearer {server.admin_key}"},
+    ).json()
+
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=15_000)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=chromium_args(tone_wav(440))
+        )
+        try:
+            host = browser.new_context(viewport=PHONE).new_page()
+            page_errors: list[str] = []
+            host.on("pageerror", lambda e: page_errors.append(str(e)))
+            host.goto(space["host_link"])
+            host.locator("#start").click()
+            expect(host.locator("body")).to_have_attribute("data-mic", "live")
+            first_pc = host.evaluate_handle("window.townhall.mic.pc")
+
+            # -- the socket says the stage restarts: a new connection at once ----------
+            host.evaluate("window.townhall.receive({type: 'stage', state: 'restarting'})")
+            host.wait_for_function("window.townhallDebug.stageRejoins === 1")
+            assert host.evaluate("(pc) => pc !== window.townhall.mic.pc", first_pc)
+            expect(host.locator("body")).to_have_attribute("data-mic", "live")
+            rejoin_ms = host.evaluate("window.townhall.mic.lastRejoinMs")
+            assert rejoin_ms < 3000, rejoin_ms
+
+            # -- the watchdog: a connection that delivers nothing is replaced ---------
+            host.evaluate("window.townhall.mic.pc.close()")
+            host.wait_for_function("window.townhallDebug.stageRejoins === 2", timeout=8_000)
+            lost = host.evaluate("window.townhallDebug.stageLost.map((l) => l.why)")
+            assert "no audio" in lost[-1], lost
+            expect(host.locator("body")).to_have_attribute("data-mic", "live")
+            assert trace_of(host).count("mic-opened") == 1, "the microphone was asked for again"
+            program = Capture(space["audience"]["ogg"], 2.5)
+            a440, _ = program.result()
+            assert a440 > 0.05, f"the host is not back in the program ({a440:.3f})"
+
+            # -- the recording pauses and resumes: the host is told -------------------
+            banner = host.locator("#recording-banner")
+            expect(banner).to_be_hidden()
+            host.evaluate(
+                "window.townhall.receive({type: 'recording', state: 'paused',"
+                " detail: 'the disk is full'})"
+            )
+            expect(banner).to_be_visible()
+            expect(banner).to_have_text(
+                "Recording paused: the disk is full. The live audio continues."
+            )
+            host.evaluate("window.townhall.receive({type: 'recording', state: 'recording'})")
+            expect(banner).to_be_hidden()
+            assert not page_errors, page_errors
+            host.locator("#end").click()
+            host.locator("#end").click()
+            expect(host.locator("#replay-card")).to_be_visible()
+        finally:
+            browser.close()
