@@ -13,6 +13,7 @@ the same source and the same record of what it heard.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -207,9 +208,9 @@ class Speaker:
                 await self._connect(self.watchdog.connect_timeout_s)
             except StageRefused as refused:
                 if offer_verdict(refused.status) is OfferVerdict.STOP:
+                    await self._drop_connection()
                     self.stopped = str(refused)
                     self.gone.set()
-                    await self._drop_connection()
                     return False
                 attempt, retry_after = attempt + 1, refused.retry_after_s
                 continue
@@ -227,10 +228,14 @@ class Speaker:
             self._reader.cancel()
             self._reader = None
         self.track.stop()
-        await self.pc.close()
+        # Shielded: aiortc's close cannot be interrupted (a second close would wait
+        # forever for the first), and leave() cancels the watchdog at any point.
+        await asyncio.shield(self.pc.close())
 
     async def leave(self) -> None:
         self._leaving = True
         if self._watch is not None:
             self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
         await self._drop_connection()
