@@ -37,7 +37,7 @@ class FakeStage:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = (await reader.readuntil(b"\r\n\r\n")).decode()
         lines = head.lower().split("\r\n")
-        length = next(int(line.split(":")[1]) for line in lines if line.startswith("content-length"))
+        length = next(int(x.split(":")[1]) for x in lines if x.startswith("content-length"))
         offer = json.loads(await reader.readexactly(length))
         step = self.script[min(self.offers, len(self.script) - 1)]
         self.offers += 1
