@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import random
+import re
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ from townhall.peers.listen import (
     DropVerdict,
     OggSplice,
     drop_verdict,
+    listen_hls,
     listen_ogg,
     ogg_page_ends,
 )
@@ -48,7 +50,7 @@ def ogg_tone(freq_hz: float, seconds: float) -> tuple[bytes, list[bytes]]:
 
 
 def decode(data: bytes) -> np.ndarray:
-    with av.open(io.BytesIO(data)) as container:
+    with av.open(io.BytesIO(data), "r") as container:
         frames = [f.to_ndarray()[0] for f in container.decode(audio=0)]  # fltp: float32
     return np.concatenate(frames)
 
@@ -163,3 +165,74 @@ async def test_a_stream_cut_once_is_reconnected_into_one_decodable_file(restarte
             timeout=30,
         )
         assert run.returncode == 0 and not run.stderr, run.stderr.decode()
+
+
+class LiveHls:
+    """A tiny LL-HLS origin: a part every 50 ms, one segment of everything, blocking
+    playlist requests; it drops the 3rd playlist request's connection and answers the
+    4th with 503, as a lost audience worker and a restarting stage would."""
+
+    PART_S = 0.05
+
+    def __init__(self) -> None:
+        self.started = asyncio.get_running_loop().time()
+        self.playlist_requests = 0
+
+    def parts(self) -> int:
+        return int((asyncio.get_running_loop().time() - self.started) / self.PART_S) + 1
+
+    def playlist(self) -> bytes:
+        n = self.parts()
+        lines = ["#EXTM3U", "#EXT-X-MEDIA-SEQUENCE:0", '#EXT-X-MAP:URI="init.mp4"']
+        lines += [f'#EXT-X-PART:DURATION=0.05,URI="p{i}.m4s"' for i in range(n)]
+        lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="p{n}.m4s"')
+        return ("\n".join(lines) + "\n").encode()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).decode()
+                path = head.split(" ")[1]
+                if not await self._answer(path, writer):
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass  # the client left, or the test is over
+        writer.close()
+
+    async def _answer(self, path: str, writer: asyncio.StreamWriter) -> bool:
+        status, body, extra = 200, b"", ""
+        if path.startswith("/index.m3u8"):
+            self.playlist_requests += 1
+            if self.playlist_requests == 3:
+                return False  # the worker died: the connection closes unanswered
+            if self.playlist_requests == 4:
+                status, extra = 503, "Retry-After: 0\r\n"
+            elif "_HLS_part=" in path:
+                wanted = int(path.split("_HLS_part=")[1])
+                while self.parts() <= wanted:
+                    await asyncio.sleep(0.01)
+            body = self.playlist() if status == 200 else b"{}"
+        elif path == "/init.mp4":
+            body = b"<init>"
+        else:
+            body = f"<{path.strip('/').removesuffix('.m4s')}>".encode()
+        writer.write(
+            f"HTTP/1.1 {status} X\r\n{extra}Content-Length: {len(body)}\r\n\r\n".encode() + body
+        )
+        await writer.drain()
+        return True
+
+
+async def test_an_hls_session_that_drops_resumes_after_the_parts_it_has() -> None:
+    origin = LiveHls()
+    server = await asyncio.start_server(origin.handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        rec = await listen_hls(f"http://127.0.0.1:{port}/index.m3u8", 4.0, random.Random(2))
+    assert rec.reconnects == 2 and rec.retries == 1, rec.drops
+    got = bytes(rec.data).decode()
+    assert got.startswith("<init>") and got.count("<init>") == 1
+    parts = [int(p) for p in re.findall(r"<p(\d+)>", got)]
+    assert len(parts) > 5
+    # Every part once, in order, none skipped: the reconnect picked up where it was.
+    assert parts == list(range(parts[0], parts[0] + len(parts))), parts
