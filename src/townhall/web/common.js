@@ -532,7 +532,7 @@ export function stageLost({ now, createdAt, connectedAt, lastPacketAt, state, st
   if (now - heard > limits.silenceMs) return `no audio from the stage for ${Math.round((now - heard) / 100) / 10} s`;
   return null;
 }
-export const STAGE_LIMITS = { silenceMs: 2000, stateMs: 2000, connectMs: 10000, checkMs: 500 };
+export const STAGE_LIMITS = { silenceMs: 2000, stateMs: 2000, connectMs: 10000, checkMs: 500, freshMs: 1500 };
 
 /**
  * A seat's audio: the microphone up to the server (WebRTC, non-trickle ICE) and the
@@ -556,6 +556,7 @@ export class StageMic {
     this.reconnecting = false;
     this.rejoins = 0;
     this.lastRejoinMs = null;
+    this.lastRejoinAt = null;
     this.lostReason = null;
     this._generation = 0;
     this._watchTimer = null;
@@ -646,6 +647,15 @@ export class StageMic {
     if (why) this.stageRestarting(why);
   }
 
+  /**
+   * The socket says the stage restarted. A connection made in the last moments is
+   * already with the new stage (the watchdog was quicker than the message): keep it.
+   */
+  onStageRestarting() {
+    if (this.lastRejoinAt !== null && performance.now() - this.lastRejoinAt < STAGE_LIMITS.freshMs) return;
+    this.stageRestarting("the stage is restarting");
+  }
+
   /** The stage is gone (the socket said so, or the watchdog saw it): rejoin it. */
   async stageRestarting(why = "the stage restarted") {
     if (!this.stream || this.reconnecting) return;
@@ -679,7 +689,8 @@ export class StageMic {
       this.reconnecting = false;
       this.rejoins += 1;
       debug.stageRejoins += 1;
-      this.lastRejoinMs = performance.now() - lostAt;
+      this.lastRejoinAt = performance.now();
+      this.lastRejoinMs = this.lastRejoinAt - lostAt;
       note("stage-rejoined", { ms: this.lastRejoinMs });
       this.onState(this.pc ? this.pc.connectionState : "off");
       return;

@@ -96,7 +96,7 @@ function engage() {
     onMessage: (msg) => {
       if (msg.room) applyFull(msg.room);
       // The stage process was lost and restarts: reconnect the microphone at once.
-      if (msg.type === "stage" && msg.state === "restarting" && mic.open) mic.stageRestarting("the stage is restarting");
+      if (msg.type === "stage" && msg.state === "restarting" && mic.open) mic.onStageRestarting();
       if (msg.type !== "event" || msg.participant_id !== session?.session_id) return;
       // Leaving the stage is taken from these events, never inferred from a snapshot
       // (an SSE snapshot can lag behind an accept and would restart the stream).

@@ -311,7 +311,7 @@ function onMessage(msg) {
   } else if (msg.type === "stage") {
     // The stage process was lost and restarts: a new connection at once, not after
     // the watchdog's two seconds of silence.
-    if (msg.state === "restarting" && mic.open) mic.stageRestarting("the stage is restarting");
+    if (msg.state === "restarting" && mic.open) mic.onStageRestarting();
     renderSelf();
   } else if (msg.type === "recording") {
     recording = { state: msg.state, detail: msg.detail || "" };
