@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 
 from benchmarks.harness.audio import amplitude_at, decode
@@ -303,5 +304,64 @@ def test_the_stage_page_rejoins_a_lost_stage_with_the_same_microphone(server: Se
             host.locator("#end").click()
             host.locator("#end").click()
             expect(host.locator("#replay-card")).to_be_visible()
+        finally:
+            browser.close()
+
+
+@pytest.mark.parametrize("mode", ["hls", "ogg"])
+def test_the_player_hears_the_program_again_after_its_audience_worker_dies(mode: str) -> None:
+    """A listener page plays (hls.js, or the Ogg stream in <audio>); the one audience
+    worker is SIGKILLed and replaced; the player recovers by itself and plays on."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from benchmarks.harness.server import on_air
+
+    expect.set_options(timeout=15_000)
+    with on_air(server_args=["--audience-workers", "1"]) as space, sync_playwright() as pw:
+        info = httpx.get(space.server.control_url + f"/api/spaces/{space.id}").json()
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=chromium_args(tone_wav(660))
+        )
+        try:
+            page = browser.new_context(viewport=PHONE).new_page()
+            page_errors: list[str] = []
+            page.on("pageerror", lambda e: page_errors.append(str(e)))
+            if mode == "ogg":  # no hls.js: the player takes the Ogg stream
+                page.add_init_script("Object.defineProperty(window, 'Hls', {get() {}, set() {}})")
+            page.goto(info["listen_link"])
+            page.locator("#play").click()
+            expect(page.locator("body")).to_have_attribute("data-audience", "playing")
+            page.wait_for_function("document.querySelector('#player').currentTime > 1.0")
+            assert page.locator("#player").get_attribute("data-mode") == mode
+
+            port = int(space.server.audience_url.rsplit(":", 1)[1])
+            workers = [
+                child
+                for child in psutil.Process(space.server.proc.pid).children(recursive=True)
+                if any(
+                    c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN
+                    for c in child.net_connections(kind="tcp")
+                )
+            ]
+            assert len(workers) == 1, workers
+            killed_at = time.monotonic()
+            workers[0].kill()
+            # Playing again, with the clock moving past what it had before the kill
+            # (hls.js keeps its clock; a reloaded Ogg source starts again from 0).
+            before = page.evaluate("document.querySelector('#player').currentTime")
+            target = before + 3.0 if mode == "hls" else 2.0
+            page.wait_for_function(
+                "([t, n]) => document.querySelector('#player').currentTime > t &&"
+                " (window.townhallDebug.playerReconnects + window.townhallDebug.hlsRecoveries"
+                " >= n)",
+                arg=[target, 1 if mode == "ogg" else 0],
+                timeout=20_000,
+            )
+            took = time.monotonic() - killed_at
+            counters = page.evaluate("window.townhallDebug")
+            print(f"\n{mode}: playing on {took:.1f} s after the worker was killed; {counters}")
+            assert page.locator("body").get_attribute("data-audience") == "playing"
+            assert page.locator("#player").get_attribute("data-mode") == mode
+            assert not page_errors, page_errors
         finally:
             browser.close()

@@ -310,8 +310,10 @@ export class AudiencePlayer {
     this._stuckSince = 0;
     this._hlsRecoveries = 0; // in-place recoveries since the clock last moved
     setInterval(() => this._watch(), 500);
+    this._started = false; // the current source has played: stalls count from here
     audio.addEventListener("playing", () => {
       this.attempt = 0;
+      this._started = true;
       this._status("playing", "Playing live");
     });
     audio.addEventListener("waiting", () => {
@@ -324,8 +326,10 @@ export class AudiencePlayer {
 
   // How long the clock may stand still before the player reconnects: the Ogg stream
   // flows five times a second, so 3 s is a lost connection (an audience worker gone);
-  // hls.js gets longer, as it rides out a restarting stage's gap by itself.
+  // hls.js gets longer, as it rides out a restarting stage's gap by itself. A source
+  // that has not played yet gets STARTUP_MS (Chromium buffers seconds of Ogg first).
   static STALL_MS = { ogg: 3000, hls: 6000, "native-hls": 6000 };
+  static STARTUP_MS = 10000;
 
   _watch() {
     if (!this.wanted || !(this.hls || this.audio.getAttribute("src"))) {
@@ -341,7 +345,7 @@ export class AudiencePlayer {
       return;
     }
     if (!this._stuckSince) this._stuckSince = now;
-    const limit = AudiencePlayer.STALL_MS[this.mode] || 6000;
+    const limit = this._started ? AudiencePlayer.STALL_MS[this.mode] || 6000 : AudiencePlayer.STARTUP_MS;
     if (now - this._stuckSince > limit) {
       this._stuckSince = 0;
       note("player-stalled", { mode: this.mode, t });
@@ -422,6 +426,7 @@ export class AudiencePlayer {
 
   _attach() {
     this._detach();
+    this._started = false;
     this.audio.dataset.mode = this.mode;
     if (this.mode === "hls") {
       const hls = new window.Hls({ lowLatencyMode: true, backBufferLength: 30 });
