@@ -183,13 +183,20 @@ def _speak_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     s.add_argument("--seconds", type=float, default=0.0, help="0: until interrupted")
     s.add_argument("--start", action="store_true", help="start the space first (host link)")
     s.add_argument("--out", type=Path, help="save the mix-minus this speaker hears (WAV)")
+    s.add_argument(
+        "--join-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="how long to keep trying while the stage is restarting or unreachable",
+    )
     s.set_defaults(run=_speak)
 
 
 def _speak(args: argparse.Namespace) -> int:
     from townhall.peers.links import parse_stage_link
     from townhall.peers.sources import FileSource, ToneSource
-    from townhall.peers.speak import Speaker
+    from townhall.peers.speak import Speaker, StageRefused
 
     link = parse_stage_link(args.link)
     source = ToneSource(args.tone) if args.tone else FileSource(args.file)
@@ -201,7 +208,11 @@ def _speak(args: argparse.Namespace) -> int:
                 headers={"Authorization": f"Bearer {link.token}"},
             ).raise_for_status()
         speaker = Speaker(link, source)
-        await speaker.join()
+        try:
+            await speaker.join_patiently(args.join_timeout)
+        except StageRefused as refused:
+            print(f"townhall speak: {refused}", file=sys.stderr)
+            return 1
         print(f"on stage in space {link.space_id}", file=sys.stderr)
         try:
             # On stage until time is up, through stage restarts (the speaker rejoins by

@@ -10,12 +10,13 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from townhall.media.mixer import Pcm, silence
 from townhall.peers.links import StageLink
 from townhall.peers.sources import ToneSource
-from townhall.peers.speak import Speaker, WatchdogConfig
+from townhall.peers.speak import Speaker, StageRefused, WatchdogConfig
 from townhall.stage.audio import PacedPcmTrack, PcmSource
 from townhall.stage.ice import rtc_configuration
 
@@ -117,3 +118,23 @@ async def test_a_lost_stage_is_rejoined_through_a_503_and_a_403_stops_it() -> No
             assert speaker.rejoins == 1
         finally:
             await speaker.leave()
+
+
+async def test_joining_waits_out_a_restarting_stage_but_not_a_refusal() -> None:
+    stage = FakeStage([503, 409, "answer"])
+    async with fake_stage(stage) as link:
+        speaker = Speaker(link, ToneSource(440), rng=random.Random(4))
+        try:
+            await speaker.join_patiently(within_s=10.0)
+            assert stage.offers == 3 and speaker.pc.connectionState == "connected"
+        finally:
+            await speaker.leave()
+
+    stage = FakeStage([404])
+    async with fake_stage(stage) as link:
+        speaker = Speaker(link, ToneSource(440))
+        started = time.monotonic()
+        with pytest.raises(StageRefused, match="404"):
+            await speaker.join_patiently(within_s=10.0)
+        assert stage.offers == 1 and time.monotonic() - started < 2.0
+        await speaker.leave()

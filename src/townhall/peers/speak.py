@@ -134,6 +134,26 @@ class Speaker:
         await self._connect(timeout_s)
         self._watch = asyncio.create_task(self._keep_on_stage())
 
+    async def join_patiently(self, within_s: float, timeout_s: float = 10.0) -> None:
+        """``join()``, retrying on the reconnect schedule what may pass (a restarting
+        stage, an unreachable server) for up to ``within_s``."""
+        deadline = time.monotonic() + within_s
+        attempt = 0
+        while True:
+            try:
+                await self.join(timeout_s)
+                return
+            except StageRefused as refused:
+                delay = reconnect_delay(attempt, self.rng, refused.retry_after_s)
+                retry = offer_verdict(refused.status) is OfferVerdict.RETRY
+                if not retry or time.monotonic() + delay > deadline:
+                    raise
+                await asyncio.shield(self.pc.close())
+                self.track = PacedPcmTrack(self.source)
+                self.pc = RTCPeerConnection(rtc_configuration())
+                await asyncio.sleep(delay)
+                attempt += 1
+
     async def _connect(self, timeout_s: float) -> None:
         pc = self.pc
         pc.addTrack(self.track)
