@@ -183,35 +183,55 @@ def _speak_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     s.add_argument("--seconds", type=float, default=0.0, help="0: until interrupted")
     s.add_argument("--start", action="store_true", help="start the space first (host link)")
     s.add_argument("--out", type=Path, help="save the mix-minus this speaker hears (WAV)")
+    s.add_argument(
+        "--join-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="how long to keep trying while the stage is restarting or unreachable",
+    )
     s.set_defaults(run=_speak)
 
 
 def _speak(args: argparse.Namespace) -> int:
     from townhall.peers.links import parse_stage_link
     from townhall.peers.sources import FileSource, ToneSource
-    from townhall.peers.speak import Speaker
+    from townhall.peers.speak import Speaker, StageRefused
 
     link = parse_stage_link(args.link)
     source = ToneSource(args.tone) if args.tone else FileSource(args.file)
 
-    async def run() -> None:
+    async def run() -> int:
         if args.start:
             httpx.post(
                 f"{link.control_url}/api/spaces/{link.space_id}/start",
                 headers={"Authorization": f"Bearer {link.token}"},
             ).raise_for_status()
         speaker = Speaker(link, source)
-        await speaker.join()
+        try:
+            await speaker.join_patiently(args.join_timeout)
+        except StageRefused as refused:
+            print(f"townhall speak: {refused}", file=sys.stderr)
+            return 1
         print(f"on stage in space {link.space_id}", file=sys.stderr)
         try:
-            await asyncio.sleep(args.seconds or 10**9)
+            # On stage until time is up, through stage restarts (the speaker rejoins by
+            # itself), unless the stage refuses it for good (removed, moved off stage).
+            await asyncio.wait_for(speaker.gone.wait(), args.seconds or None)
+        except TimeoutError:
+            pass
         finally:
             await speaker.leave()
             if args.out:
                 _write_wav(args.out, speaker.heard.pcm())
+        if speaker.stopped is not None:
+            print(f"off stage: {speaker.stopped}", file=sys.stderr)
+            return 1
+        if speaker.rejoins:
+            print(f"rejoined the stage {speaker.rejoins} times", file=sys.stderr)
+        return 0
 
-    asyncio.run(run())
-    return 0
+    return asyncio.run(run())
 
 
 def _write_wav(path: Path, pcm: object) -> None:
@@ -236,14 +256,20 @@ def _listen_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def _listen(args: argparse.Namespace) -> int:
-    from townhall.peers.listen import listen_hls, listen_ogg, save
+    from townhall.peers.listen import Refused, listen_hls, listen_ogg, save
 
     url = args.url
     if args.hls and url.endswith(".ogg"):
         url = url.removesuffix(".ogg") + "/index.m3u8"
-    rec = asyncio.run((listen_hls if args.hls else listen_ogg)(url, args.seconds))
+    try:
+        # Reconnects by itself until --seconds are up (a restarted stage or worker).
+        rec = asyncio.run((listen_hls if args.hls else listen_ogg)(url, args.seconds))
+    except Refused as refused:
+        print(f"townhall listen: {refused}", file=sys.stderr)
+        return 1
     save(rec, args.out, args.hls)
-    print(f"saved {len(rec.data)} bytes to {args.out}", file=sys.stderr)
+    again = f" ({rec.reconnects} reconnects)" if rec.reconnects else ""
+    print(f"saved {len(rec.data)} bytes to {args.out}{again}", file=sys.stderr)
     return 0
 
 

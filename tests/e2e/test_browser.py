@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 
 from benchmarks.harness.audio import amplitude_at, decode
@@ -239,3 +240,128 @@ def test_host_and_listener_in_chromium(server: Server) -> None:
         f"after: 440={a440_after:.3f} 660={a660_after:.3f}; "
         + ", ".join(f"{k} {v:.1f}s" for k, v in marks.items())
     )
+
+
+def test_the_stage_page_rejoins_a_lost_stage_with_the_same_microphone(server: Server) -> None:
+    """The host page replaces its connection when the socket says the stage restarts,
+    and when its watchdog hears nothing; the microphone is opened once; the host sees
+    a paused recording. (The stage really restarting is tested with the supervisor.)"""
+    space = httpx.post(
+        f"{server.control_url}/api/spaces",
+        json={"title": "Rejoin", "description": ""},
+        headers={"Authorization": f"Bearer {server.admin_key}"},
+    ).json()
+
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=15_000)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=chromium_args(tone_wav(440))
+        )
+        try:
+            host = browser.new_context(viewport=PHONE).new_page()
+            page_errors: list[str] = []
+            host.on("pageerror", lambda e: page_errors.append(str(e)))
+            host.goto(space["host_link"])
+            host.locator("#start").click()
+            expect(host.locator("body")).to_have_attribute("data-mic", "live")
+            first_pc = host.evaluate_handle("window.townhall.mic.pc")
+
+            # -- the socket says the stage restarts: a new connection at once ----------
+            host.evaluate("window.townhall.receive({type: 'stage', state: 'restarting'})")
+            host.wait_for_function("window.townhallDebug.stageRejoins === 1")
+            assert host.evaluate("(pc) => pc !== window.townhall.mic.pc", first_pc)
+            expect(host.locator("body")).to_have_attribute("data-mic", "live")
+            rejoin_ms = host.evaluate("window.townhall.mic.lastRejoinMs")
+            assert rejoin_ms < 3000, rejoin_ms
+
+            # -- the watchdog: a connection that delivers nothing is replaced ---------
+            host.evaluate("window.townhall.mic.pc.close()")
+            host.wait_for_function("window.townhallDebug.stageRejoins === 2", timeout=8_000)
+            lost = host.evaluate("window.townhallDebug.stageLost.map((l) => l.why)")
+            assert "no audio" in lost[-1], lost
+            expect(host.locator("body")).to_have_attribute("data-mic", "live")
+            assert trace_of(host).count("mic-opened") == 1, "the microphone was asked for again"
+            program = Capture(space["audience"]["ogg"], 2.5)
+            a440, _ = program.result()
+            assert a440 > 0.05, f"the host is not back in the program ({a440:.3f})"
+
+            # -- the recording pauses and resumes: the host is told -------------------
+            banner = host.locator("#recording-banner")
+            expect(banner).to_be_hidden()
+            host.evaluate(
+                "window.townhall.receive({type: 'recording', state: 'paused',"
+                " detail: 'the disk is full'})"
+            )
+            expect(banner).to_be_visible()
+            expect(banner).to_have_text(
+                "Recording paused: the disk is full. The live audio continues."
+            )
+            host.evaluate("window.townhall.receive({type: 'recording', state: 'recording'})")
+            expect(banner).to_be_hidden()
+            assert not page_errors, page_errors
+            host.locator("#end").click()
+            host.locator("#end").click()
+            expect(host.locator("#replay-card")).to_be_visible()
+        finally:
+            browser.close()
+
+
+@pytest.mark.parametrize("mode", ["hls", "ogg"])
+def test_the_player_hears_the_program_again_after_its_audience_worker_dies(mode: str) -> None:
+    """A listener page plays (hls.js, or the Ogg stream in <audio>); the one audience
+    worker is SIGKILLed and replaced; the player recovers by itself and plays on."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from benchmarks.harness.server import on_air
+
+    expect.set_options(timeout=15_000)
+    with on_air(server_args=["--audience-workers", "1"]) as space, sync_playwright() as pw:
+        info = httpx.get(space.server.control_url + f"/api/spaces/{space.id}").json()
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=chromium_args(tone_wav(660))
+        )
+        try:
+            page = browser.new_context(viewport=PHONE).new_page()
+            page_errors: list[str] = []
+            page.on("pageerror", lambda e: page_errors.append(str(e)))
+            if mode == "ogg":  # no hls.js: the player takes the Ogg stream
+                page.add_init_script("Object.defineProperty(window, 'Hls', {get() {}, set() {}})")
+            page.goto(info["listen_link"])
+            page.locator("#play").click()
+            expect(page.locator("body")).to_have_attribute("data-audience", "playing")
+            page.wait_for_function("document.querySelector('#player').currentTime > 1.0")
+            assert page.locator("#player").get_attribute("data-mode") == mode
+
+            port = int(space.server.audience_url.rsplit(":", 1)[1])
+            workers = [
+                child
+                for child in psutil.Process(space.server.proc.pid).children(recursive=True)
+                if any(
+                    c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN
+                    for c in child.net_connections(kind="tcp")
+                )
+            ]
+            assert len(workers) == 1, workers
+            killed_at = time.monotonic()
+            workers[0].kill()
+            # Playing again, with the clock moving past what it had before the kill
+            # (hls.js keeps its clock; a reloaded Ogg source starts again from 0).
+            before = page.evaluate("document.querySelector('#player').currentTime")
+            target = before + 3.0 if mode == "hls" else 2.0
+            page.wait_for_function(
+                "([t, n]) => document.querySelector('#player').currentTime > t &&"
+                " (window.townhallDebug.playerReconnects + window.townhallDebug.hlsRecoveries"
+                " >= n)",
+                arg=[target, 1 if mode == "ogg" else 0],
+                timeout=20_000,
+            )
+            took = time.monotonic() - killed_at
+            counters = page.evaluate("window.townhallDebug")
+            print(f"\n{mode}: playing on {took:.1f} s after the worker was killed; {counters}")
+            assert page.locator("body").get_attribute("data-audience") == "playing"
+            assert page.locator("#player").get_attribute("data-mode") == mode
+            assert not page_errors, page_errors
+        finally:
+            browser.close()

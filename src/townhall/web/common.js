@@ -113,6 +113,35 @@ export function backoffDelay(attempt, retryAfterS) {
   return (retryAfterS || 0) + Math.random() * Math.min(30, 0.5 * 2 ** attempt);
 }
 
+// The reconnect schedule after a lost connection (the stage, the stream, the socket),
+// the twin of townhall.peers.backoff.reconnect_delay: immediate first, then backing off
+// to a cap, each plus up to a second of jitter so a crowd that lost the same process
+// does not return in one burst. A server's longer Retry-After wins.
+export const RECONNECT_STEPS_S = [0, 0.3, 1.2, 2.7, 4.8];
+export const RECONNECT_CAP_S = 7;
+export const RECONNECT_JITTER_S = 1;
+
+/** Seconds to wait before reconnect `attempt` (0 = the first after a loss). */
+export function reconnectDelay(attempt, retryAfterS = null, random = Math.random) {
+  const step = attempt < RECONNECT_STEPS_S.length ? RECONNECT_STEPS_S[attempt] : RECONNECT_CAP_S;
+  const delay = step + random() * RECONNECT_JITTER_S;
+  return retryAfterS !== null && retryAfterS !== undefined ? Math.max(delay, retryAfterS) : delay;
+}
+
+/** Whether a refused request is worth retrying: no answer, busy, restarting, 5xx. */
+export function worthRetrying(status) {
+  return !status || [408, 409, 425, 429].includes(status) || status >= 500;
+}
+
+/** Test hooks: counters the reconnect logic keeps (window.townhallDebug). */
+export const debug = (window.townhallDebug = window.townhallDebug || {
+  stageRejoins: 0,
+  stageLost: [],
+  playerReconnects: 0,
+  hlsRecoveries: 0,
+  socketReconnects: 0,
+});
+
 // -- small UI helpers ---------------------------------------------------------------
 
 export const REACTIONS = ["👏", "❤️", "😂", "🔥", "💯", "🙌", "👍", "😮"];
@@ -220,7 +249,7 @@ export function roomEvents(url, onRoom, onStatus = () => {}) {
       // HTTP error (404 before the start, 503 when full): retry with backoff then.
       if (es.readyState === EventSource.CLOSED) {
         onStatus("retrying");
-        const delay = backoffDelay(attempt++, 2) * 1000;
+        const delay = reconnectDelay(attempt++, 2) * 1000;
         setTimeout(open, delay);
       }
     };
@@ -279,9 +308,12 @@ export class AudiencePlayer {
     // (a bad playlist, a lost connection): retry, and give up on HLS for the Ogg stream.
     this._lastTime = -1;
     this._stuckSince = 0;
-    setInterval(() => this._watch(), 1000);
+    this._hlsRecoveries = 0; // in-place recoveries since the clock last moved
+    setInterval(() => this._watch(), 500);
+    this._started = false; // the current source has played: stalls count from here
     audio.addEventListener("playing", () => {
       this.attempt = 0;
+      this._started = true;
       this._status("playing", "Playing live");
     });
     audio.addEventListener("waiting", () => {
@@ -291,6 +323,13 @@ export class AudiencePlayer {
     audio.addEventListener("error", () => this.wanted && this.mode === "ogg" && this._retry("the stream stopped"));
     audio.addEventListener("ended", () => this.wanted && this._retry("the stream ended"));
   }
+
+  // How long the clock may stand still before the player reconnects: the Ogg stream
+  // flows five times a second, so 3 s is a lost connection (an audience worker gone);
+  // hls.js gets longer, as it rides out a restarting stage's gap by itself. A source
+  // that has not played yet gets STARTUP_MS (Chromium buffers seconds of Ogg first).
+  static STALL_MS = { ogg: 3000, hls: 6000, "native-hls": 6000 };
+  static STARTUP_MS = 10000;
 
   _watch() {
     if (!this.wanted || !(this.hls || this.audio.getAttribute("src"))) {
@@ -302,17 +341,26 @@ export class AudiencePlayer {
     if (t !== this._lastTime) {
       this._lastTime = t;
       this._stuckSince = now;
+      this._hlsRecoveries = 0;
       return;
     }
     if (!this._stuckSince) this._stuckSince = now;
-    if (now - this._stuckSince > 6000) {
+    const limit = this._started ? AudiencePlayer.STALL_MS[this.mode] || 6000 : AudiencePlayer.STARTUP_MS;
+    if (now - this._stuckSince > limit) {
       this._stuckSince = 0;
       note("player-stalled", { mode: this.mode, t });
+      if (this.hls && this._hlsRecoveries < 1) {
+        // First try in place: hls.js reloads from the live edge, keeping the buffer.
+        this._hlsRecoveries += 1;
+        debug.hlsRecoveries += 1;
+        this.hls.startLoad(-1);
+        return;
+      }
       if (this.mode !== "ogg") {
         this.hlsFailures += 1;
-        if (this.hlsFailures >= 1) this.mode = "ogg";
+        if (this.hlsFailures >= 2) this.mode = "ogg";
       }
-      this._retry("no audio for 6 s");
+      this._retry(`no audio for ${Math.round(limit / 1000)} s`);
     }
   }
 
@@ -356,7 +404,7 @@ export class AudiencePlayer {
       if (!this.wanted || gen !== this.generation) return;
       if (p.ok) break;
       const retryAfter = p.status === 503 ? (p.retryAfter ?? 5) : null;
-      const delay = backoffDelay(this.attempt++, retryAfter);
+      const delay = reconnectDelay(this.attempt++, retryAfter);
       const why =
         p.status === 503
           ? "The audience server is busy"
@@ -378,6 +426,7 @@ export class AudiencePlayer {
 
   _attach() {
     this._detach();
+    this._started = false;
     this.audio.dataset.mode = this.mode;
     if (this.mode === "hls") {
       const hls = new window.Hls({ lowLatencyMode: true, backBufferLength: 30 });
@@ -385,6 +434,7 @@ export class AudiencePlayer {
       hls.on(window.Hls.Events.ERROR, (_ev, data) => {
         note("hls-error", { details: data.details, fatal: !!data.fatal });
         if (!data.fatal || hls !== this.hls) return;
+        if (this._recoverHls(hls, data)) return;
         this.hlsFailures += 1;
         if (this.hlsFailures >= 3) this.mode = "ogg"; // fall back to the Ogg stream
         this._retry(`HLS ${data.details}`);
@@ -394,6 +444,32 @@ export class AudiencePlayer {
     } else {
       this.audio.src = this._url(this.mode === "ogg" ? this.oggUrl : this.hlsUrl);
     }
+  }
+
+  /**
+   * Recover hls.js in place from a fatal error, keeping what is buffered: a network
+   * error (an audience worker gone, the playlist refused while a stage restarts) loads
+   * again on the reconnect schedule; a media error (a discontinuity the decoder
+   * choked on) resets the media pipeline. False: rebuild the player instead.
+   */
+  _recoverHls(hls, data) {
+    if (this._hlsRecoveries >= 4) return false;
+    const Hls = window.Hls;
+    const attempt = this._hlsRecoveries++;
+    debug.hlsRecoveries += 1;
+    if (data.type === Hls.ErrorTypes.NETWORK_ERROR) {
+      const gen = this.generation;
+      setTimeout(() => {
+        if (hls === this.hls && gen === this.generation) hls.startLoad(-1);
+      }, reconnectDelay(attempt) * 1000);
+      this._status("retrying", "Reconnecting…");
+      return true;
+    }
+    if (data.type === Hls.ErrorTypes.MEDIA_ERROR) {
+      hls.recoverMediaError();
+      return true;
+    }
+    return false;
   }
 
   _detach() {
@@ -412,7 +488,9 @@ export class AudiencePlayer {
     if (!this.wanted) return;
     const gen = ++this.generation;
     this._detach();
-    const delay = backoffDelay(this.attempt++, null);
+    debug.playerReconnects += 1;
+    this._hlsRecoveries = 0;
+    const delay = reconnectDelay(this.attempt++, null);
     this._status("retrying", `Reconnecting (${why}) in ${Math.ceil(delay)} s…`);
     await sleep(delay * 1000);
     if (this.wanted && gen === this.generation) await this._start(gen);
@@ -444,26 +522,58 @@ function iceGatheringComplete(pc, timeoutMs = 4000) {
 }
 
 /**
+ * Whether the stage is lost, from what a connection shows (times in ms): the stage
+ * sends every seat its mix-minus every 20 ms, silence included, so packets that stop
+ * arriving mean its process is gone. Returns why, or null while the stage is there.
+ */
+export function stageLost({ now, createdAt, connectedAt, lastPacketAt, state, stateSince }, limits = STAGE_LIMITS) {
+  if (state === "closed") return "the connection closed";
+  if ((state === "failed" || state === "disconnected") && now - stateSince > limits.stateMs)
+    return `the connection ${state} ${Math.round((now - stateSince) / 100) / 10} s ago`;
+  if (connectedAt === null) {
+    return now - createdAt > limits.connectMs ? "the connection never opened" : null;
+  }
+  const heard = Math.max(lastPacketAt || 0, connectedAt);
+  if (now - heard > limits.silenceMs) return `no audio from the stage for ${Math.round((now - heard) / 100) / 10} s`;
+  return null;
+}
+export const STAGE_LIMITS = { silenceMs: 2000, stateMs: 2000, connectMs: 10000, checkMs: 500, freshMs: 1500 };
+
+/**
  * A seat's audio: the microphone up to the server (WebRTC, non-trickle ICE) and the
  * mix-minus (everyone but you) back down into `mixAudio`.
+ *
+ * It stays on stage by itself: a watchdog replaces a connection whose stage is lost
+ * (see `stageLost`, or the page calls `stageRestarting()` when the socket says so) with
+ * a new RTCPeerConnection on the reconnect schedule, re-offering the same microphone
+ * stream (the person is not asked again). The server runs a fresh mic check.
  */
 export class StageMic {
-  constructor({ spaceId, token, mixAudio, onState = () => {} }) {
+  constructor({ spaceId, token, mixAudio, onState = () => {}, onRefused = () => {} }) {
     this.spaceId = spaceId;
     this.token = token;
     this.mixAudio = mixAudio;
     this.onState = onState;
+    this.onRefused = onRefused;
     this.pc = null;
     this.stream = null;
     this.muted = false;
+    this.reconnecting = false;
+    this.rejoins = 0;
+    this.lastRejoinMs = null;
+    this.lastRejoinAt = null;
+    this.lostReason = null;
+    this._generation = 0;
+    this._watchTimer = null;
+    this._conn = null; // what the watchdog knows of the current connection
   }
 
   get open() {
-    return this.pc !== null;
+    return this.pc !== null || this.reconnecting;
   }
 
   async connect() {
-    if (this.pc) return;
+    if (this.open) return;
     this.onState("opening");
     note("mic-opening", {
       audiencePlaying: Array.from(document.querySelectorAll("audio.audience")).some(
@@ -482,32 +592,121 @@ export class StageMic {
     }
     note("mic-opened");
     for (const track of this.stream.getAudioTracks()) track.enabled = !this.muted;
+    try {
+      await this._offer();
+    } catch (e) {
+      this.close();
+      throw e;
+    }
+    this._watch();
+  }
+
+  /** A new RTCPeerConnection carrying the microphone stream, offered to the stage. */
+  async _offer() {
     const pc = new RTCPeerConnection({ iceServers: [] });
     this.pc = pc;
+    const now = performance.now();
+    const conn = { pc, createdAt: now, connectedAt: null, lastPacketAt: null, packets: 0, state: "new", stateSince: now };
+    this._conn = conn;
     for (const track of this.stream.getAudioTracks()) pc.addTrack(track, this.stream);
     pc.addEventListener("track", (ev) => {
+      if (pc !== this.pc) return;
       this.mixAudio.srcObject = ev.streams[0] || new MediaStream([ev.track]);
       this.mixAudio.play().catch(() => {});
     });
     pc.addEventListener("connectionstatechange", () => {
       if (pc !== this.pc) return;
-      this.onState(pc.connectionState);
+      conn.state = pc.connectionState;
+      conn.stateSince = performance.now();
+      if (pc.connectionState === "connected" && conn.connectedAt === null) conn.connectedAt = conn.stateSince;
+      if (!this.reconnecting) this.onState(pc.connectionState);
     });
-    try {
-      await pc.setLocalDescription(await pc.createOffer());
-      await iceGatheringComplete(pc);
-      const answer = await api(`/api/spaces/${encodeURIComponent(this.spaceId)}/stage/offer`, {
-        method: "POST",
-        token: this.token,
-        body: { sdp: pc.localDescription.sdp, type: "offer" },
-      });
-      if (pc !== this.pc) return;
-      await pc.setRemoteDescription(answer);
-      this.onState("connecting");
-    } catch (e) {
-      this.close();
-      throw e;
+    await pc.setLocalDescription(await pc.createOffer());
+    await iceGatheringComplete(pc);
+    const answer = await api(`/api/spaces/${encodeURIComponent(this.spaceId)}/stage/offer`, {
+      method: "POST",
+      token: this.token,
+      body: { sdp: pc.localDescription.sdp, type: "offer" },
+    });
+    if (pc !== this.pc) return;
+    await pc.setRemoteDescription(answer);
+    this.onState("connecting");
+  }
+
+  _watch() {
+    clearInterval(this._watchTimer);
+    this._watchTimer = setInterval(() => this._check(), STAGE_LIMITS.checkMs);
+  }
+
+  async _check() {
+    const conn = this._conn;
+    if (!conn || this.reconnecting || conn.pc !== this.pc) return;
+    const received = await this.packetsReceived();
+    if (conn !== this._conn || this.reconnecting) return;
+    const now = performance.now();
+    if (received > conn.packets) {
+      conn.packets = received;
+      conn.lastPacketAt = now;
     }
+    const why = stageLost({ now, ...conn });
+    if (why) this.stageRestarting(why);
+  }
+
+  /**
+   * The socket says the stage restarted. A connection made in the last moments is
+   * already with the new stage (the watchdog was quicker than the message): keep it.
+   */
+  onStageRestarting() {
+    if (this.lastRejoinAt !== null && performance.now() - this.lastRejoinAt < STAGE_LIMITS.freshMs) return;
+    this.stageRestarting("the stage is restarting");
+  }
+
+  /** The stage is gone (the socket said so, or the watchdog saw it): rejoin it. */
+  async stageRestarting(why = "the stage restarted") {
+    if (!this.stream || this.reconnecting) return;
+    this.reconnecting = true;
+    this.lostReason = why;
+    const gen = ++this._generation;
+    const lostAt = performance.now();
+    debug.stageLost.push({ why, t: lostAt });
+    note("stage-lost", { why });
+    this.onState("reconnecting");
+    let attempt = 0;
+    let retryAfter = null;
+    while (this.stream && gen === this._generation) {
+      this._dropConnection();
+      await sleep(reconnectDelay(attempt, retryAfter) * 1000);
+      if (!this.stream || gen !== this._generation) return;
+      try {
+        await this._offer();
+      } catch (e) {
+        if (e instanceof ApiError && !worthRetrying(e.status)) {
+          note("stage-refused", { status: e.status });
+          this.reconnecting = false;
+          this.close();
+          this.onRefused(e);
+          return;
+        }
+        attempt += 1;
+        retryAfter = e instanceof ApiError ? e.retryAfter : null;
+        continue;
+      }
+      this.reconnecting = false;
+      this.rejoins += 1;
+      debug.stageRejoins += 1;
+      this.lastRejoinAt = performance.now();
+      this.lastRejoinMs = this.lastRejoinAt - lostAt;
+      note("stage-rejoined", { ms: this.lastRejoinMs });
+      this.onState(this.pc ? this.pc.connectionState : "off");
+      return;
+    }
+  }
+
+  _dropConnection() {
+    const pc = this.pc;
+    this.pc = null;
+    this._conn = null;
+    if (pc) pc.close();
   }
 
   setMuted(muted) {
@@ -535,18 +734,33 @@ export class StageMic {
   }
 
   async packetsSent() {
-    if (!this.pc) return 0;
+    return this._rtpCount("outbound-rtp", "packetsSent");
+  }
+
+  async packetsReceived() {
+    return this._rtpCount("inbound-rtp", "packetsReceived");
+  }
+
+  async _rtpCount(type, field) {
+    const pc = this.pc;
+    if (!pc) return 0;
     let n = 0;
-    (await this.pc.getStats()).forEach((s) => {
-      if (s.type === "outbound-rtp" && s.kind === "audio") n += s.packetsSent || 0;
-    });
+    try {
+      (await pc.getStats()).forEach((s) => {
+        if (s.type === type && s.kind === "audio") n += s[field] || 0;
+      });
+    } catch {
+      return 0; // closed meanwhile
+    }
     return n;
   }
 
   close() {
-    const pc = this.pc;
-    this.pc = null;
-    if (pc) pc.close();
+    this._generation += 1;
+    this.reconnecting = false;
+    clearInterval(this._watchTimer);
+    this._watchTimer = null;
+    this._dropConnection();
     if (this.stream) for (const t of this.stream.getTracks()) t.stop();
     this.stream = null;
     this.mixAudio.pause();
@@ -571,6 +785,7 @@ export function stageSocket(spaceId, token, { onMessage, onStatus = () => {} }) 
     if (closed) return;
     ws = new WebSocket(url);
     ws.onopen = () => {
+      // The first message is a hello with the whole room: the page resyncs from it.
       attempt = 0;
       onStatus("open");
       ping = setInterval(() => ws.readyState === 1 && ws.send("ping"), 20000);
@@ -591,7 +806,8 @@ export function stageSocket(spaceId, token, { onMessage, onStatus = () => {} }) 
         return;
       }
       onStatus("reconnecting");
-      setTimeout(open, backoffDelay(attempt++, 0.5) * 1000);
+      debug.socketReconnects += 1;
+      setTimeout(open, reconnectDelay(attempt++) * 1000);
     };
   };
   open();

@@ -35,6 +35,7 @@ const mic = new StageMic({
   token: session?.token,
   mixAudio: $("#mix"),
   onState: () => renderStage(),
+  onRefused: (e) => showError(e, "Back on stage"),
 });
 
 // -- session (a listener token, shared by reloads and tabs: honest counts) -------------
@@ -94,6 +95,8 @@ function engage() {
   socket = stageSocket(spaceId, session.token, {
     onMessage: (msg) => {
       if (msg.room) applyFull(msg.room);
+      // The stage process was lost and restarts: reconnect the microphone at once.
+      if (msg.type === "stage" && msg.state === "restarting" && mic.open) mic.onStageRestarting();
       if (msg.type !== "event" || msg.participant_id !== session?.session_id) return;
       // Leaving the stage is taken from these events, never inferred from a snapshot
       // (an SSE snapshot can lag behind an accept and would restart the stream).
@@ -229,7 +232,11 @@ function renderStage() {
   let text = "Microphone off";
   let cls = "status";
   if (seat && mic.open) {
-    if (seat.muted) {
+    if (mic.reconnecting) {
+      micState = "reconnecting";
+      text = "Reconnecting to the stage…";
+      cls = "status warn";
+    } else if (seat.muted) {
       micState = "muted";
       text = "You're muted.";
     } else if (seat.live) {

@@ -19,7 +19,14 @@ let socket = null;
 let endArmed = false;
 const dismissed = new Set();
 
-const mic = new StageMic({ spaceId, token, mixAudio: $("#mix"), onState: () => renderSelf() });
+const mic = new StageMic({
+  spaceId,
+  token,
+  mixAudio: $("#mix"),
+  onState: () => renderSelf(),
+  onRefused: (e) => showError(e, "Back on stage"),
+});
+let recording = null; // the last {state, detail} the server said about the recording
 
 function claims(t) {
   try {
@@ -86,6 +93,7 @@ function render() {
     if (!$("#replay").getAttribute("src")) $("#replay").src = info.replay.ogg;
   }
   renderSelf();
+  renderRecording();
 }
 
 function renderSelf() {
@@ -110,6 +118,10 @@ function renderSelf() {
   else if (!seat) text = "You're not on stage.";
   else if (!mic.open) {
     text = "Your microphone is not connected.";
+    cls = "status warn";
+  } else if (mic.reconnecting) {
+    micState = "reconnecting";
+    text = "Reconnecting to the stage…";
     cls = "status warn";
   } else if (muted) {
     micState = "muted";
@@ -200,6 +212,17 @@ function btn(label, aria, run, action, cls = "") {
   );
 }
 
+/** The host's banner while the recording is paused (a disk error); the air is not. */
+function renderRecording() {
+  const banner = $("#recording-banner");
+  const paused = recording?.state === "paused" && state() !== "ended";
+  banner.hidden = !paused;
+  banner.textContent = paused
+    ? `Recording paused${recording.detail ? `: ${recording.detail}` : ""}. The live audio continues.`
+    : "";
+  document.body.dataset.recording = recording?.state || "";
+}
+
 /** Meters and dead-mic warnings, updated in place 4x/s (no re-render of the buttons). */
 function renderLevels() {
   if (state() !== "live") return;
@@ -285,6 +308,14 @@ function onMessage(msg) {
     levels = new Map(msg.members.map((m) => [m.id, m]));
     renderLevels();
     renderSelf();
+  } else if (msg.type === "stage") {
+    // The stage process was lost and restarts: a new connection at once, not after
+    // the watchdog's two seconds of silence.
+    if (msg.state === "restarting" && mic.open) mic.onStageRestarting();
+    renderSelf();
+  } else if (msg.type === "recording") {
+    recording = { state: msg.state, detail: msg.detail || "" };
+    renderRecording();
   } else if (msg.type === "event") {
     if (msg.participant_id === you && msg.event === "ParticipantRemoved") showError(new Error("You were removed from this Space."));
     if (msg.participant_id === you && msg.event === "SpeakerMovedToAudience" && msg.by !== you)
@@ -449,6 +480,14 @@ $("#invite-form").addEventListener("submit", createInvite);
 $("#invite-copy").addEventListener("click", () => shareLink($("#invite-link").textContent, "Speak in my Space", $("#invite-status")));
 $("#share").addEventListener("click", () => shareLink(listenLink(spaceId), $("#title").textContent, $("#share-status")));
 window.addEventListener("pagehide", () => mic.open && mic.close());
-window.townhall = { mic, get room() { return room; }, get levels() { return levels; }, get you() { return you; } };
+window.townhall = {
+  mic,
+  get room() { return room; },
+  get levels() { return levels; },
+  get you() { return you; },
+  get recording() { return recording; },
+  // Test hook: hand the page a socket message as if the server had sent it.
+  receive: (msg) => onMessage(msg),
+};
 note("page-loaded");
 load();
