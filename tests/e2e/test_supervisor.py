@@ -45,7 +45,9 @@ SPACE = "spaceA"
 
 
 def config_for(data_dir: Path, **supervisor: Any) -> ServerConfig:
-    bounds = dataclasses.replace(SupervisorConfig(restart_delay_s=0.1), **supervisor)
+    # The fake stages have no standby mode; the real one is taken up in the fault tests.
+    plain = SupervisorConfig(restart_delay_s=0.1, standby_stage_processes=0)
+    bounds = dataclasses.replace(plain, **supervisor)
     return ServerConfig(control_port=0, audience_port=0, data_dir=data_dir, supervisor=bounds)
 
 

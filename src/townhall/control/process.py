@@ -100,6 +100,7 @@ class ControlProcess(Control):
                         stage.replied(msg)
                     else:
                         stage.reported(msg)
+                        self._check_microphones(msg.space_id)
             case StageStarted():
                 self._stage_started(msg)
             case StageLost():
@@ -119,6 +120,12 @@ class ControlProcess(Control):
                 self._recording_changed(msg)
             case _:
                 log.warning("ignored a %s from the supervisor", type(msg).__name__)
+
+    def _check_microphones(self, space_id: str) -> None:
+        # At once, not at the monitor's next turn: after a stage restart this is the
+        # last step before the people on stage are heard again.
+        if (live := self.service.held(space_id)) is not None:
+            live.check_microphones(time.monotonic())
 
     def _stage_started(self, msg: StageStarted) -> None:
         stage = self.stages.get(msg.space_id)

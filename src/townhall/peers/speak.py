@@ -56,7 +56,7 @@ class HeardAudio:
 
 @dataclass(frozen=True)
 class WatchdogConfig:
-    silence_limit_s: float = 1.5  # 75 mix-minus frames missed: the stage is gone
+    silence_limit_s: float = 1.0  # 50 mix-minus frames missed: the stage is gone
     check_interval_s: float = 0.1
     connect_timeout_s: float = 10.0
 

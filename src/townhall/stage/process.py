@@ -44,7 +44,7 @@ from townhall.supervise.messages import (
     StageRequest,
     StageStatus,
 )
-from townhall.supervise.specs import StageSpec
+from townhall.supervise.specs import AssignStage, StageSpec, StandbySpec
 
 log = logging.getLogger(__name__)
 
@@ -181,9 +181,10 @@ class StageHost:
         await self.runtime.end()
 
 
-def run_stage_process(spec: StageSpec, sock: socket.socket) -> None:
+def run_stage_process(spec: StageSpec | StandbySpec, sock: socket.socket) -> None:
     """Entry point of a stage process: serve ``spec.open``'s Space until ``CloseStage``
-    (exit 0) or until the supervisor's link closes (exit at once)."""
+    (exit 0) or until the supervisor's link closes (exit at once). A standby process
+    first waits, imported and linked, for the Space it is given (``AssignStage``)."""
     if not logging.getLogger().handlers:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -194,19 +195,45 @@ def run_stage_process(spec: StageSpec, sock: socket.socket) -> None:
     uvloop.run(serve_stage(spec, sock))
 
 
-async def serve_stage(spec: StageSpec, sock: socket.socket, exit_on_lost: bool = True) -> str:
+class Inbox:
+    """The hub's messages until the stage is up are kept, then handed on in order; an
+    ``AssignStage`` (to a standby process) resolves ``assigned`` instead."""
+
+    def __init__(self) -> None:
+        self.pending: list[Any] = []
+        self.handler: Callable[[Any], None] | None = None
+        self.assigned: asyncio.Future[StageSpec] = asyncio.get_running_loop().create_future()
+
+    def __call__(self, msg: Any) -> None:
+        if isinstance(msg, AssignStage):
+            if not self.assigned.done():
+                self.assigned.set_result(msg.spec)
+        elif self.handler is None:
+            self.pending.append(msg)
+        else:
+            self.handler(msg)
+
+    def attach(self, handler: Callable[[Any], None]) -> None:
+        self.handler = handler
+        for msg in self.pending:
+            handler(msg)
+        self.pending.clear()
+
+
+async def serve_stage(
+    spec: StageSpec | StandbySpec, sock: socket.socket, exit_on_lost: bool = True
+) -> str:
     """Run the stage; ``"closed"`` after ``CloseStage``. If the link closes, exit the
     process at once (or, with ``exit_on_lost`` false, return ``"lost"``)."""
-    inbox: list[Any] = []
-    host: StageHost | None = None
-
-    def on_message(msg: Any) -> None:
-        if host is None:
-            inbox.append(msg)  # arrived while starting up: handled right after
-        else:
-            host.on_message(msg)
-
-    link = await open_link(sock, on_message)
+    inbox = Inbox()
+    link = await open_link(sock, inbox)
+    if isinstance(spec, StandbySpec):
+        freeze_startup_heap()
+        either: list[asyncio.Future[Any]] = [inbox.assigned, link.closed]
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        if not inbox.assigned.done():
+            return _lost("the standby stage", exit_on_lost)
+        spec = inbox.assigned.result()
     program = ProgramSet(spec.open.program)
     runtime = StageRuntime(
         spec.open.space_id,
@@ -216,8 +243,7 @@ async def serve_stage(spec: StageSpec, sock: socket.socket, exit_on_lost: bool =
         media_start=start_for(spec, time.time()),
     )
     host = StageHost(runtime, program, link.send)
-    for msg in inbox:
-        host.on_message(msg)
+    inbox.attach(host.on_message)
     freeze_startup_heap()
     runtime.start()
     reporter = asyncio.create_task(
@@ -233,15 +259,19 @@ async def serve_stage(spec: StageSpec, sock: socket.socket, exit_on_lost: bool =
     await asyncio.wait([link.closed, host.closing], return_when=asyncio.FIRST_COMPLETED)
     reporter.cancel()
     if link.closed.done():
-        log.warning("stage %s: the supervisor link closed; exiting", runtime.space_id)
-        if exit_on_lost:
-            # Nobody hears this program any more and nobody can end it. Peer
-            # connections and the encoder need no goodbye: exit without unwinding.
-            logging.shutdown()
-            os._exit(0)
-        return "lost"
+        return _lost(f"stage {runtime.space_id}", exit_on_lost)
     await host.close()
     link.close()  # the transport writes out what is queued (ChannelEnded last), then closes
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.shield(link.closed), spec.config.stage.close_timeout_s)
     return "closed"
+
+
+def _lost(who: str, exit_on_lost: bool) -> str:
+    log.warning("%s: the supervisor link closed; exiting", who)
+    if exit_on_lost:
+        # Nobody hears this program any more and nobody can end it. Peer connections
+        # and the encoder need no goodbye: exit without unwinding.
+        logging.shutdown()
+        os._exit(0)
+    return "lost"

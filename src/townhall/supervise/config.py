@@ -32,5 +32,8 @@ class SupervisorConfig:
     # Absolute nice values: the stage's 20 ms clock outranks everything (below 0 needs
     # root or CAP_SYS_NICE; without it the stage stays at 0), then the API, then disk.
     stage_nice: int = -5
+    # Stage processes kept started and idle: a lost or new stage takes one up at once
+    # instead of waiting for a fresh interpreter to import aiortc and PyAV.
+    standby_stage_processes: int = 1
     control_nice: int = 4
     recorder_nice: int = 6

@@ -54,6 +54,11 @@ class Link(asyncio.Protocol):
         if not self.closed.done():
             self.closed.set_result(None)
 
+    def deliver_to(self, on_message: Callable[[Any], None]) -> None:
+        """Hand the messages that arrive from now on to another handler (a standby
+        process that takes up a role)."""
+        self._on_message = on_message
+
     def send(self, msg: object) -> bool:
         """Queue one message; False if the link is closed or was cut for its backlog."""
         transport = self._transport

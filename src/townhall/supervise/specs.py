@@ -29,3 +29,19 @@ class StageSpec:
 @dataclass(frozen=True)
 class RecorderSpec:
     config: ServerConfig
+
+
+@dataclass(frozen=True)
+class StandbySpec:
+    """A stage process started ahead of need: it imports everything, opens its link and
+    waits for ``AssignStage``. Taking one up saves a replacement stage the start-up of a
+    fresh interpreter (most of a stage restart's time)."""
+
+    config: ServerConfig
+
+
+@dataclass(frozen=True)
+class AssignStage:
+    """supervisor → a standby stage process: become this Space's stage."""
+
+    spec: StageSpec

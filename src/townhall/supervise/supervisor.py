@@ -52,7 +52,13 @@ from townhall.supervise.messages import (
     StageStarted,
 )
 from townhall.supervise.restart import RestartPolicy
-from townhall.supervise.specs import ControlSpec, RecorderSpec, StageSpec
+from townhall.supervise.specs import (
+    AssignStage,
+    ControlSpec,
+    RecorderSpec,
+    StageSpec,
+    StandbySpec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +68,8 @@ DEFAULT_ENTRY_POINTS: Mapping[str, str] = {
     "recorder": "townhall.recording.process.run_recorder_process",
     "stage": "townhall.stage.process.run_stage_process",
 }
+# The idle stage process a lost or new stage takes up (``StandbySpec``).
+STANDBY = "stage-standby"
 
 
 def exit_reason(exitcode: int | None) -> str:
@@ -171,6 +179,8 @@ class Supervisor:
         for role in (RECORDER, CONTROL):
             slot = self.slots[role] = _Slot(role, role)
             await self._spawn(slot)
+        if c.supervisor.standby_stage_processes > 0:
+            await self._spawn(self.slots.setdefault(STANDBY, _Slot(STANDBY, "stage")))
         self._track(asyncio.get_running_loop().create_task(self._report(), name="hub-report"))
 
     async def stop(self) -> None:
@@ -217,6 +227,8 @@ class Supervisor:
             return ControlSpec(self.config, self.control_socket)
         if slot.role == RECORDER:
             return RecorderSpec(self.config)
+        if slot.name == STANDBY:
+            return StandbySpec(self.config)
         space_id = space_of(slot.name)
         assert space_id is not None
         return StageSpec(self.config, self.hub.open_spaces[space_id], incarnation=slot.restarts,
@@ -228,6 +240,8 @@ class Supervisor:
 
     async def _spawn(self, slot: _Slot) -> None:
         s = self.config.supervisor
+        if space_of(slot.name) is not None and self._take_standby(slot):
+            return
         slot.spawning = True
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         ctx = multiprocessing.get_context("spawn")  # the hub runs a loop and threads
@@ -256,6 +270,28 @@ class Supervisor:
         loop.add_reader(proc.sentinel, self._on_exit, slot, child)
         link.closed.add_done_callback(lambda _: self._on_link_lost(slot, child))
         log.info("%s started (pid %d)", slot.name, child.pid)
+        self._started(slot, child)
+
+    def _take_standby(self, slot: _Slot) -> bool:
+        """Make the standby stage process this Space's stage; False if there is none."""
+        standby = self.slots.get(STANDBY)
+        child = standby.child if standby is not None else None
+        if standby is None or child is None or child.exited:
+            return False
+        standby.child = None
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(child.process.sentinel)
+        loop.add_reader(child.process.sentinel, self._on_exit, slot, child)
+        child.link.deliver_to(functools.partial(self.receive, slot.name))
+        child.link.send(AssignStage(self._spec(slot)))  # type: ignore[arg-type]
+        child.started_at_unix_s = time.time()
+        slot.child = child
+        log.info("%s taken up by the standby stage process (pid %d)", slot.name, child.pid)
+        self._started(slot, child)
+        self._track(loop.create_task(self._spawn(standby), name="spawn-standby"))
+        return True
+
+    def _started(self, slot: _Slot, child: _Child) -> None:
         if slot.role == RECORDER:
             for delivery in self.hub.recorder_catch_up():
                 self._deliver(delivery)
