@@ -21,7 +21,6 @@ import logging
 import multiprocessing
 import socket
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
@@ -48,8 +47,12 @@ from townhall.audience.server import AudienceServer, WorkerPoolConfig
 from townhall.audience.worker import WorkerSpec, run_audience_worker
 from townhall.feed import FeedMessage
 from townhall.supervise.messages import ResyncPresence
+from townhall.supervise.restart import RestartPolicy
 
 log = logging.getLogger(__name__)
+
+# The workers share one restart bound: any of them dying young counts toward it.
+_WORKERS = "audience"
 
 
 class _WorkerLink(asyncio.Protocol):
@@ -63,6 +66,7 @@ class _WorkerLink(asyncio.Protocol):
         max_frame_bytes: int,
     ) -> None:
         self.process = process
+        self.started_at = time.monotonic()
         self.stats = WorkerStats((), 0.0)
         self.transport: asyncio.Transport | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -109,10 +113,12 @@ class WorkerPool:
     presence: ListenerPresence | None = None  # where the workers' listeners are counted
     feed_log: FeedLog = field(init=False)
     _closing: bool = False
-    _restarted_at: deque[float] = field(default_factory=deque)
+    _policy: RestartPolicy = field(init=False)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
+        c = self.config
+        self._policy = RestartPolicy(c.max_restarts, c.restart_window_s, c.healthy_uptime_s)
         hls = self.spec.audience.channel.hls
         kept = self.spec.audience.workers.feed_log
         self.feed_log = FeedLog(
@@ -215,6 +221,7 @@ class WorkerPool:
             return
         log.warning("audience worker %s left; %d of %d serving",
                     link.process.pid, len(self.links), self.count)  # fmt: skip
+        self._policy.ran(_WORKERS, time.monotonic() - link.started_at)
         task = asyncio.get_running_loop().create_task(self._replace(), name="audience-respawn")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -223,13 +230,13 @@ class WorkerPool:
         c = self.config
         while not self._closing:
             now = time.monotonic()
-            while self._restarted_at and now - self._restarted_at[0] > c.restart_window_s:
-                self._restarted_at.popleft()
-            if len(self._restarted_at) >= c.max_restarts:
-                log.error("audience workers restarted %d times in %.0f s; leaving one down",
-                          c.max_restarts, c.restart_window_s)  # fmt: skip
-                return
-            self._restarted_at.append(now)
+            at = self._policy.next_restart_at(_WORKERS, now)
+            if at > now:
+                log.error("audience workers died young %d times in %.0f s; next in %.1f s",
+                          c.max_restarts, c.restart_window_s, at - now)  # fmt: skip
+                await asyncio.sleep(at - now)
+                continue
+            self._policy.allow(_WORKERS, now)
             await asyncio.sleep(c.restart_delay_s)
             self._reap()
             link: _WorkerLink | None = None

@@ -82,12 +82,13 @@ class WorkerPoolConfig:
     """The audience worker processes' supervision and their reports to the main process."""
 
     start_timeout_s: float = 30.0
-    # A replacement waits this long, and at most ``max_restarts`` happen per
-    # ``restart_window_s``: a worker that cannot stay up is left down, not respawned in a
-    # tight loop.
+    # A replacement waits this long, and at most ``max_restarts`` of workers that died
+    # within ``healthy_uptime_s`` of their start happen per ``restart_window_s``: a worker
+    # that cannot stay up is respawned slowly, not in a tight loop.
     restart_delay_s: float = 0.5
     max_restarts: int = 5
     restart_window_s: float = 60.0
+    healthy_uptime_s: float = 10.0
     # A dropped worker gets this long to exit on its own before it is killed: a hung
     # process would keep its place in the port's SO_REUSEPORT group and take newcomers.
     drop_grace_s: float = 2.0

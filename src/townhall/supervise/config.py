@@ -15,6 +15,9 @@ class SupervisorConfig:
     restart_delay_s: float = 0.1
     max_restarts: int = 5
     restart_window_s: float = 60.0
+    # Only deaths within this long of a start count toward that bound (crash loops);
+    # a process that had been running longer is restarted at once.
+    healthy_uptime_s: float = 10.0
     # End: the stage gets this long to flush and exit before it is killed and the hub
     # publishes ``ChannelEnded`` itself, so End always seals the recording.
     close_stage_timeout_s: float = 2.0

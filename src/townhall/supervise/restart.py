@@ -3,7 +3,9 @@
 A process that cannot stay up (a crash on every start) would otherwise be respawned in
 a tight loop, eating the core the stage's clock needs. Past ``max_restarts`` in
 ``window_s`` the next restart is not refused for good: it waits until the window lets
-one through, so a Space whose stage crashed repeatedly still comes back.
+one through, so a Space whose stage crashed repeatedly still comes back. Only a process
+that dies young counts toward the bound: one that ran ``healthy_uptime_s`` or longer
+before it died was not crash-looping, and its next restart is immediate.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 class RestartPolicy:
     max_restarts: int
     window_s: float
+    healthy_uptime_s: float = 10.0
     _recent: dict[str, deque[float]] = field(default_factory=dict)
 
     def _window(self, name: str, now: float) -> deque[float]:
@@ -39,6 +42,11 @@ class RestartPolicy:
             return False
         self._recent[name].append(now)
         return True
+
+    def ran(self, name: str, uptime_s: float) -> None:
+        """``name`` died after running ``uptime_s``: a long run clears its history."""
+        if uptime_s >= self.healthy_uptime_s:
+            self.forget(name)
 
     def forget(self, name: str) -> None:
         """A process that is gone for good (a closed Space's stage) leaves no state."""

@@ -160,7 +160,7 @@ class Supervisor:
     def __post_init__(self) -> None:
         self.entry_points = {**DEFAULT_ENTRY_POINTS, **self.entry_points}
         s = self.config.supervisor
-        self._policy = RestartPolicy(s.max_restarts, s.restart_window_s)
+        self._policy = RestartPolicy(s.max_restarts, s.restart_window_s, s.healthy_uptime_s)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -335,9 +335,7 @@ class Supervisor:
         if self._closing:
             return
         log.warning("%s (pid %d) ended: %s", slot.name, child.pid, reason)
-        if slot.role == RECORDER:
-            for delivery in self.hub.recorder_catch_up():
-                self._deliver(delivery)
+        self._policy.ran(slot.name, time.time() - child.started_at_unix_s)
         space_id = space_of(slot.name)
         if space_id is not None:
             self.hub.stage_down(space_id)
