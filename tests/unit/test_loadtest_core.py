@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import struct
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -32,6 +33,7 @@ from townhall.loadtest.wire import (
     playlist_url,
     timescale,
 )
+from townhall.media.hls import HlsConfig, HlsPackager, part_uri, segment_uri
 from townhall.media.mixer import FRAME_SAMPLES
 from townhall.media.program import ProgramEncoder
 from townhall.peers.backoff import Backoff
@@ -342,3 +344,80 @@ def test_reconnect_stops_when_the_run_ends(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(TimeoutError):
         asyncio.run(listeners._reconnect(plan, random.Random(1), rec, attempt))
     assert fake.now < 5.0 and rec.reconnects == 0
+
+
+# -- LL-HLS across a stage restart ----------------------------------------------------------
+def _fragments(start_samples: int, frames: int) -> tuple[bytes, list[bytes]]:
+    encoder = ProgramEncoder(start_samples=start_samples)
+    out = []
+    for i in range(frames):
+        t = (np.arange(FRAME_SAMPLES) + i * FRAME_SAMPLES) / 48_000
+        out += encoder.encode((np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16)).fragments
+    out += encoder.close().fragments
+    init = encoder.init_segment
+    assert init is not None
+    return init, [f.data for f in out]
+
+
+class _PackagerSession:
+    """Serves a packager's playlists and parts as the audience plane does; each reload
+    first lets ``between`` add what the stage made meanwhile."""
+
+    def __init__(
+        self, hls: HlsPackager, init: bytes, between: list[Callable[[], None]], clock: _FakeTime
+    ) -> None:
+        self.hls, self.init, self.between, self.clock = hls, init, between, clock
+        self.base = "/live/1/"
+        self.fetched: list[str] = []
+
+    async def get(self, path: str) -> bytes:
+        self.fetched.append(path)
+        name = path.removeprefix(self.base).split("?", 1)[0]
+        if name == "index.m3u8":
+            if "_HLS_msn" in path and self.between:
+                self.between.pop(0)()
+            return self.hls.playlist()
+        if name == "init.mp4":
+            return self.init
+        parts = {part_uri(p.msn, p.index): p.data for seg in self.hls.segments for p in seg.parts}
+        assert name in parts, f"fetched a part the packager does not have: {name}"
+        self.clock.now += 0.5  # a live part arrives as it is made
+        return parts[name]
+
+
+def test_hls_follows_a_discontinuity_and_never_fetches_a_gap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = _FakeTime()
+    monkeypatch.setattr(listeners.time, "monotonic", fake.monotonic)
+    init, before = _fragments(0, 150)  # 3 s of parts
+    _, after = _fragments(20 * 48_000, 150)  # the restarted stage, 20 s of media later
+    hls = HlsPackager(HlsConfig(part_target_s=0.5, parts_per_segment=4))
+    for seq, data in enumerate(before[:6]):
+        hls.add_part(data, 0.5, 0.0, seq)
+
+    def restart() -> None:
+        fake.now += 3.0  # the stage was down
+        for i, data in enumerate(after[:5]):
+            hls.add_part(data, 0.5, 0.0, 16 + i, discontinuity=i == 0)
+        hls.end()
+
+    playlist = hls.playlist().decode()
+    assert "#EXT-X-GAP" not in playlist  # not yet: the stage has not restarted
+    session = _PackagerSession(hls, init, [restart], fake)
+    plan = ListenerPlan(Target("127.0.0.1", 1, "/live/1/index.m3u8"), 1e12, Backoff())
+    rec = ListenerRecord("hls", started_at=0.0)
+    asyncio.run(listeners._follow_playlist(session, plan, rec))  # type: ignore[arg-type]
+    playlist = hls.playlist().decode()
+    assert "#EXT-X-GAP" in playlist and "#EXT-X-DISCONTINUITY\n" in playlist
+    parts = [p.removeprefix(session.base) for p in session.fetched if "/p" in p]
+    expected = [(1, 1), (4, 0), (4, 1), (4, 2), (4, 3), (5, 0)]  # join at the live edge
+    assert parts == [part_uri(msn, index) for msn, index in expected]
+    assert not any(segment_uri(msn) in p for p in session.fetched for msn in (2, 3))
+    assert len(rec.arrivals) == 6 and rec.arrivals[1][1] - rec.arrivals[0][1] > 15.0
+    tally = Tally()
+    rec.ended_at = rec.arrivals[-1][0]
+    tally.add(rec, stall_gap_s=1.5)
+    assert (tally.failed, tally.drops) == (0, 0)
+    assert tally.lateness.max() == 0.0  # the 20 s jump in media time is not lateness
+    assert tally.stalls == 1  # the 3 s outage is
