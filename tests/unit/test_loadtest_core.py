@@ -262,6 +262,12 @@ def test_a_reconnect_gap_is_reported_apart_from_lateness_and_stalls() -> None:
     row = summarise(tally)
     assert row["reconnect_gap_p50_s"] == row["reconnect_gap_max_s"] == 2.5
     assert row["drops"] == row["reconnects"] == 1
+    # Dropped again near the end, still reconnecting when the run ends: not a stall.
+    rec.dropped(5.5)
+    rec.ended_at = 9.0
+    again = Tally()
+    again.add(rec, stall_gap_s=1.0)
+    assert (again.drops, again.stalls, again.reconnect_gap.total) == (2, 0, 1)
 
 
 def test_media_time_going_back_starts_a_new_epoch() -> None:

@@ -199,8 +199,10 @@ class Tally:
         self.reconnects += rec.reconnects
         self.reconnect_gap.extend(rec.reconnect_gaps)
         connections = epochs(rec.arrivals, rec.connection_starts)
+        # Open until the end of the run: only the last connection, if it was not lost.
+        open_at_end = len(connections) - 1 if rec.dropped_at is None else -1
         for i, conn in enumerate(connections):
-            end_s = rec.ended_at if i == len(connections) - 1 else conn[-1][0]
+            end_s = rec.ended_at if i == open_at_end else conn[-1][0]
             self.stalls += stalls([a for a, _ in conn], end_s, stall_gap_s)
         reconnected = set(rec.connection_starts)
         cuts = sorted(reconnected | set(rec.epoch_starts))
