@@ -530,7 +530,8 @@ def _finish_crowd(rig: Rig, role: str, crowd: Crowd, report: FaultReport) -> Non
     report.crowd[role] = figures
     measures = report.per_role.setdefault(role, {})
     if rig.plan.ogg_listeners > 0:
-        measures["crowd_ogg_dropped"] = _number(figures.get("ogg.failed"))
+        # Listeners reconnect after a drop (and then are not failed): count the drops.
+        measures["crowd_ogg_dropped"] = _number(figures.get("ogg.drops"))
     if rig.plan.hls_listeners > 0:
         measures["crowd_hls_failed"] = _number(figures.get("hls.failed"))
 
@@ -774,7 +775,7 @@ def _crowd_summary(mix: str, path: Path) -> dict[str, Any]:
         return {f"{mix}": "no report (the load generator did not finish)"}
     body = json.loads(path.read_text())
     total = body.get("results", {}).get("all", {})
-    keys = ("listeners", "connected", "failed", "retries", "stalls")
+    keys = ("listeners", "connected", "failed", "retries", "stalls", "drops", "reconnects")
     return {f"{mix}.{k}": total.get(k) for k in keys} | {f"{mix}.failures": total.get("failures")}
 
 

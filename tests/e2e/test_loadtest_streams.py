@@ -105,15 +105,20 @@ def test_a_503_is_retried_after_its_retry_after_then_the_stream_is_heard() -> No
     assert rec.bytes_received >= len(header) + sum(len(c) for c in chunks[:5])
 
 
-def test_a_stream_cut_by_the_server_is_a_dropped_listener() -> None:
+def test_a_stream_cut_by_the_server_is_a_drop_then_a_reconnect() -> None:
     header, chunks = ogg_program(0.6)
 
     async def handler(_: asyncio.StreamReader, w: asyncio.StreamWriter, attempt: int) -> None:
         w.write(OK_HEAD + header + b"".join(chunks))
         await w.drain()
+        if attempt > 1:
+            await asyncio.sleep(5)  # the reconnected stream stays open
 
     rec = asyncio.run(run_against(handler, 3.0))
-    assert rec.connected and rec.failure == "dropped"
+    assert rec.connected and rec.failure is None  # it heard audio and came back
+    assert (rec.drops, rec.reconnects) == (1, 1)
+    # The first reconnect waits 0 s + up to 1 s of jitter, then the pre-roll is audio.
+    assert len(rec.reconnect_gaps) == 1 and 0 <= rec.reconnect_gaps[0] < 1.5
     assert rec.arrivals  # what came before the cut was heard
 
 

@@ -8,13 +8,19 @@
   ``tfdt`` decode time.
 
 Both start when told, stop at ``end_at`` and honour 503 + Retry-After (and refused
-connects) with ``Backoff``: capped exponential backoff with full jitter.
+connects) with ``Backoff``: capped exponential backoff with full jitter. An Ogg stream
+that drops once it is open is reconnected like a player does, on the reconnect schedule
+(``reconnect_delay``) until the run ends; a stage restart on the same connection (a
+chained Ogg link: new serial, fresh header pages) is followed without a reconnect.
+LL-HLS parts are listed only for segments that have media, so ``EXT-X-GAP`` segments
+are never fetched and the parts after an ``EXT-X-DISCONTINUITY`` are.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -31,7 +37,7 @@ from townhall.loadtest.client import (
 from townhall.loadtest.stats import ListenerRecord
 from townhall.loadtest.streams import Stream, StreamReader
 from townhall.loadtest.wire import Target, decode_time, timescale, with_query
-from townhall.peers.backoff import Backoff
+from townhall.peers.backoff import Backoff, reconnect_delay
 from townhall.peers.listen import PlaylistView, parse_playlist
 
 OPUS_GRANULE_RATE_HZ = 48_000  # RFC 7845 section 4: granule positions count 48 kHz samples
@@ -95,27 +101,44 @@ class OggPageClock:
 
     def __init__(self, rec: ListenerRecord) -> None:
         self.rec = rec
+        self.serial: int | None = None
+
+    def reconnected(self) -> None:
+        """A new connection: its first serial is not a restart of the stream."""
+        self.serial = None
 
     def feed(self, data: bytes | bytearray, size: int, now: float) -> None:
         """``size`` new bytes at the start of ``data`` (a reused buffer), read at ``now``."""
         self.rec.bytes_received += size
-        granule = newest_granule(data, size)
-        if granule is None or granule <= 0:
-            return  # no page header here, or only the OpusHead/OpusTags pages (granule 0)
-        if self.rec.first_media_at is None:
-            self.rec.first_media_at = now
-        self.rec.arrivals.append((now, granule / OPUS_GRANULE_RATE_HZ))
+        page = newest_page(data, size)
+        if page is None:
+            return
+        granule, serial = page
+        if serial != self.serial:
+            if self.serial is not None:
+                self.rec.restarted_stream()  # a chained link: the program's clock restarted
+            self.serial = serial
+        if granule <= 0:
+            return  # only the OpusHead/OpusTags pages (granule 0)
+        self.rec.media_arrived(now, granule / OPUS_GRANULE_RATE_HZ)
+
+
+def newest_page(data: bytes | bytearray, size: int | None = None) -> tuple[int, int] | None:
+    """(granule position, serial) of the last page header that starts in ``data[:size]``."""
+    end = len(data) if size is None else size
+    limit = end
+    while (at := data.rfind(b"OggS", 0, end)) >= 0:
+        if at + 18 <= limit and data[at + 4] == 0:
+            granule = int.from_bytes(data[at + 6 : at + 14], "little", signed=True)
+            return granule, int.from_bytes(data[at + 14 : at + 18], "little")
+        end = at
+    return None
 
 
 def newest_granule(data: bytes | bytearray, size: int | None = None) -> int | None:
     """The granule position of the last page header that starts in ``data[:size]``."""
-    end = len(data) if size is None else size
-    limit = end
-    while (at := data.rfind(b"OggS", 0, end)) >= 0:
-        if at + 14 <= limit and data[at + 4] == 0:
-            return int.from_bytes(data[at + 6 : at + 14], "little", signed=True)
-        end = at
-    return None
+    page = newest_page(data, size)
+    return None if page is None else page[0]
 
 
 async def run_ogg_listener(
@@ -143,8 +166,14 @@ async def run_ogg_listener(
     try:
         stream = await with_backoff(plan, rng, rec, attempt)
         rec.connected = True
-        async with asyncio.timeout(_left(plan)):
-            await stream.ended
+        while True:
+            try:
+                async with asyncio.timeout(_left(plan)):
+                    await stream.ended
+            except ConnectionDropped:
+                rec.dropped(time.monotonic())
+                clock.reconnected()
+                stream = await _reconnect(plan, rng, rec, attempt)
     except TimeoutError:
         pass  # the run is over: the normal end of an endless stream
     except (ClientError, GaveUp, ValueError) as exc:
@@ -153,6 +182,35 @@ async def run_ogg_listener(
         for each in opened:
             each.close()
         rec.ended_at = min(time.monotonic(), plan.end_at)  # not the teardown after it
+    if rec.failure is None and rec.first_media_at is None and rec.drops:
+        rec.failure = "dropped"  # never got audio: reconnecting did not help
+
+
+async def _reconnect(
+    plan: ListenerPlan,
+    rng: random.Random,
+    rec: ListenerRecord,
+    attempt_once: Callable[[], Awaitable[T]],
+) -> T:
+    """Like a player after a drop: the reconnect schedule, Retry-After honoured, until
+    the run ends (then TimeoutError, the normal end of the run)."""
+    retry_after_s: float | None = None
+    for attempt in itertools.count():
+        delay = reconnect_delay(attempt, rng, retry_after_s)
+        if delay >= _left(plan):
+            raise TimeoutError("the run ends before the next reconnect")
+        await asyncio.sleep(delay)  # even the first waits its jitter: no reconnect herd
+        try:
+            opened = await attempt_once()
+        except ServiceUnavailable as exc:
+            retry_after_s = exc.retry_after_s
+        except ConnectionDropped:
+            retry_after_s = None
+        else:
+            rec.reconnects += 1
+            return opened
+        rec.retries += 1
+    raise AssertionError("unreachable: itertools.count is endless")
 
 
 def _reason(exc: Exception) -> str:
@@ -236,6 +294,4 @@ async def _fetch_part(session: HlsSession, uri: str, scale: int, rec: ListenerRe
     media = decode_time(body)
     if media is None:
         raise ValueError(f"part {uri} has no tfdt")
-    if rec.first_media_at is None:
-        rec.first_media_at = now
-    rec.arrivals.append((now, media / scale))
+    rec.media_arrived(now, media / scale)

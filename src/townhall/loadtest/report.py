@@ -22,6 +22,11 @@ TABLE_METRICS = (
     "steady_lateness_p50_s",
     "steady_lateness_p99_s",
     "stalls",
+    "drops",
+    "reconnects",
+    "reconnect_gap_p50_s",
+    "reconnect_gap_p99_s",
+    "reconnect_gap_max_s",
     "bytes_per_listener",
 )
 
@@ -108,6 +113,12 @@ def summarise(t: Tally) -> dict[str, Any]:
         "steady_lateness_p50_s": t.steady_lateness.percentile(50),
         "steady_lateness_p99_s": t.steady_lateness.percentile(99),
         "stalls": t.stalls,
+        # A dropped connection reconnects; the gap (drop to media again) is not lateness.
+        "drops": t.drops,
+        "reconnects": t.reconnects,
+        "reconnect_gap_p50_s": t.reconnect_gap.percentile(50),
+        "reconnect_gap_p99_s": t.reconnect_gap.percentile(99),
+        "reconnect_gap_max_s": t.reconnect_gap.max(),
         "bytes_per_listener": t.bytes_received // t.listeners if t.listeners else 0,
         "failures": dict(t.failures),
     }
