@@ -66,9 +66,9 @@ _SERVE_FLAGS: tuple[tuple[str, str, str], ...] = (
     (
         "--audience-worker-nice",
         "audience.worker_nice",
-        "how much nicer than the stage the workers run (default 8: a saturated core "
-        "delays chunks, never the speakers; 0 on a box shared with other busy processes, "
-        "which would otherwise take the workers' CPU)",
+        "the audience workers' nice value (default 8: a saturated core delays chunks, "
+        "never the speakers; 0 on a box shared with other busy processes, which would "
+        "otherwise take the workers' CPU)",
     ),
     (
         "--stream-flush-interval-s",

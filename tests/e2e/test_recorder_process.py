@@ -55,6 +55,7 @@ class RecorderChild:
             assert time.monotonic() < deadline, f"no {state!r} status: {self.statuses}"
             self.statuses += self.decoder.feed(self.link.recv(65536))
 
+
 def test_a_killed_recorder_is_replaced_by_one_that_appends(tmp_path: Path) -> None:
     config = ServerConfig(data_dir=tmp_path)
     root = config.recordings_dir

@@ -1,9 +1,9 @@
 """The audience plane as the rest of townhall sees it: a feed sink with stats and a close.
 
 Two implementations: ``AudienceServer`` serves the audience port in this process;
-``WorkerPool`` serves it from worker processes sharing the port. The composition root
-picks one (``serve_audience``), registers it as a sink of the stage's feed, and reads
-its stats for /metrics without knowing which it is.
+``WorkerPool`` serves it from worker processes sharing the port (what ``townhall
+serve``'s supervisor runs). Either is a sink of the feed, and /metrics reads its stats
+without knowing which it is.
 """
 
 from __future__ import annotations

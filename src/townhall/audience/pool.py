@@ -37,13 +37,12 @@ from townhall.audience.framing import (
     encode_frame,
 )
 from townhall.audience.plane import (
-    AudiencePlane,
     AudienceStats,
     ChannelStats,
     ListenerPresence,
     WorkerLoad,
 )
-from townhall.audience.server import AudienceServer, WorkerPoolConfig
+from townhall.audience.server import WorkerPoolConfig
 from townhall.audience.worker import WorkerSpec, run_audience_worker
 from townhall.feed import FeedMessage
 from townhall.supervise.messages import ResyncPresence
@@ -288,19 +287,3 @@ def _kill_if_alive(proc: BaseProcess) -> None:
     if proc.is_alive():
         log.error("audience worker %s is not serving and did not exit; killing it", proc.pid)
         proc.kill()
-
-
-async def serve_audience(
-    server: AudienceServer, host: str, port: int, workers: int
-) -> AudiencePlane:
-    """Start the audience plane: ``server`` in this process (workers=0), or a pool of
-    worker processes serving with ``server``'s configuration and presence. The caller
-    registers the plane as a sink of the feed and closes it at the end."""
-    if workers <= 0:
-        await server.open(host, port)
-        return server
-    spec = WorkerSpec(server.config, server.recordings_dir, host, port)
-    pool = WorkerPool(spec, workers, presence=server.presence)
-    await pool.start()
-    log.info("%d audience workers serve port %d", workers, pool.port)
-    return pool

@@ -118,9 +118,9 @@ class AudienceConfig:
     # Kernel send buffer of a stream listener. Left alone, Linux grows it to megabytes,
     # so a stalled reader would hide there for minutes before the engine could see it.
     stream_sndbuf_bytes: int = 32 * 1024
-    # Audience worker processes run this much nicer than the main process: the stage's
-    # 20 ms clock outranks bulk fan-out, so a join storm that saturates the core delays
-    # chunks a little, never the speakers.
+    # The audience workers' nice value (absolute): the stage's 20 ms clock outranks
+    # bulk fan-out, so a join storm that saturates the core delays chunks a little,
+    # never the speakers.
     worker_nice: int = 8
     # A request head must arrive within this; an idle keep-alive is closed after that.
     head_timeout_s: float = 10.0

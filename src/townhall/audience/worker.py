@@ -142,8 +142,9 @@ class _FeedReader(asyncio.Protocol):
 
 def run_audience_worker(spec: WorkerSpec, feed: socket.socket) -> None:
     """Entry point of an audience worker process."""
-    with contextlib.suppress(OSError):  # not allowed here: run at the main's priority
-        os.nice(spec.audience.worker_nice)
+    # Absolute, as the supervisor sets its other children: a replacement gets the same.
+    with contextlib.suppress(OSError):  # not allowed here: keep the parent's priority
+        os.setpriority(os.PRIO_PROCESS, 0, spec.audience.worker_nice)
     uvloop.run(_serve(spec, feed))
 
 

@@ -48,10 +48,6 @@ from townhall.supervise.specs import AssignStage, StageSpec, StandbySpec
 
 log = logging.getLogger(__name__)
 
-# The stage outranks everything else on the machine's cores; without the privilege to
-# raise it, it stays at the default and the others are niced below it instead.
-STAGE_NICE = -5
-
 Send = Callable[[object], object]
 
 
