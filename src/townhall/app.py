@@ -80,6 +80,10 @@ class Control:
         """Per Space, the stage clock's longest gap between two ticks (its health)."""
         return {}
 
+    def recent_tick_gaps(self) -> dict[str, float]:
+        """The same over the last ``stage.tick_gap_window_s``."""
+        return {}
+
 
 def mixing_stage(config: ServerConfig, feed: FeedSink) -> StageFactory:
     """The real stage in this process: the 20 ms mixer, publishing into ``feed``."""

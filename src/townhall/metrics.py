@@ -98,7 +98,14 @@ class TownhallCollector(Collector):
         )
         for space_id, gap_s in sorted(self.th.longest_tick_gaps().items()):
             gap.add_metric([space_id], gap_s)
-        yield from (ticks, slips, members, listening, gap)
+        recent = GaugeMetricFamily(
+            "townhall_stage_recent_tick_gap_seconds",
+            "the stage clock's longest gap between two ticks in the last stage.tick_gap_window_s",
+            labels=["space"],
+        )
+        for space_id, gap_s in sorted(self.th.recent_tick_gaps().items()):
+            recent.add_metric([space_id], gap_s)
+        yield from (ticks, slips, members, listening, gap, recent)
 
 
 def _workers(workers: tuple[WorkerLoad, ...], restarts: int) -> Iterator[Metric]:

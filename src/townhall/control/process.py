@@ -87,6 +87,9 @@ class ControlProcess(Control):
     def longest_tick_gaps(self) -> dict[str, float]:
         return {s.space_id: s.longest_tick_gap_s for s in self.stages.all()}
 
+    def recent_tick_gaps(self) -> dict[str, float]:
+        return {s.space_id: s.recent_tick_gap_s for s in self.stages.all()}
+
     def _room_changed(self, live: LiveSpace, _events: list[RoomEvent]) -> None:
         if (stage := self.stages.get(live.space_id)) is not None:
             stage.sync_program()

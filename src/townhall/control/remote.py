@@ -109,6 +109,7 @@ class RemoteStage:
         self.ticks = 0
         self.clock_slips = 0
         self.longest_tick_gap_s = 0.0
+        self.recent_tick_gap_s = 0.0
         # Opened for a Space a previous control process held (its stage process may
         # still run, or may be new): its first StageStarted calls for fresh mic checks.
         self.resumed = False
@@ -184,6 +185,7 @@ class RemoteStage:
         self._members = {m.participant_id: _seat(m) for m in status.members}
         self.ticks, self.clock_slips = status.ticks, status.clock_slips
         self.longest_tick_gap_s = status.longest_tick_gap_s
+        self.recent_tick_gap_s = status.recent_tick_gap_s
         self.sync_program()
 
     def started(self) -> None:

@@ -162,7 +162,12 @@ class StageHost:
         rt = self.runtime
         members = tuple(member_status(m, now) for m in rt.members.values())
         return StageStatus(
-            self.space_id, members, rt.ticks, rt.clock_slips, round(rt.longest_tick_gap_s, 4)
+            self.space_id,
+            members,
+            rt.ticks,
+            rt.clock_slips,
+            round(rt.longest_tick_gap_s, 4),
+            round(rt.recent_tick_gaps.value(asyncio.get_running_loop().time()), 4),
         )
 
     async def report_status(self, every_s: float) -> None:

@@ -33,6 +33,7 @@ from townhall.feed import (
 from townhall.media.mixer import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE_HZ, Pcm, mix
 from townhall.media.program import EncoderConfig, Packaged, ProgramEncoder
 from townhall.media.timeline import MediaStart
+from townhall.stage.gaps import RecentMaximum
 from townhall.stage.ice import rtc_configuration
 from townhall.stage.member import MemberConfig, StageMember
 
@@ -47,6 +48,8 @@ class StageConfig:
     member: MemberConfig = field(default_factory=MemberConfig)
     max_catch_up_s: float = 0.2
     max_offer_bytes: int = 64 * 1024
+    # The clock's health is reported as its longest gap between ticks over this window.
+    tick_gap_window_s: float = 10.0
     # A stage process reports its members and its clock to the control plane this often.
     status_every_s: float = 0.1
     # After CloseStage, how long a stage process waits for its last messages to leave.
@@ -69,6 +72,7 @@ class StageRuntime:
     clock_slips: int = 0
     # The longest time between two ticks (seconds): the clock's health; 20 ms is perfect.
     longest_tick_gap_s: float = 0.0
+    recent_tick_gaps: RecentMaximum = field(init=False)
     feed_errors: int = 0  # messages the feed raised on (logged once; the clock runs on)
     on_program: Callable[[Pcm], None] | None = None
     # Where this stage's program begins in the Space's media time (a restart carries on).
@@ -81,6 +85,7 @@ class StageRuntime:
     ended: bool = False
 
     def __post_init__(self) -> None:
+        self.recent_tick_gaps = RecentMaximum(self.config.tick_gap_window_s)
         self._encoder = ProgramEncoder(self.config.encoder, self.media_start.samples)
         self._parts_sent = self.media_start.first_part_seq
 
@@ -110,6 +115,7 @@ class StageRuntime:
         while True:
             now = loop.time()
             self.longest_tick_gap_s = max(self.longest_tick_gap_s, now - last)
+            self.recent_tick_gaps.add(now - last, now)
             last = now
             self.tick()
             deadline += TICK_S

@@ -113,6 +113,7 @@ class StageStatus:
     ticks: int
     clock_slips: int
     longest_tick_gap_s: float  # since the process started: the clock's health
+    recent_tick_gap_s: float = 0.0  # the same over the last ``stage.tick_gap_window_s``
 
 
 # -- hub → control -----------------------------------------------------------------------
