@@ -119,6 +119,11 @@ def losses(probe: OggProbe, tones: tuple[float, ...], t0: float, t1: float) -> s
     return "; ".join(out[:20])
 
 
+def dropped_after(probe: OggProbe, after_s: float) -> float | None:
+    with probe.lock:
+        return next((d.at_s for d in probe.log.disconnects if d.at_s >= after_s), None)
+
+
 def kept(value: T, ok: Callable[[T], bool]) -> T | None:
     return value if ok(value) else None
 
@@ -412,7 +417,8 @@ def test_a_killed_recorder_loses_no_audio_and_the_recording_goes_on(served: Serv
     span_s = ended_at - on_at
     with_tone = tone_seconds(audio, HOST_HZ)
     print(f"\nrecorder killed: {with_tone} s of tone recorded of {span_s:.1f} s on air")
-    assert with_tone >= span_s - 2.0 - 2.0, (with_tone, span_s)  # 2 s hole, 2 s of rounding
+    # At most a 2 s hole at the kill, and a second lost to counting whole seconds.
+    assert with_tone >= span_s - 3.0, (with_tone, span_s)
     assert playlist.rstrip().endswith("#EXT-X-ENDLIST")
 
 
@@ -506,15 +512,19 @@ def test_a_killed_audience_worker_costs_only_its_own_listeners_a_reconnect(
         time.sleep(1.0)
         killed_at = time.monotonic()
         kill9(victim_pid)
+        dropped_at = wait_for(
+            "the victim's listener dropped",
+            lambda: dropped_after(victim, killed_at),
+            5.0,
+        )
+        # Heard on a new connection: not what was still in flight when the worker died.
         back_at = wait_for(
             "the tone again after the reconnect",
-            lambda: heard(victim, (HOST_HZ,), killed_at),
+            lambda: heard(victim, (HOST_HZ,), dropped_at),
             8.0,
         )
         print(f"\nworker killed: its listener heard the tone {back_at - killed_at:.2f} s later")
         assert back_at - killed_at < 5.0
-        with victim.lock:
-            assert victim.log.disconnects_between(killed_at, back_at) >= 1
         time.sleep(max(0.0, killed_at + 4.5 - time.monotonic()))
         with survivor.lock:
             lost = survivor.log.lost_windows((HOST_HZ,), killed_at - 1.0, killed_at + 4.0)
