@@ -580,7 +580,13 @@ def _kill_role(rig: Rig, role: str, report: FaultReport, log: Callable[[str], No
     for i in range(rig.plan.kills):
         rig.check_time()
         table = _table(rig)
-        candidates = [p for p in table if p.role == role]
+        # Running processes of the role (a pid of 0 is one listed as down); of the
+        # stages, this Space's own, not the idle standby.
+        candidates = [
+            p
+            for p in table
+            if p.role == role and p.pid > 0 and (role != "stage" or p.name == _stage_of(rig))
+        ]
         if not candidates:
             report.skipped[role] = f"no {role} process listed ({[p.name for p in table]})"
             return
@@ -593,6 +599,10 @@ def _kill_role(rig: Rig, role: str, report: FaultReport, log: Callable[[str], No
         log(f"{role} kill {i}: pid {kill.victim_pid} → {kill.new_pid}: "
             + ", ".join(f"{k} {_cell(v)}" for k, v in kill.measures.items()))  # fmt: skip
         time.sleep(rig.plan.settle_s)
+
+
+def _stage_of(rig: Rig) -> str:
+    return f"stage:{rig.space.id}"
 
 
 def _table(rig: Rig) -> list[ServeProcess]:

@@ -152,7 +152,11 @@ def serving_pid(pids: Iterable[int], port: int, peer_port: int) -> int | None:
 
 
 def kill9(pid: int) -> None:
-    """SIGKILL, the fault being measured; a process already gone is fine."""
+    """SIGKILL, the fault being measured; a process already gone is fine. A pid of 0
+    or less (a process listed as down) is refused: ``kill(0)`` would signal our own
+    process group."""
+    if pid <= 0:
+        raise ValueError(f"refusing to kill pid {pid}")
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
 
@@ -161,12 +165,14 @@ def replacement(
     before: Sequence[ServeProcess], after: Sequence[ServeProcess], victim: ServeProcess
 ) -> ServeProcess | None:
     """The process that took ``victim``'s place: same name with another pid, or (names
-    that carry pids) a new pid of the same role."""
-    for p in after:
+    that carry pids) a new pid of the same role. A row with pid 0 is a process listed
+    as down, never a replacement."""
+    alive = [p for p in after if p.pid > 0]
+    for p in alive:
         if p.name == victim.name and p.pid != victim.pid:
             return p
     old = {p.pid for p in before}
-    for p in after:
+    for p in alive:
         if p.role == victim.role and p.pid not in old and p.name != victim.name:
             return p
     return None
