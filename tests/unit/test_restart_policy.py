@@ -52,3 +52,15 @@ def test_exit_reasons_name_the_signal_or_the_code() -> None:
     assert exit_reason(-9) == "killed by signal 9 (SIGKILL)"
     assert exit_reason(1) == "exit code 1"
     assert exit_reason(None) == "exit status unknown"
+
+
+def test_a_process_that_had_been_serving_is_not_counted_as_a_crash_loop() -> None:
+    policy = RestartPolicy(max_restarts=2, window_s=60.0, healthy_uptime_s=3.0)
+    for now in (0.0, 5.0):
+        assert policy.allow("stage:a", now)
+    assert policy.next_restart_at("stage:a", 10.0) == 60.0  # two young deaths: bounded
+    policy.ran("stage:a", uptime_s=8.0)  # this one had been serving
+    assert policy.next_restart_at("stage:a", 10.0) == 10.0
+    policy.ran("stage:a", uptime_s=0.5)  # dying in start-up keeps counting
+    assert policy.allow("stage:a", 11.0) and policy.allow("stage:a", 12.0)
+    assert not policy.allow("stage:a", 13.0)

@@ -88,7 +88,7 @@ class WorkerPoolConfig:
     restart_delay_s: float = 0.5
     max_restarts: int = 5
     restart_window_s: float = 60.0
-    healthy_uptime_s: float = 10.0
+    healthy_uptime_s: float = 3.0
     # A dropped worker gets this long to exit on its own before it is killed: a hung
     # process would keep its place in the port's SO_REUSEPORT group and take newcomers.
     drop_grace_s: float = 2.0

@@ -15,9 +15,12 @@ class SupervisorConfig:
     restart_delay_s: float = 0.1
     max_restarts: int = 5
     restart_window_s: float = 60.0
-    # Only deaths within this long of a start count toward that bound (crash loops);
-    # a process that had been running longer is restarted at once.
-    healthy_uptime_s: float = 10.0
+    # Only deaths within this long of a start count toward that bound: a crash loop
+    # dies during start-up (imports, binding, a bad state read at start). A process
+    # that had been serving longer is restarted at once, however often that happens:
+    # with the standby stage a restart costs a fraction of a second of CPU, and a
+    # silent Space costs more.
+    healthy_uptime_s: float = 3.0
     # End: the stage gets this long to flush and exit before it is killed and the hub
     # publishes ``ChannelEnded`` itself, so End always seals the recording.
     close_stage_timeout_s: float = 2.0

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 class RestartPolicy:
     max_restarts: int
     window_s: float
-    healthy_uptime_s: float = 10.0
+    healthy_uptime_s: float = 3.0
     _recent: dict[str, deque[float]] = field(default_factory=dict)
 
     def _window(self, name: str, now: float) -> deque[float]:
