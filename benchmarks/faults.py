@@ -57,6 +57,7 @@ from benchmarks.harness.processes import (
     process_table,
     serving_pid,
     stop,
+    tmpfs,
     wait_replaced,
 )
 from benchmarks.harness.server import Server, Space, start_server, townhall_command
@@ -883,8 +884,7 @@ def _tiny_recordings(kib: int, work: Path, stack: contextlib.ExitStack) -> tuple
     setting = recordings_setting(printed)
     mount = work / "recordings-tmpfs" if setting else work / "data" / "recordings"
     mount.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(mount)], check=True)
-    stack.callback(subprocess.run, ["umount", "-l", str(mount)], check=False)
+    stack.enter_context(tmpfs(mount, kib))
     return mount, (["--set", f"{setting}={mount}"] if setting else [])
 
 

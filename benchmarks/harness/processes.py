@@ -11,6 +11,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import psutil
@@ -194,3 +195,26 @@ def wait_replaced(
             return new, time.monotonic()
         time.sleep(poll_s)
     return None
+
+
+class MountRefused(Exception):
+    """This machine would not mount a filesystem here (not root, or not allowed)."""
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size_kib: int) -> Iterator[Path]:
+    """A real filesystem of ``size_kib`` at ``path``: writes past it fail with ENOSPC,
+    as on a full disk. Unmounted on exit; ``MountRefused`` where mounting is not allowed."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        raise MountRefused(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)

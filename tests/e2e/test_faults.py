@@ -28,11 +28,13 @@ import pytest
 from benchmarks.harness.audio import SAMPLE_RATE_HZ, Signal, amplitude_at
 from benchmarks.harness.probe import OggProbe
 from benchmarks.harness.processes import (
+    MountRefused,
     ServeProcess,
     kill9,
     process_table,
     serving_pid,
     stop,
+    tmpfs,
     wait_replaced,
 )
 from benchmarks.harness.server import Server, Space, running_server, townhall_command
@@ -425,21 +427,14 @@ def test_a_killed_recorder_loses_no_audio_and_the_recording_goes_on(served: Serv
 def test_a_full_recordings_filesystem_pauses_the_recording_not_the_space() -> None:
     with tempfile.TemporaryDirectory(prefix="townhall-full-") as tmp:
         data_dir = Path(tmp)
-        recordings = data_dir / "recordings"
-        recordings.mkdir()
-        mounted = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(recordings)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if mounted.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
         try:
-            with running_server(data_dir) as server:
+            with (
+                tmpfs(data_dir / "recordings", size_kib=200) as recordings,
+                running_server(data_dir) as server,
+            ):
                 _fill_mid_space(server, recordings)
-        finally:
-            subprocess.run(["umount", "-l", str(recordings)], check=False)
+        except MountRefused as refused:
+            pytest.skip(str(refused))
 
 
 def _free_bytes(path: Path) -> int:

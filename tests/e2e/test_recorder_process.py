@@ -8,7 +8,6 @@ import multiprocessing
 import os
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.harness.audio import amplitude_at
+from benchmarks.harness.processes import MountRefused, tmpfs
 from tests.unit.test_recorder import ffmpeg_decode, program_feed
 from townhall.audience.framing import FrameDecoder, encode_frame
 from townhall.config import ServerConfig
@@ -108,27 +108,23 @@ def test_a_recorder_whose_supervisor_goes_away_leaves_live_files_appendable(
 def test_a_full_disk_pauses_the_recording_and_end_still_seals(tmp_path: Path) -> None:
     """A real 64 KiB filesystem under the recordings: it fills up mid-Space."""
     data = tmp_path / "data"
-    (data / "recordings").mkdir(parents=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(data / "recordings")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
-        child = RecorderChild(ServerConfig(data_dir=data))
-        child.send(program_feed(1500))  # 30 s of program, far more than 64 KiB
-        paused = child.wait_for("paused")
-        assert "No space left on device" in paused.detail and paused.write_errors == 1
-        child.send([ChannelEnded("sp", 2e9)])
-        assert child.wait_for("sealed").space_id == "sp"
-        child.link.close()
-        child.proc.join(5)
-        playlist = (data / "recordings" / "sp" / "vod.m3u8").read_text()
-        assert playlist.endswith("#EXT-X-ENDLIST\n")
-        audio = ffmpeg_decode(data / "recordings" / "sp.ogg")
-        assert len(audio) > SAMPLE_RATE_HZ and amplitude_at(audio, 440) > 0.1
-    finally:
-        subprocess.run(["umount", "-l", str(data / "recordings")], check=False)
+        with tmpfs(data / "recordings", size_kib=64):
+            _record_onto_a_full_disk(data)
+    except MountRefused as refused:
+        pytest.skip(str(refused))
+
+
+def _record_onto_a_full_disk(data: Path) -> None:
+    child = RecorderChild(ServerConfig(data_dir=data))
+    child.send(program_feed(1500))  # 30 s of program, far more than 64 KiB
+    paused = child.wait_for("paused")
+    assert "No space left on device" in paused.detail and paused.write_errors == 1
+    child.send([ChannelEnded("sp", 2e9)])
+    assert child.wait_for("sealed").space_id == "sp"
+    child.link.close()
+    child.proc.join(5)
+    playlist = (data / "recordings" / "sp" / "vod.m3u8").read_text()
+    assert playlist.endswith("#EXT-X-ENDLIST\n")
+    audio = ffmpeg_decode(data / "recordings" / "sp.ogg")
+    assert len(audio) > SAMPLE_RATE_HZ and amplitude_at(audio, 440) > 0.1

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from benchmarks.harness.audio import amplitude_at, decode
+from benchmarks.harness.processes import MountRefused, tmpfs
 from townhall.feed import ChannelEnded, FeedMessage, HlsInit, HlsPart, OggHeader, OggPages
 from townhall.media.hls import HlsConfig
 from townhall.media.mixer import FRAME_SAMPLES, SAMPLE_RATE_HZ
@@ -113,20 +114,11 @@ def test_a_crash_loses_seconds_not_the_event(tmp_path: Path) -> None:
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 64 KiB filesystem: writes fail with ENOSPC as they would on a full disk."""
-    root = tmp_path / "tiny"
-    root.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(root)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
-        yield root
-    finally:
-        subprocess.run(["umount", "-l", str(root)], check=False)
+        with tmpfs(tmp_path / "tiny", size_kib=64) as root:
+            yield root
+    except MountRefused as refused:
+        pytest.skip(str(refused))
 
 
 def fill(path: Path) -> None:

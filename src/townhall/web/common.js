@@ -648,6 +648,11 @@ export class StageMic {
       conn.packets = received;
       conn.lastPacketAt = now;
     }
+    // A connection closed on this side fires no connectionstatechange: read the state.
+    if (conn.pc.connectionState !== conn.state) {
+      conn.state = conn.pc.connectionState;
+      conn.stateSince = now;
+    }
     const why = stageLost({ now, ...conn });
     if (why) this.stageRestarting(why);
   }
