@@ -24,7 +24,7 @@ from townhall.control.api import create_app
 from townhall.control.config import ControlConfig, RateLimitConfig
 from townhall.feed import FeedMessage, FeedSink, RoomUpdate
 from townhall.live import Stage, StageFactory
-from townhall.room.state import Room
+from townhall.room.state import Room, RoomConfig
 from townhall.stage.runtime import ProgramGate
 
 
@@ -539,3 +539,23 @@ async def test_a_live_space_goes_on_in_the_next_process(tmp_path: Path) -> None:
             assert again.store.space(str(space["id"])).state == "live"
         finally:
             await again.shutdown()
+
+
+async def test_the_api_validates_with_the_configured_bounds(tmp_path: Path) -> None:
+    room = RoomConfig(max_title_chars=10, max_name_chars=5)
+    control = ControlConfig(max_emoji_chars=2, room_update_interval_s=0.01)
+    async for town in open_town(ServerConfig(data_dir=tmp_path, room=room, control=control)):
+        long_title = await town.client.post(
+            "/api/spaces", json={"title": "x" * 11}, headers=bearer(town.th.admin_key)
+        )
+        assert "title" in error_of(long_title, 400)
+        space = await town.create("ten chars!")
+        signed = await town.client.post(
+            f"/api/spaces/{space['id']}/listeners", json={"name": "Olivia"}
+        )
+        assert "name" in error_of(signed, 400)
+        assert "emoji" in error_of(
+            await town.post(space, "/reactions", host(space), json={"emoji": "🎉🎉🎉"}), 400
+        )
+        schema = (await town.client.get("/openapi.json")).json()["components"]["schemas"]
+        assert schema["CreateSpace"]["properties"]["title"]["maxLength"] == 10

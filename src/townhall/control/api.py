@@ -6,14 +6,19 @@ rendered in ``errors.py``. Listener actions (hands, reactions, heartbeats) are
 rate-limited HTTP calls; only the people on stage hold a WebSocket (``ws.py``).
 """
 
-from dataclasses import asdict
-from typing import Annotated, Literal
+# The request models are built from the configuration when the app is made (their bounds
+# are settings): static typing can follow neither their fields nor the routes naming them.
+# mypy: disable-error-code="valid-type,attr-defined,arg-type,maybe-unrecognized-str-typeform"
+
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
 from townhall.app import Control
+from townhall.config import ServerConfig
 from townhall.control.errors import BodyLimit, install_error_handlers
 from townhall.control.pages import install_pages
 from townhall.control.service import SpaceService
@@ -25,40 +30,59 @@ from townhall.metrics import TownhallCollector
 from townhall.room.roles import Role
 from townhall.tokens import Grant
 
-CommandName = Literal[tuple(COMMANDS)]  # type: ignore[valid-type]
+CommandName = Literal[tuple(COMMANDS)]
 
 
-class CreateSpace(BaseModel):
-    title: str = Field(min_length=1, max_length=100)
-    description: str = Field(default="", max_length=1000)
-    scheduled_at: float | None = Field(default=None, description="Unix time of the planned start")
+@dataclass(frozen=True)
+class RequestModels:
+    """The request bodies, built from the configuration: the bounds the rules enforce are
+    the ones the API validates and the OpenAPI schema shows."""
+
+    create_space: type[BaseModel]
+    sdp_offer: type[BaseModel]
+    invite: type[BaseModel]
+    sign_in: type[BaseModel]
+    listener_name: type[BaseModel]
+    command: type[BaseModel]
+    reaction: type[BaseModel]
 
 
-class SdpOffer(BaseModel):
-    sdp: str = Field(min_length=1, max_length=64 * 1024)
-    type: Literal["offer"]
+def _text(max_chars: int, default: str | None = None, min_chars: int = 1) -> Any:
+    if default is None:
+        return (str, Field(min_length=min_chars, max_length=max_chars))
+    return (str, Field(default=default, min_length=min_chars, max_length=max_chars))
 
 
-class Invite(BaseModel):
-    role: Literal["speaker", "cohost"] = "speaker"
-    name: str = Field(default="Speaker", min_length=1, max_length=50)
-
-
-class SignIn(BaseModel):
-    name: str = Field(default="Listener", min_length=1, max_length=50)
-
-
-class ListenerName(BaseModel):
-    name: str = Field(min_length=1, max_length=50)
-
-
-class Command(BaseModel):
-    command: CommandName  # type: ignore[valid-type]
-    target: str | None = Field(default=None, max_length=64)
-
-
-class Reaction(BaseModel):
-    emoji: str = Field(min_length=1, max_length=8)
+def request_models(config: ServerConfig) -> RequestModels:
+    room, control = config.room, config.control
+    name = room.max_name_chars
+    return RequestModels(
+        create_space=create_model(
+            "CreateSpace",
+            title=_text(room.max_title_chars),
+            description=_text(room.max_description_chars, default="", min_chars=0),
+            scheduled_at=(
+                float | None,
+                Field(default=None, description="Unix time of the planned start"),
+            ),
+        ),
+        sdp_offer=create_model(
+            "SdpOffer", sdp=_text(config.stage.max_offer_bytes), type=(Literal["offer"], ...)
+        ),
+        invite=create_model(
+            "Invite",
+            role=(Literal["speaker", "cohost"], "speaker"),
+            name=_text(name, default="Speaker"),
+        ),
+        sign_in=create_model("SignIn", name=_text(name, default="Listener")),
+        listener_name=create_model("ListenerName", name=_text(name)),
+        command=create_model(
+            "Command",
+            command=(CommandName, ...),
+            target=(str | None, Field(default=None, max_length=control.max_target_chars)),
+        ),
+        reaction=create_model("Reaction", emoji=_text(control.max_emoji_chars)),
+    )
 
 
 def bearer(authorization: Annotated[str | None, Header()] = None) -> str:
@@ -91,7 +115,7 @@ def create_app(th: Control) -> FastAPI:
     app = FastAPI(title="townhall control API", version="0.1.0")
     install_error_handlers(app)
     install_health(app, th)
-    app.include_router(_spaces_router(th.service, th.views))
+    app.include_router(_spaces_router(th.service, th.views, request_models(th.config)))
     install_websocket(app, th.service)
     install_pages(app, th.service)
     install_metrics(app, th)
@@ -99,8 +123,10 @@ def create_app(th: Control) -> FastAPI:
     return app
 
 
-def _spaces_router(service: SpaceService, views: SpaceViews) -> APIRouter:
+def _spaces_router(service: SpaceService, views: SpaceViews, m: RequestModels) -> APIRouter:
     r = APIRouter(prefix="/api")
+    CreateSpace, SdpOffer, Invite = m.create_space, m.sdp_offer, m.invite
+    SignIn, ListenerName, Command, Reaction = m.sign_in, m.listener_name, m.command, m.reaction
 
     async def grant_for(space_id: str, token: Annotated[str, Depends(bearer)]) -> Grant:
         return service.authorize(space_id, token)

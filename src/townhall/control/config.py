@@ -24,6 +24,9 @@ class ControlConfig:
     actions_limit: RateLimitConfig = field(default_factory=lambda: RateLimitConfig(2.0, 10))
     # Messages queued for one stage WebSocket before it is closed as too slow.
     watcher_queue_messages: int = 64
+    # A command's target (a participant id) and a reaction (one emoji, with modifiers).
+    max_target_chars: int = 64
+    max_emoji_chars: int = 8
     # Spaces held in memory at once (live ones are always held; idle ones are evicted).
     max_cached_spaces: int = 1_024
     # How often the coalesced room snapshot may go to the audience's SSE stream.
