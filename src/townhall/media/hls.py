@@ -167,14 +167,7 @@ class HlsPackager:
         """Media time jumped: close the open segment short; the next one starts at
         ``seq``'s segment (or later, never reusing a number) after a discontinuity, with
         gap segments for the numbers in between."""
-        events: list[HlsEvent] = []
-        if self.segments and not self.segments[-1].complete:
-            last = self.segments[-1]
-            if last.parts:
-                events.append(self._complete(last))
-            else:
-                self.segments.pop()
-                self._next_msn = last.msn
+        events = self._close_open_segment()
         target = max(self._next_msn, seq // self.config.parts_per_segment)
         segment_s = self.config.segment_target_s
         # Only a window's worth: any more would slide straight out again.
@@ -187,16 +180,22 @@ class HlsPackager:
 
     def end(self) -> list[HlsEvent]:
         """Close the last (possibly short) segment and mark the playlist ended."""
-        events: list[HlsEvent] = []
-        if self.segments and not self.segments[-1].complete:
-            last = self.segments[-1]
-            if last.parts:
-                events.append(self._complete(last))
-            else:
-                self.segments.pop()
+        events = self._close_open_segment()
         self.ended = True
         self._playlist = None
         return events
+
+    def _close_open_segment(self) -> list[HlsEvent]:
+        """Complete the open segment as it is (short); one with no part yet is dropped and
+        its number is free again."""
+        if not self.segments or self.segments[-1].complete:
+            return []
+        last = self.segments[-1]
+        if last.parts:
+            return [self._complete(last)]
+        self.segments.pop()
+        self._next_msn = last.msn
+        return []
 
     def _open_segment(self, now: float) -> Segment:
         if not self.segments or self.segments[-1].complete:
