@@ -10,8 +10,9 @@ import argparse
 import json
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Protocol
 
 # Benchmarks with their own command line: the rest of the arguments go to their main().
 FORWARDED = {
@@ -103,9 +104,7 @@ def _fanout(args: argparse.Namespace) -> int:
         stage_off_core=args.stage_off_core,
     )
     result = run_fanout_bench(plan)
-    print(result.table())
-    if args.json:
-        args.json.write_text(json.dumps(result.to_json(), indent=2))
+    _report(result, args.json)
     return 0
 
 
@@ -122,9 +121,7 @@ def _flash(args: argparse.Namespace) -> int:
         mix=Mix(args.mix),
     )
     result = run_flash_bench(plan)
-    print(result.table())
-    if args.json:
-        args.json.write_text(json.dumps(result.to_json(), indent=2))
+    _report(result, args.json)
     return 0 if result.passed else 1
 
 
@@ -154,10 +151,20 @@ def _faults(args: argparse.Namespace) -> int:
     # SIGTERM as Ctrl-C: the run then stops everything it started before exiting.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     report = run_fault_bench(plan)
-    print(report.table())
-    if args.json:
-        args.json.write_text(json.dumps(report.to_json(), indent=2))
+    _report(report, args.json)
     return 0 if report.passed else 1
+
+
+class Report(Protocol):
+    def table(self) -> str: ...
+    def to_json(self) -> Mapping[str, object]: ...
+
+
+def _report(result: Report, json_path: Path | None) -> None:
+    """Print the benchmark's table; also write its JSON if asked."""
+    print(result.table())
+    if json_path:
+        json_path.write_text(json.dumps(result.to_json(), indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:
