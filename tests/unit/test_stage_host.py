@@ -8,8 +8,9 @@ from typing import Any
 
 from townhall.config import ServerConfig
 from townhall.feed import OggHeader
-from townhall.stage.process import LinkFeed, ProgramSet, StageHost, start_for
+from townhall.stage.process import ProgramSet, StageHost, start_for
 from townhall.stage.runtime import StageRuntime
+from townhall.supervise.link import LinkFeed
 from townhall.supervise.messages import (
     CloseStage,
     Connect,

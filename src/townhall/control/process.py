@@ -33,11 +33,10 @@ from townhall.config import ServerConfig
 from townhall.control.api import create_app
 from townhall.control.presence import CountedPresence
 from townhall.control.remote import RemoteStages, Sender
-from townhall.feed import FeedMessage
 from townhall.gcpolicy import freeze_startup_heap
 from townhall.live import LiveSpace
 from townhall.room.events import RoomEvent
-from townhall.supervise.link import open_link
+from townhall.supervise.link import LinkFeed, open_link
 from townhall.supervise.messages import (
     AudienceReport,
     Presence,
@@ -57,21 +56,13 @@ log = logging.getLogger("townhall.control")
 SHUTDOWN_GRACE_S = 2.0
 
 
-class LinkFeed:
-    """The feed of the control process (room snapshots): sent to the hub as they come."""
-
-    def __init__(self, link: Sender) -> None:
-        self._link = link
-
-    def publish(self, msg: FeedMessage) -> None:
-        self._link.send(msg)
-
-
 class ControlProcess(Control):
     def __init__(self, config: ServerConfig, link: Sender) -> None:
         self.link = link
         self.stages = RemoteStages(link, config.control.stage_reply_timeout_s)
-        super().__init__(config, self.stages.open, LinkFeed(link), on_change=self._room_changed)
+        super().__init__(
+            config, self.stages.open, LinkFeed(link.send), on_change=self._room_changed
+        )
         self.presence = CountedPresence(self.service.counter_of)
 
     def resume(self) -> None:

@@ -27,13 +27,12 @@ from typing import Any
 import uvloop
 
 from townhall.errors import TownhallError
-from townhall.feed import FeedMessage
 from townhall.gcpolicy import freeze_startup_heap
 from townhall.media.timeline import MediaStart, media_start
 from townhall.stage.ice import allow_loopback_candidates
 from townhall.stage.member import StageMember
 from townhall.stage.runtime import StageRuntime
-from townhall.supervise.link import open_link
+from townhall.supervise.link import LinkFeed, open_link
 from townhall.supervise.messages import (
     CloseStage,
     Connect,
@@ -49,17 +48,6 @@ from townhall.supervise.specs import AssignStage, StageSpec, StandbySpec
 log = logging.getLogger(__name__)
 
 Send = Callable[[object], object]
-
-
-class LinkFeed:
-    """The stage's feed is the link: the hub fans it out to the audience and recorder.
-    ``Link.send`` only queues bytes on the transport, so publishing never blocks."""
-
-    def __init__(self, send: Send) -> None:
-        self._send = send
-
-    def publish(self, msg: FeedMessage) -> None:
-        self._send(msg)
 
 
 class ProgramSet:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from townhall.audience.framing import FrameDecoder, encode_frame
+from townhall.feed import FeedMessage
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,17 @@ class Link(asyncio.Protocol):
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+
+
+class LinkFeed:
+    """A feed sink whose messages go to the hub (the stage's program, the control
+    plane's room snapshots). ``Link.send`` only queues bytes, so publishing never blocks."""
+
+    def __init__(self, send: Callable[[object], object]) -> None:
+        self._send = send
+
+    def publish(self, msg: FeedMessage) -> None:
+        self._send(msg)
 
 
 async def open_link(
