@@ -17,7 +17,7 @@ $(RUNTIME): pyproject.toml package.json
 
 # pip 25.1 or later reads dependency groups; the upgrade above brings it.
 $(DEV): $(RUNTIME)
-	$(BIN)/pip install -q -e . --group test --group lint
+	$(BIN)/pip install -q -e '.[cluster]' --group test --group lint
 	touch $(DEV)
 
 serve: $(RUNTIME)

@@ -380,8 +380,18 @@ def reconnect_delay(
     return step + rng.uniform(0, jitter_s)
 
 
+def _http_target(url: str) -> tuple[tuple[str, int], str]:
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"the probe reads plain http:// URLs, not {url!r}")
+    return (parts.hostname, parts.port or 80), parts.path + (
+        f"?{parts.query}" if parts.query else ""
+    )
+
+
 class OggProbe:
-    """A listener thread on one Ogg URL. ``log`` is read under ``lock``."""
+    """A listener thread on one Ogg URL (or several, tried in turn). ``log`` is read
+    under ``lock``."""
 
     def __init__(
         self,
@@ -391,13 +401,13 @@ class OggProbe:
         seed: int | None = None,
         jitter_s: float = RECONNECT_JITTER_S,
         clock: Callable[[], float] = time.monotonic,
+        fallback_urls: Sequence[str] = (),
     ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"the probe reads plain http:// URLs, not {url!r}")
         self.url, self.name = url, name
-        self._addr = (parts.hostname, parts.port or 80)
-        self._target = parts.path + (f"?{parts.query}" if parts.query else "")
+        # Like a client given several edges (DNS round robin): a connection that
+        # delivered nothing moves on to the next address.
+        self._targets = [_http_target(u) for u in (url, *fallback_urls)]
+        self._addr, self._target = self._targets[0]
         self.lock = threading.Lock()
         self.log = FrameLog(tuple(tones))
         self.local_port: int | None = None  # of the open connection: tells its worker
@@ -434,6 +444,9 @@ class OggProbe:
             if self._stop.is_set():
                 return
             attempt = 0 if heard else attempt + 1
+            if not heard:
+                self._targets.append(self._targets.pop(0))
+                self._addr, self._target = self._targets[0]
             self._stop.wait(reconnect_delay(attempt, self._rng, self._jitter_s))
 
     def _listen_once(self) -> bool:

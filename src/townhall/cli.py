@@ -80,13 +80,28 @@ _SERVE_FLAGS: tuple[tuple[str, str, str], ...] = (
         "audience.channel.fanout.max_listeners",
         "stream listeners per process before 503",
     ),
+    (
+        "--nats",
+        "cluster.nats_urls",
+        "NATS servers, comma-separated: the program goes through JetStream (edges follow it)",
+    ),
 )
 
 
 def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    _server_parser(sub, "serve", "run the server (control API + web UI, and audience)", _serve)
+    _server_parser(sub, "edge", "run an audience node fed by the cluster (needs --nats)", _edge)
+
+
+def _server_parser(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help_: str,
+    run: Callable[[argparse.Namespace], int],
+) -> None:
     s = sub.add_parser(
-        "serve",
-        help="run the server (control API + web UI, and audience)",
+        name,
+        help=help_,
         description="Every setting has a path (see --print-config). Precedence: defaults < "
         "--config FILE < TOWNHALL_<PATH> environment variables (levels joined by __, "
         "e.g. TOWNHALL_AUDIENCE__CHANNEL__FANOUT__FLUSH_INTERVAL_S) < flags.",
@@ -107,7 +122,7 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         action="store_true",
         help="print the effective settings as TOML and exit",
     )
-    s.set_defaults(run=_serve)
+    s.set_defaults(run=run, command=name)
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
@@ -118,20 +133,45 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     return load(file=args.config, flags=args.settings or ())
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _configured(args: argparse.Namespace) -> ServerConfig | int:
+    """The configuration, or the exit status when there is nothing (more) to run."""
     from townhall.config import to_toml
 
     try:
         config = server_config(args)
     except SettingError as e:
-        print(f"townhall serve: error: {e}", file=sys.stderr)
+        print(f"townhall {args.command}: error: {e}", file=sys.stderr)
         return 2
     if args.print_config:
         print(to_toml(config), end="")
         return 0
+    return config
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = _configured(args)
+    if isinstance(config, int):
+        return config
     from townhall.serve import main as serve_main
 
     serve_main(config)
+    return 0
+
+
+def _edge(args: argparse.Namespace) -> int:
+    config = _configured(args)
+    if isinstance(config, int):
+        return config
+    if not config.cluster.servers:
+        print("townhall edge: error: an edge needs the cluster: --nats URL[,URL...]",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        from townhall.cluster.edge import main as edge_main
+    except ImportError as exc:
+        print(f"townhall edge: error: {exc}; install townhall[cluster]", file=sys.stderr)
+        return 2
+    edge_main(config)
     return 0
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from townhall import settings
 from townhall.audience.server import AudienceConfig
+from townhall.cluster.config import ClusterConfig
 from townhall.control.config import ControlConfig
 from townhall.recording.recorder import RecorderConfig
 from townhall.room.counting import CounterConfig
@@ -48,6 +49,7 @@ class ServerConfig:
     counter: CounterConfig = field(default_factory=CounterConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     @property
     def control_url(self) -> str:

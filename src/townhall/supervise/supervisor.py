@@ -23,6 +23,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
+from typing import TYPE_CHECKING
 
 from townhall.audience.framing import SessionSeen, StreamClosed, StreamOpened
 from townhall.audience.pool import WorkerPool
@@ -52,6 +53,9 @@ from townhall.supervise.messages import (
     StageStarted,
 )
 from townhall.supervise.restart import RestartPolicy
+
+if TYPE_CHECKING:
+    from townhall.cluster.jetstream import JetStreamPublisher
 from townhall.supervise.specs import (
     AssignStage,
     ControlSpec,
@@ -150,6 +154,8 @@ class Supervisor:
     hub: Hub = field(init=False, default_factory=Hub)
     slots: dict[str, _Slot] = field(init=False, default_factory=dict)
     pool: WorkerPool | None = field(init=False, default=None)
+    # The program's copy for the cluster's edges, when a NATS cluster is configured.
+    cluster: JetStreamPublisher | None = field(init=False, default=None)
     control_socket: socket.socket | None = field(init=False, default=None)
     started_at_unix_s: float = field(init=False, default_factory=time.time)
     _policy: RestartPolicy = field(init=False)
@@ -176,12 +182,24 @@ class Supervisor:
         self.pool = WorkerPool(spec, max(1, c.audience_workers), presence=_PresenceToHub(self))
         await self.pool.start()
         self.config = dataclasses.replace(c, audience_port=self.pool.port)
+        if c.cluster.servers:
+            await self._join_cluster()
         for role in (RECORDER, CONTROL):
             slot = self.slots[role] = _Slot(role, role)
             await self._spawn(slot)
         if c.supervisor.standby_stage_processes > 0:
             await self._spawn(self.slots.setdefault(STANDBY, _Slot(STANDBY, "stage")))
         self._track(asyncio.get_running_loop().create_task(self._report(), name="hub-report"))
+
+    async def _join_cluster(self) -> None:
+        # Imported here: a single machine needs neither NATS nor its client.
+        from townhall.cluster.jetstream import JetStreamPublisher
+
+        hls = self.config.audience.channel.hls
+        publisher = JetStreamPublisher(self.config.cluster, hls.parts_per_segment)
+        await publisher.start()
+        self.cluster = publisher
+        log.info("publishing the program to the NATS cluster at %s", self.config.cluster.nats_urls)
 
     async def stop(self) -> None:
         """Stop every child by pid: SIGTERM, then SIGKILL after ``stop_grace_s``. The
@@ -199,6 +217,8 @@ class Supervisor:
         await self._terminate(last)
         if self.pool is not None:
             await self.pool.close()
+        if self.cluster is not None:
+            await self.cluster.close()
         if self.control_socket is not None:
             self.control_socket.close()
 
@@ -407,6 +427,8 @@ class Supervisor:
         if delivery.to == POOL:
             if self.pool is not None:
                 self.pool.publish(delivery.msg)  # type: ignore[arg-type]
+            if self.cluster is not None:
+                self.cluster.publish(delivery.msg)  # type: ignore[arg-type]
         elif delivery.to == SUPERVISOR:
             self._act(delivery.msg)
         else:

@@ -1,0 +1,34 @@
+"""The cluster's settings: where NATS is, and how much of the program JetStream keeps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    # Comma-separated NATS URLs (nats://host:port,...); empty: one machine, no cluster.
+    nats_urls: str = ""
+    # Copies of each stream: 3 on a three-server cluster, so losing one loses nothing.
+    stream_replicas: int = 3
+    # How long the program stream keeps parts; an edge that starts replays all of it to
+    # rebuild the LL-HLS window and the Ogg join burst. At least a minute.
+    program_retention_s: float = 120.0
+    # How long the last Ogg header, init segment and room of a Space are kept: longer
+    # than any Space runs, so an edge started late can still open it.
+    heads_retention_s: float = 7 * 24 * 3600.0
+    # A publish the cluster does not acknowledge within this is retried (the part's
+    # message id makes a retry that did land a no-op).
+    publish_timeout_s: float = 2.0
+    # Messages waiting for the cluster while it is unreachable; past this the oldest
+    # are dropped (counted): the stage never waits for the cluster.
+    max_pending_messages: int = 2000
+    # The server's heartbeat to an edge's subscription: two missed, and the edge
+    # resubscribes from the last message it has (a server it followed through is gone).
+    edge_heartbeat_s: float = 0.5
+    # An edge waits this long for the cluster's history before it serves anyway.
+    edge_bootstrap_timeout_s: float = 10.0
+
+    @property
+    def servers(self) -> list[str]:
+        return [u.strip() for u in self.nats_urls.split(",") if u.strip()]
