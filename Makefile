@@ -25,11 +25,12 @@ serve: $(RUNTIME)
 
 # What `make test` needs from Debian, and nothing more (root; CI runs this): Chromium and
 # an emoji font for the browser test and its screenshots, ffmpeg as a real player, npm
-# for hls.js, python3-venv for the virtualenv.
+# for hls.js, Varnish and nginx as the caches in front of the edges, python3-venv for
+# the virtualenv. (The NATS server comes from the cluster extra's wheel.)
 deps-system:
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-	  python3-venv chromium ffmpeg fonts-noto-color-emoji
+	  python3-venv chromium ffmpeg fonts-noto-color-emoji varnish nginx
 	command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm
 
 # The servers and client the benchmarks measure townhall against (root).

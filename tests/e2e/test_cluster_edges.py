@@ -1,13 +1,15 @@
 """Edges fed through a real three-server NATS JetStream cluster.
 
 One ``townhall serve --nats`` (the origin: control, stage, publisher), two
-``townhall edge --nats`` processes, three ``nats-server`` processes, all on loopback.
+``townhall edge --nats`` processes, three ``nats-server`` processes, and the shipped
+Varnish and nginx configurations in front of the edges, all on loopback.
 A tone bot speaks on the origin's stage; listeners are on the edges only, and what
 they hear is checked by FFT.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 import time
@@ -17,6 +19,7 @@ import httpx
 import pytest
 
 from benchmarks.harness.audio import decode, has_tone
+from benchmarks.harness.caches import Cache, nginx_cache, varnish
 from benchmarks.harness.nats import Edge, NatsCluster, edges, nats_cluster
 from benchmarks.harness.probe import OggProbe
 from benchmarks.harness.processes import free_port
@@ -29,6 +32,8 @@ HEARD_WITHIN_S = 15.0
 # The longest a listener may wait for the program while the cluster replaces a lost
 # server (measured: about 4 s when the lost one led the stream).
 ELECTION_STALL_S = 7.0
+# Players asking a cache for the same blocking playlist at once.
+PLAYERS = 100
 _PART = re.compile(r'#EXT-X-PART:DURATION=[0-9.]+,URI="(p(\d+)\.(\d+)\.m4s)"')
 
 
@@ -209,3 +214,54 @@ def test_listeners_of_a_killed_edge_resume_on_its_sibling(
             assert resumed - killed_at < 5.0, f"resumed after {resumed - killed_at:.1f} s"
         finally:
             probe.stop()
+
+
+# -- caches in front of the edges -----------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=["varnish", "nginx"])
+def cache(request: pytest.FixtureRequest, two_edges: list[Edge]) -> Iterator[Cache]:
+    make, edge = (
+        (varnish, two_edges[0]) if request.param == "varnish" else (nginx_cache, two_edges[1])
+    )
+    with make(edge.port) as started:
+        yield started
+
+
+def test_the_tone_is_heard_through_the_cache(space: Space, cache: Cache) -> None:
+    base = f"{cache.url}/live/{space.id}"
+    deadline = time.monotonic() + HEARD_WITHIN_S
+    while True:
+        resp = httpx.get(f"{base}/index.m3u8", params={"sid": "someone"}, timeout=10)
+        assert resp.status_code == 200, resp.text
+        msn, index = last_part(resp.text)
+        init = httpx.get(f"{base}/init.mp4", timeout=10)
+        part = httpx.get(f"{base}/p{msn}.{index}.m4s", timeout=10)
+        assert init.status_code == part.status_code == 200
+        if has_tone(decode(init.content + part.content, "mp4"), TONE_HZ):
+            return
+        assert time.monotonic() < deadline, f"no {TONE_HZ} Hz through {cache.name}"
+        time.sleep(0.5)
+
+
+def test_the_cache_sends_the_edge_one_request_per_part(space: Space, cache: Cache) -> None:
+    base = f"{cache.url}/live/{space.id}"
+    msn, _ = last_part(httpx.get(f"{base}/index.m3u8", timeout=10).text)
+    want = {"_HLS_msn": msn + 2, "_HLS_part": 0}
+    before = cache.origin_requests()
+
+    async def players(count: int) -> list[httpx.Response]:
+        # Each player names its own session: the cache key must not.
+        async with httpx.AsyncClient(timeout=15) as client:
+            return await asyncio.gather(
+                *(
+                    client.get(f"{base}/index.m3u8", params={**want, "sid": f"listener{i}"})
+                    for i in range(count)
+                )
+            )
+
+    replies = asyncio.run(players(PLAYERS))
+    assert [r.status_code for r in replies] == [200] * PLAYERS
+    assert len({r.content for r in replies}) == 1
+    # The blocking playlist once, for everyone, however many asked.
+    assert cache.origin_requests() - before == 1

@@ -1,0 +1,126 @@
+"""The HTTP caches shipped in deploy/, run as they are in front of an audience port.
+
+Each is started from the repository's own configuration file, with only its addresses
+(and nginx's cache directory) rewritten, so what is tested is what operators install.
+Both report how many requests they sent to the origin: the measure of offload.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.harness.processes import free_port, stop, wait_for_port
+
+ROOT = Path(__file__).resolve().parents[2]
+VCL = ROOT / "deploy" / "varnish" / "townhall.vcl"
+NGINX_CONF = ROOT / "deploy" / "nginx" / "townhall-cache.conf"
+SHIPPED_BACKEND = "127.0.0.1:8001"
+
+
+@dataclass
+class Cache:
+    name: str
+    port: int
+    workdir: Path
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def origin_requests(self) -> int:
+        """Requests this cache has sent to the origin so far."""
+        if self.name == "varnish":
+            out = subprocess.run(
+                ["varnishstat", "-n", str(self.workdir), "-j", "-f", "MAIN.backend_req"],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=10,
+            )
+            counters = json.loads(out.stdout)
+            counters = counters.get("counters", counters)
+            return int(counters["MAIN.backend_req"]["value"])
+        log = self.workdir / "upstream.log"
+        return sum(1 for _ in log.open()) if log.exists() else 0
+
+
+def _workdir(prefix: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    # The caches' unprivileged workers read and write here.
+    path.chmod(0o777)
+    return path
+
+
+@contextlib.contextmanager
+def varnish(backend_port: int) -> Iterator[Cache]:
+    """varnishd running deploy/varnish/townhall.vcl in front of ``backend_port``."""
+    work = _workdir("townhall-varnish-")
+    vcl = work / "townhall.vcl"
+    text = VCL.read_text().replace('.port = "8001";', f'.port = "{backend_port}";')
+    vcl.write_text(text)
+    vcl.chmod(0o644)
+    port = free_port()
+    command = [
+        "varnishd", "-F", "-n", str(work), "-a", f"127.0.0.1:{port}",
+        "-f", str(vcl), "-s", "malloc,64m", "-T", f"127.0.0.1:{free_port()}",
+        "-p", "default_grace=0",
+    ]  # fmt: skip
+    with (work / "varnishd.log").open("wb") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, 30)
+        yield Cache("varnish", port, work, proc)
+    finally:
+        stop(proc)
+
+
+@contextlib.contextmanager
+def nginx_cache(backend_port: int) -> Iterator[Cache]:
+    """nginx running deploy/nginx/townhall-cache.conf in front of ``backend_port``."""
+    work = _workdir("townhall-nginx-")
+    port = free_port()
+    site = (
+        NGINX_CONF.read_text()
+        .replace(SHIPPED_BACKEND, f"127.0.0.1:{backend_port}")
+        .replace("listen 8080;", f"listen 127.0.0.1:{port};")
+        .replace("/var/cache/nginx/townhall", str(work / "cache"))
+    )
+    (work / "site.conf").write_text(site)
+    # Every request the cache sends upstream, one line each: the origin's share.
+    (work / "nginx.conf").write_text(
+        f"""daemon off;
+pid {work}/nginx.pid;
+error_log {work}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    log_format upstream '$upstream_addr $request_uri';
+    map $upstream_addr $went_upstream {{ "" 0; default 1; }}
+    client_body_temp_path {work}/body;
+    proxy_temp_path {work}/proxy;
+    fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi;
+    scgi_temp_path {work}/scgi;
+    include {work}/site.conf;
+    access_log {work}/upstream.log upstream if=$went_upstream;
+}}
+"""
+    )
+    proc = subprocess.Popen(
+        ["nginx", "-p", str(work), "-c", str(work / "nginx.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        env={**os.environ},
+    )
+    try:
+        wait_for_port(port, 30)
+        yield Cache("nginx", port, work, proc)
+    finally:
+        stop(proc)
