@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     _space_parser(sub)
     _speak_parser(sub)
     _listen_parser(sub)
+    _plan_parser(sub)
     for name, (_, help_) in LAZY_COMMANDS.items():
         sub.add_parser(name, help=help_, add_help=False)
     return p
@@ -315,3 +316,46 @@ def _listen(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _plan_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    s = sub.add_parser(
+        "plan",
+        help="what an event of N listeners needs (edges, cores, egress, JetStream, caches)",
+        description="Computed from this project's own measured per-core figures, which it "
+        "prints with their sources; docs/capacity.md explains the model.",
+    )
+    s.add_argument("--listeners", type=int, required=True)
+    s.add_argument("--mix", default="ogg=0.3,hls=0.7", help="shares of Ogg and LL-HLS players")
+    s.add_argument("--cache-nodes", type=int, default=0, help="cache nodes in front of the edges")
+    s.add_argument("--cores-per-edge", type=int, default=8)
+    s.add_argument("--spaces", type=int, default=1, help="Spaces live at once")
+    s.add_argument("--utilisation", type=float, default=0.6, help="target share of capacity")
+    s.add_argument(
+        "--storm", default="1000000/60", metavar="JOINS/SECONDS", help="the join storm to absorb"
+    )
+    s.set_defaults(run=_plan)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from townhall.capacity import PlanInput, parse_mix, plan, render
+
+    try:
+        joins, _, seconds = args.storm.partition("/")
+        wanted = PlanInput(
+            listeners=args.listeners,
+            ogg_share=parse_mix(args.mix),
+            target_utilisation=args.utilisation,
+            cores_per_edge=args.cores_per_edge,
+            spaces=args.spaces,
+            storm_listeners=int(joins),
+            storm_s=float(seconds or 60),
+            cache_nodes=args.cache_nodes,
+        )
+        if not 0 < wanted.target_utilisation <= 1 or wanted.cores_per_edge < 1:
+            raise ValueError("utilisation must be in (0, 1] and an edge needs a core")
+        print(render(plan(wanted), wanted))
+    except ValueError as exc:
+        print(f"townhall plan: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
