@@ -17,6 +17,10 @@ from typing import Protocol
 # Benchmarks with their own command line: the rest of the arguments go to their main().
 FORWARDED = {
     "latency": ("benchmarks.latency", "mouth-to-ear latency of a live Space, three paths"),
+    "cluster": (
+        "benchmarks.cluster",
+        "edges and caches over a NATS cluster: origin offload, cost per listener, restart",
+    ),
     "write-cost": (
         "benchmarks.write_cost",
         "CPU per listener write: townhall vs a bare uvloop writer",

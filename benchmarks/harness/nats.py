@@ -146,6 +146,11 @@ class Edge:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> Edge:
         command = townhall_command(
             "edge", "--nats", self.nats_urls, "--audience-port", str(self.port)
