@@ -22,7 +22,7 @@ from benchmarks.harness.audio import decode, has_tone
 from benchmarks.harness.caches import Cache, nginx_cache, varnish
 from benchmarks.harness.nats import Edge, NatsCluster, edges, nats_cluster
 from benchmarks.harness.probe import OggProbe
-from benchmarks.harness.processes import free_port
+from benchmarks.harness.processes import free_port, kill9, process_table
 from benchmarks.harness.server import Space, on_air
 
 pytestmark = pytest.mark.e2e
@@ -214,6 +214,42 @@ def test_listeners_of_a_killed_edge_resume_on_its_sibling(
             assert resumed - killed_at < 5.0, f"resumed after {resumed - killed_at:.1f} s"
         finally:
             probe.stop()
+
+
+def test_a_stage_taken_over_by_the_standby_keeps_the_edges_numbering(
+    space: Space, two_edges: list[Edge]
+) -> None:
+    """The stage process killed: the standby takes the Space, the speaker reconnects, and
+    the edges number on from where they were (a discontinuity, no number reused)."""
+    edge = two_edges[0]
+    with OggProbe(ogg_url(edge, space), [TONE_HZ], name="takeover", seed=5) as probe:
+        wait_heard(probe, time.monotonic())
+        before = [(int(m), int(p)) for _, m, p in _PART.findall(playlist(edge, space))]
+        table = process_table(space.server.control_url) or []
+        stage = next(p for p in table if p.name == f"stage:{space.id}")
+        killed_at = time.monotonic()
+        kill9(stage.pid)
+        deadline = time.monotonic() + HEARD_WITHIN_S
+        while True:
+            with probe.lock:
+                back = probe.log.first_with([TONE_HZ], killed_at, sustain=10, new_stream=True)
+            if back is not None:
+                break
+            assert time.monotonic() < deadline, "the edge's listener never heard the new stage"
+            time.sleep(0.2)
+        assert back - killed_at < 10.0
+        with probe.lock:
+            assert probe.log.disconnects_between(killed_at, time.monotonic()) == 0
+    text = playlist(edge, space)
+    after = [(int(m), int(p)) for _, m, p in _PART.findall(text)]
+    assert after[-1] > before[-1]
+    assert after == sorted(set(after)), after  # never a number twice, never backwards
+    assert "#EXT-X-DISCONTINUITY" in text
+    # Both edges say the same about the new stage's parts.
+    msn, index = after[-1]
+    part = f"/live/{space.id}/p{msn}.{index}.m4s"
+    bodies = {httpx.get(e.url + part, timeout=10).content for e in two_edges}
+    assert len(bodies) == 1
 
 
 # -- caches in front of the edges -----------------------------------------------------
