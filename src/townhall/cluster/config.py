@@ -32,3 +32,11 @@ class ClusterConfig:
     @property
     def servers(self) -> list[str]:
         return [u.strip() for u in self.nats_urls.split(",") if u.strip()]
+
+    # A node renews the lease on each Space whose stage it runs every third of this;
+    # a lease not renewed for this long is gone, and so, to the cluster, is the node.
+    lease_s: float = 3.0
+    # This node's name in the leases; empty: its control URL.
+    node_name: str = ""
+    # Leases a control node remembers (one per Space in the cluster, newest kept).
+    max_leases: int = 100_000

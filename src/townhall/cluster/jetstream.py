@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 import nats
 from nats.aio.client import Client
@@ -14,9 +15,11 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, BucketNotFoundError
+from nats.js.kv import KeyValue
 
 from townhall.cluster.config import ClusterConfig
+from townhall.cluster.leases import Lease, LeaseTable, decode_lease, encode_lease
 from townhall.cluster.wire import (
     HEADS_STREAM,
     HEADS_SUBJECTS,
@@ -30,6 +33,8 @@ from townhall.cluster.wire import (
 from townhall.feed import FeedMessage
 
 log = logging.getLogger(__name__)
+
+LEASES_BUCKET = "townhall_stages"
 
 # A retried publish waits this long first: long enough for a cluster to elect a new
 # stream leader after losing a server.
@@ -92,6 +97,11 @@ class JetStreamPublisher:
         self._ready = asyncio.Event()
         self._nc: Client | None = None
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def connection(self) -> Client:
+        assert self._nc is not None, "start() first"
+        return self._nc
 
     async def start(self) -> None:
         self._nc = await connect(self.config, "townhall-origin")
@@ -208,3 +218,89 @@ class ProgramFollower:
     async def close(self) -> None:
         if self._nc is not None:
             await self._nc.close()
+
+
+async def lease_bucket(nc: Client, config: ClusterConfig) -> KeyValue:
+    js = nc.jetstream()
+    try:
+        return await js.key_value(LEASES_BUCKET)
+    except BucketNotFoundError:
+        return await js.create_key_value(
+            bucket=LEASES_BUCKET,
+            ttl=config.lease_s,
+            history=1,
+            replicas=config.stream_replicas,
+            storage=StorageType.MEMORY,
+        )
+
+
+class LeaseKeeper:
+    """Renews this node's lease on each Space whose stage it runs; drops the ones it
+    closed. ``holding`` says which Spaces those are (the hub's open stages)."""
+
+    def __init__(
+        self, nc: Client, config: ClusterConfig, node: str, control_url: str,
+        holding: Callable[[], Iterable[str]],
+    ) -> None:  # fmt: skip
+        self.nc, self.config, self.node, self.control_url = nc, config, node, control_url
+        self.holding = holding
+        self._held: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        kv = await lease_bucket(self.nc, self.config)
+        self._task = asyncio.get_running_loop().create_task(self._renew(kv), name="leases")
+
+    async def _renew(self, kv: KeyValue) -> None:
+        while True:
+            now = set(self.holding())
+            for space_id in now:
+                lease = Lease(space_id, self.node, self.control_url, time.time())
+                with contextlib.suppress(NatsError, TimeoutError):
+                    await kv.put(_lease_key(space_id), encode_lease(lease))
+            for space_id in self._held - now:
+                with contextlib.suppress(NatsError, TimeoutError):
+                    await kv.delete(_lease_key(space_id))
+            self._held = now
+            await asyncio.sleep(self.config.lease_s / 3)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+class LeaseFollower:
+    """A control node's view of every lease in the cluster, kept in ``table``."""
+
+    def __init__(self, config: ClusterConfig) -> None:
+        self.config = config
+        self.table = LeaseTable(config.lease_s, config.max_leases)
+        self._nc: Client | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._nc = await connect(self.config, "townhall-control")
+        kv = await lease_bucket(self._nc, self.config)
+        watcher = await kv.watchall()
+        self._task = asyncio.get_running_loop().create_task(self._follow(watcher), name="leases")
+
+    async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
+        async for entry in watcher:
+            if entry is None:
+                continue  # the end of the initial values
+            space_id = entry.key.removeprefix("space.")
+            if entry.operation in ("DEL", "PURGE") or not entry.value:
+                self.table.drop(space_id)
+                continue
+            with contextlib.suppress(WireError):
+                self.table.put(decode_lease(entry.value))
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self._nc is not None:
+            await self._nc.close()
+
+
+def _lease_key(space_id: str) -> str:
+    return f"space.{space_id}"

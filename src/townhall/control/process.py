@@ -26,6 +26,7 @@ from typing import Any
 
 import uvicorn
 import uvloop
+from starlette.types import ASGIApp
 
 from townhall.app import Control
 from townhall.audience.framing import apply_presence
@@ -168,9 +169,12 @@ async def serve_control(spec: ControlSpec, sock: socket.socket) -> None:
     control = ControlProcess(spec.config, link)
     inbox.hand_to(control.receive)
     control.resume()
+    app: ASGIApp = create_app(control)
+    if spec.config.cluster.servers:
+        app = await _route_through_cluster(app, control, spec.config)
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(control),
+            app,
             loop="none",
             lifespan="off",
             log_level="warning",
@@ -187,6 +191,25 @@ async def serve_control(spec: ControlSpec, sock: socket.socket) -> None:
         async with asyncio.timeout(SHUTDOWN_GRACE_S):
             await serving
     link.close()
+
+
+async def _route_through_cluster(
+    app: ASGIApp, control: ControlProcess, config: ServerConfig
+) -> ASGIApp:
+    """Requests for Spaces another node holds go to that node (their leases say which)."""
+    # Imported here: a single machine needs neither NATS nor its client.
+    from townhall.cluster.jetstream import LeaseFollower
+    from townhall.cluster.routing import RouteToHolder
+
+    follower = LeaseFollower(config.cluster)
+    await follower.start()
+    return RouteToHolder(
+        app,
+        knows=control.service.knows,
+        leases=follower.table,
+        node=config.cluster.node_name or config.control_url,
+        max_body_bytes=config.control.max_body_bytes,
+    )
 
 
 def run_control_process(spec: ControlSpec, sock: socket.socket) -> None:

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from townhall.control.config import ControlConfig
-from townhall.errors import Conflict, Forbidden
+from townhall.errors import Conflict, Forbidden, NotFound
 from townhall.feed import FeedSink
 from townhall.live import (
     LiveSpace,
@@ -115,6 +115,14 @@ class SpaceService:
     def space(self, space_id: str) -> SpaceRecord:
         """The Space's record; ``NotFound`` for an unknown id."""
         return self._store.space(space_id)
+
+    def knows(self, space_id: str) -> bool:
+        """Whether the Space is this node's (created here)."""
+        try:
+            self._store.space(space_id)
+        except NotFound:
+            return False
+        return True
 
     def authorize(self, space_id: str, token: str) -> Grant:
         self._store.space(space_id)  # 404 for an unknown space before any token question

@@ -55,7 +55,7 @@ from townhall.supervise.messages import (
 from townhall.supervise.restart import RestartPolicy
 
 if TYPE_CHECKING:
-    from townhall.cluster.jetstream import JetStreamPublisher
+    from townhall.cluster.jetstream import JetStreamPublisher, LeaseKeeper
 from townhall.supervise.specs import (
     AssignStage,
     ControlSpec,
@@ -156,6 +156,7 @@ class Supervisor:
     pool: WorkerPool | None = field(init=False, default=None)
     # The program's copy for the cluster's edges, when a NATS cluster is configured.
     cluster: JetStreamPublisher | None = field(init=False, default=None)
+    leases: LeaseKeeper | None = field(init=False, default=None)
     control_socket: socket.socket | None = field(init=False, default=None)
     started_at_unix_s: float = field(init=False, default_factory=time.time)
     _policy: RestartPolicy = field(init=False)
@@ -193,13 +194,19 @@ class Supervisor:
 
     async def _join_cluster(self) -> None:
         # Imported here: a single machine needs neither NATS nor its client.
-        from townhall.cluster.jetstream import JetStreamPublisher
+        from townhall.cluster.jetstream import JetStreamPublisher, LeaseKeeper
 
-        hls = self.config.audience.channel.hls
-        publisher = JetStreamPublisher(self.config.cluster, hls.parts_per_segment)
+        c = self.config
+        publisher = JetStreamPublisher(c.cluster, c.audience.channel.hls.parts_per_segment)
         await publisher.start()
         self.cluster = publisher
-        log.info("publishing the program to the NATS cluster at %s", self.config.cluster.nats_urls)
+        node = c.cluster.node_name or c.control_url
+        self.leases = LeaseKeeper(
+            publisher.connection, c.cluster, node, c.control_url, lambda: list(self.hub.open_spaces)
+        )
+        await self.leases.start()
+        log.info("node %s publishes the program to the NATS cluster at %s", node,
+                 c.cluster.nats_urls)  # fmt: skip
 
     async def stop(self) -> None:
         """Stop every child by pid: SIGTERM, then SIGKILL after ``stop_grace_s``. The
@@ -217,6 +224,8 @@ class Supervisor:
         await self._terminate(last)
         if self.pool is not None:
             await self.pool.close()
+        if self.leases is not None:
+            await self.leases.close()
         if self.cluster is not None:
             await self.cluster.close()
         if self.control_socket is not None:

@@ -1,0 +1,74 @@
+"""Which node holds a Space's stage: leases in the cluster, with a short time to live.
+
+The node that runs a Space's stage renews its lease every ``lease_s / 3``; a lease not
+renewed for ``lease_s`` is gone (JetStream's key-value TTL drops it, and readers treat
+an old one as gone too). Any control node can then answer a request for a Space it does
+not hold by sending it to the holder, and say clearly when the holder has stopped
+answering instead of pretending the Space does not exist.
+
+Pure: the table and the codec; the adapters are in ``jetstream.py`` and ``routing.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+
+from townhall.cluster.wire import WireError
+
+
+@dataclass(frozen=True)
+class Lease:
+    space_id: str
+    node: str
+    control_url: str
+    at_unix_s: float
+
+
+def encode_lease(lease: Lease) -> bytes:
+    return json.dumps(asdict(lease)).encode()
+
+
+def decode_lease(data: bytes) -> Lease:
+    try:
+        raw = json.loads(data)
+        return Lease(
+            str(raw["space_id"]), str(raw["node"]), str(raw["control_url"]),
+            float(raw["at_unix_s"]),
+        )  # fmt: skip
+    except (ValueError, KeyError, TypeError) as exc:
+        raise WireError(f"not a lease: {exc}") from exc
+
+
+class LeaseTable:
+    """The leases a node has seen, newest per Space, at most ``max_leases`` (oldest
+    forgotten first)."""
+
+    def __init__(self, lease_s: float, max_leases: int) -> None:
+        self.lease_s = lease_s
+        self.max_leases = max_leases
+        self._leases: OrderedDict[str, Lease] = OrderedDict()
+
+    def put(self, lease: Lease) -> None:
+        self._leases.pop(lease.space_id, None)
+        self._leases[lease.space_id] = lease
+        while len(self._leases) > self.max_leases:
+            self._leases.popitem(last=False)
+
+    def drop(self, space_id: str) -> None:
+        self._leases.pop(space_id, None)
+
+    def holder(self, space_id: str, now_unix_s: float) -> Lease | None:
+        """The node holding ``space_id`` now; None if none does (or its lease lapsed)."""
+        lease = self._leases.get(space_id)
+        if lease is None or now_unix_s - lease.at_unix_s > self.lease_s:
+            return None
+        return lease
+
+    def lapsed(self, space_id: str, now_unix_s: float) -> Lease | None:
+        """A lease seen for ``space_id`` that was not renewed in time: its node is gone."""
+        lease = self._leases.get(space_id)
+        if lease is None or now_unix_s - lease.at_unix_s <= self.lease_s:
+            return None
+        return lease

@@ -1,0 +1,124 @@
+"""A control node answers for every Space in the cluster: requests for a Space another
+node holds are sent on to that node (its lease names it), once.
+
+An ASGI middleware in front of the control API: it only acts on ``/api/spaces/{id}...``
+for a Space this node does not know, so a node's own Spaces never pay for it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+
+import httpx
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from townhall.cluster.leases import LeaseTable
+
+_SPACE_PATH = re.compile(r"^/api/spaces/([A-Za-z0-9_-]{1,64})(?:/|$)")
+FORWARDED_BY = "x-townhall-forwarded-by"
+# Not sent on: they describe one connection, not the request.
+_HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "upgrade", "host", "content-length"}
+)
+
+
+class RouteToHolder:
+    def __init__(
+        self,
+        app: ASGIApp,
+        knows: Callable[[str], bool],
+        leases: LeaseTable,
+        node: str,
+        max_body_bytes: int,
+        timeout_s: float = 10.0,
+    ) -> None:
+        self.app = app
+        self.knows = knows
+        self.leases = leases
+        self.node = node
+        self.max_body_bytes = max_body_bytes
+        self.client = httpx.AsyncClient(timeout=timeout_s)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        space_id = self._elsewhere(scope)
+        if space_id is None:
+            return await self.app(scope, receive, send)
+        now = time.time()
+        lease = self.leases.holder(space_id, now)
+        if lease is None:
+            if self.leases.lapsed(space_id, now) is None:
+                return await self.app(scope, receive, send)  # unknown anywhere: a 404
+            gone = "the node holding this Space stopped answering"
+            return await _json(send, 503, "unavailable", gone, retry_after_s=5)
+        body = await _body(receive, self.max_body_bytes)
+        if body is None:
+            return await _json(send, 413, "payload_too_large", "the request body is too large")
+        await self._forward(scope, body, lease.control_url, send)
+
+    def _elsewhere(self, scope: Scope) -> str | None:
+        """The Space of a request this node should send on, or None."""
+        if scope["type"] != "http":
+            return None
+        m = _SPACE_PATH.match(scope["path"])
+        if m is None or self.knows(m.group(1)):
+            return None
+        headers = dict(scope["headers"])
+        if FORWARDED_BY.encode() in headers:
+            return None  # sent on once already: answer (404) rather than loop
+        return m.group(1)
+
+    async def _forward(self, scope: Scope, body: bytes, base_url: str, send: Send) -> None:
+        headers = [
+            (k.decode("latin-1"), v.decode("latin-1"))
+            for k, v in scope["headers"]
+            if k.decode("latin-1").lower() not in _HOP_BY_HOP
+        ]
+        headers.append((FORWARDED_BY, self.node))
+        query = scope.get("query_string", b"").decode("latin-1")
+        url = base_url.rstrip("/") + scope["path"] + (f"?{query}" if query else "")
+        try:
+            resp = await self.client.request(scope["method"], url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            return await _json(send, 502, "bad_gateway", "the node holding this Space did "
+                               f"not answer: {type(exc).__name__}", retry_after_s=2)  # fmt: skip
+        out = [
+            (k.encode("latin-1"), v.encode("latin-1"))
+            for k, v in resp.headers.items()
+            if k.lower() not in _HOP_BY_HOP and k.lower() != "content-encoding"
+        ]
+        out.append((b"content-length", str(len(resp.content)).encode()))
+        await send({"type": "http.response.start", "status": resp.status_code, "headers": out})
+        await send({"type": "http.response.body", "body": resp.content})
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+async def _body(receive: Receive, limit: int) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message: Message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _json(
+    send: Send, status: int, code: str, detail: str, retry_after_s: int | None = None
+) -> None:
+    body = json.dumps({"error": code, "detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if retry_after_s is not None:
+        headers.append((b"retry-after", str(retry_after_s).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,48 @@
+"""Leases: which node holds a Space, and when that stops being true."""
+
+from __future__ import annotations
+
+import pytest
+
+from townhall.cluster.leases import Lease, LeaseTable, decode_lease, encode_lease
+from townhall.cluster.wire import WireError
+
+
+def lease(space: str = "s1", at: float = 100.0, node: str = "a") -> Lease:
+    return Lease(space, node, f"http://{node}:8000", at)
+
+
+def test_a_lease_round_trips() -> None:
+    assert decode_lease(encode_lease(lease())) == lease()
+
+
+@pytest.mark.parametrize("data", [b"", b"{}", b"[1]", b'{"space_id": "s"}', b"\xff"])
+def test_anything_else_is_refused(data: bytes) -> None:
+    with pytest.raises(WireError):
+        decode_lease(data)
+
+
+def test_a_renewed_lease_holds_and_a_lapsed_one_does_not() -> None:
+    table = LeaseTable(lease_s=3.0, max_leases=10)
+    table.put(lease(at=100.0))
+    assert table.holder("s1", 102.9) == lease(at=100.0)
+    assert table.lapsed("s1", 102.9) is None
+    assert table.holder("s1", 103.1) is None
+    assert table.lapsed("s1", 103.1) == lease(at=100.0)
+    table.put(lease(at=103.0, node="b"))  # another node took it
+    assert table.holder("s1", 104.0) == lease(at=103.0, node="b")
+
+
+def test_a_dropped_lease_is_neither_held_nor_lapsed() -> None:
+    table = LeaseTable(lease_s=3.0, max_leases=10)
+    table.put(lease())
+    table.drop("s1")
+    assert table.holder("s1", 100.0) is None and table.lapsed("s1", 200.0) is None
+
+
+def test_the_table_is_bounded_oldest_first() -> None:
+    table = LeaseTable(lease_s=3.0, max_leases=2)
+    for i in range(3):
+        table.put(lease(space=f"s{i}"))
+    assert table.holder("s0", 100.0) is None
+    assert table.holder("s2", 100.0) is not None
