@@ -120,9 +120,7 @@ def install_pages(app: FastAPI, service: SpaceService, views: SpaceViews) -> Non
         if space is None:
             return _unknown_space()
         if role_page not in STAGE_PAGES:
-            return error_page(
-                404, "No such page", f"This Space has no page called {role_page!r}."
-            )
+            return error_page(404, "No such page", f"This Space has no page called {role_page!r}.")
         head = preview_head(space, views) if role_page == "replay" else ""
         return _page(STAGE_PAGES[role_page], head)
 
