@@ -220,7 +220,8 @@ export function renderReactions(root, tallies, onReact) {
             dataset: { emoji },
             onclick: () => onReact(emoji),
           },
-          h("span", { class: "emoji", "aria-hidden": "true" }, emoji),
+          h("span", { class: "emoji" }, emoji),
+          " ",
           h("span", { class: "tally" }, "0"),
         ),
       );
@@ -229,7 +230,8 @@ export function renderReactions(root, tallies, onReact) {
   for (const btn of root.querySelectorAll("button.reaction")) {
     const n = (tallies || {})[btn.dataset.emoji] || 0;
     btn.querySelector(".tally").textContent = formatCount(n);
-    btn.setAttribute("aria-label", `React ${btn.dataset.emoji} (${n} so far)`);
+    // The accessible name starts with what the button shows (the emoji and its tally).
+    btn.setAttribute("aria-label", `${btn.dataset.emoji} ${formatCount(n)}: react with ${btn.dataset.emoji}`);
   }
 }
 

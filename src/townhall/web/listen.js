@@ -304,6 +304,7 @@ function render() {
   $("#hand-card").hidden = ended || !!mySeat();
   $("#player-card").hidden = ended;
   $("#replay-card").hidden = !ended || cancelled();
+  $("#react-card").hidden = ended;
   if (ended && info?.replay) {
     $("#replay-page-link").href = info.replay_link || `/s/${encodeURIComponent(spaceId)}/replay`;
     $("#replay-link").href = info.replay.ogg;

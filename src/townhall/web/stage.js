@@ -101,6 +101,7 @@ function render() {
   $("#invite-card").hidden = !isModerator() || st === "ended";
   $("#invite-role").querySelector('[value="cohost"]').disabled = !isHost();
   $("#replay-card").hidden = st !== "ended" || cancelled;
+  $("#react-card").hidden = st === "ended";
   renderListeners();
   if (st === "ended" && info?.replay) {
     $("#replay-page-link").href = info.replay_link || `/s/${encodeURIComponent(spaceId)}/replay`;
@@ -563,6 +564,8 @@ $("#leave").addEventListener("click", leave);
 $("#invite-form").addEventListener("submit", createInvite);
 $("#share").addEventListener("click", () => shareLink(listenLink(spaceId), $("#title").textContent, $("#share-status")));
 window.addEventListener("pagehide", () => mic.open && mic.close());
+// Another link pasted into this tab changes only the fragment: the key is new, start over.
+window.addEventListener("hashchange", () => location.reload());
 window.townhall = {
   mic,
   get room() { return room; },
