@@ -966,3 +966,18 @@ export function behindLive(player) {
   if (!a.buffered.length) return null;
   return Math.max(0, a.buffered.end(a.buffered.length - 1) - a.currentTime);
 }
+
+/**
+ * Re-render a list without losing the keyboard focus: the button that had it (by its
+ * row's data-id and its data-action) has it again in the new rows.
+ */
+export function keepFocus(list, rerender) {
+  const had = document.activeElement;
+  const row = had && list.contains(had) ? had.closest("[data-id]") : null;
+  const key = row ? [row.dataset.id, had.dataset.action] : null;
+  rerender();
+  if (!key) return;
+  const again = [...list.querySelectorAll("[data-id]")].find((li) => li.dataset.id === key[0]);
+  const target = again?.querySelector(`[data-action="${key[1]}"]`) || again;
+  if (target && target !== document.activeElement) target.focus?.();
+}

@@ -305,6 +305,7 @@ function render() {
   $("#player-card").hidden = ended;
   $("#replay-card").hidden = !ended || cancelled();
   $("#react-card").hidden = ended;
+  $("#stage-card").hidden = ended; // nobody is on the stage of an ended Space
   if (ended && info?.replay) {
     $("#replay-page-link").href = info.replay_link || `/s/${encodeURIComponent(spaceId)}/replay`;
     $("#replay-link").href = info.replay.ogg;

@@ -4,7 +4,7 @@ import {
   waitForReplay,
   $, h, api, ApiError, showError, note, spaceIdFromPath, tokenFromFragment, listenLink,
   shareLink, formatCount, stateLabel, renderReactions, roomEvents, StageMic, stageSocket,
-  meterPercent, confirmAction, copyableLink, linkProblem, showProblem,
+  meterPercent, confirmAction, copyableLink, linkProblem, showProblem, keepFocus,
 } from "/static/common.js";
 
 // How often the host's list of named listeners is refreshed while the Space is live.
@@ -102,6 +102,7 @@ function render() {
   $("#invite-role").querySelector('[value="cohost"]').disabled = !isHost();
   $("#replay-card").hidden = st !== "ended" || cancelled;
   $("#react-card").hidden = st === "ended";
+  $("#stage-card").hidden = st === "ended"; // nobody is on the stage of an ended Space
   renderListeners();
   if (st === "ended" && info?.replay) {
     $("#replay-page-link").href = info.replay_link || `/s/${encodeURIComponent(spaceId)}/replay`;
@@ -161,6 +162,10 @@ function renderSelf() {
 }
 
 function renderStageList() {
+  keepFocus($("#stage"), drawStageList);
+}
+
+function drawStageList() {
   const list = $("#stage");
   const stage = (room || info?.room || {}).stage || [];
   const speaking = new Set((publicRoom || room || {}).speaking || []);
@@ -224,6 +229,14 @@ function btn(label, aria, run, action, cls = "") {
           render();
         } finally {
           button.disabled = false; // a cancelled confirmation leaves it usable
+          // The dialog gave the focus back while the button was disabled: take it again.
+          // (Rows are redrawn as the room changes: then its twin in the new row.)
+          const lost = document.activeElement === document.body || !document.activeElement;
+          const rowId = button.closest("[data-id]")?.dataset.id;
+          const twin = button.isConnected
+            ? button
+            : [...document.querySelectorAll(`[data-action="${action}"]`)].find((b) => b.closest("[data-id]")?.dataset.id === rowId);
+          if (lost && twin) twin.focus();
         }
       },
     },
@@ -264,6 +277,10 @@ function renderLevels() {
 }
 
 function renderHands() {
+  keepFocus($("#hands"), drawHands);
+}
+
+function drawHands() {
   const card = $("#hands-card");
   card.hidden = !isModerator() || state() !== "live";
   if (card.hidden) return;
@@ -316,6 +333,10 @@ async function removePerson(person) {
 
 /** The named listeners (a hand, a reaction), for the host and co-hosts, with Remove. */
 function renderListeners() {
+  keepFocus($("#listeners"), drawListeners);
+}
+
+function drawListeners() {
   const card = $("#listeners-card");
   card.hidden = !isModerator() || state() !== "live";
   if (card.hidden) return;
