@@ -2,7 +2,7 @@
 // come up on stage (audience stream stopped first, then the microphone).
 import {
   waitForReplay,
-  $, h, api, ApiError, showError, note, sleep, backoffDelay, spaceIdFromPath, listenLink,
+  $, h, api, ApiError, showError, clearErrors, note, sleep, backoffDelay, spaceIdFromPath, listenLink,
   shareLink, formatCount, stateLabel, renderReactions, roomEvents, AudiencePlayer, StageMic,
   stageSocket, behindLive, linkProblem, showProblem,
 } from "/static/common.js";
@@ -567,6 +567,7 @@ let endedHandled = false;
 async function onEnded() {
   if (endedHandled) return;
   endedHandled = true;
+  clearErrors(); // what went wrong while it was live no longer matters
   player.stop("The Space has ended");
   if (mic.open) mic.close();
   heartbeatLoop(false);
