@@ -353,6 +353,18 @@ def test_live_pages_around_the_audio(server: Server, browser: Any, pw: Any) -> N
         expect(host.locator("dialog.confirm")).to_have_count(0)
         expect(remove).to_be_focused()  # focus is kept after the dialog
 
+        # The host shares the listen link and makes an invitation link: both shown in
+        # full, copyable, and the phone page does not grow sideways.
+        host.locator("#share").click()
+        expect(host.locator("#share-status")).to_contain_text(space["listen_link"])
+        host.locator("#invite-name").fill("Guest speaker")
+        host.locator("#invite-form button[type=submit]").click()
+        host.locator("[data-link=invite-url] button").click()
+        expect(host.locator("[data-link=invite-url] .status")).to_have_text("Copied.")
+        invite_link = host.locator("#invite-url").get_attribute("href") or ""
+        assert "/speak#t=" in invite_link
+        assert host.evaluate("navigator.clipboard.readText()") == invite_link
+
         # Raised again and invited: the banner takes the focus and is announced.
         guest.locator("#hand").click()
         expect(host.locator(f"#hands li[data-id='{gid}']")).to_be_visible()
