@@ -223,8 +223,16 @@ def test_error_and_ending_pages_say_what_happened(server: Server, browser: Any) 
     expect(page.locator("#problem-h")).to_have_text("This link is for another Space")
     look(page, "error-other-space")
 
-    # A cancelled Space: said so, no replay, no counts.
-    host_post(space, "end")
+    # The host cancels before the start, after a confirmation; listeners are told, with
+    # no replay and no counts.
+    page.goto(space["host_link"])
+    page.locator("#end").click()
+    expect(page.locator("#confirm-q")).to_have_text("Cancel this Space?")
+    page.locator("#confirm-ok").click()
+    expect(page.locator("#state")).to_have_text("Cancelled")
+    expect(page.locator("#ending")).to_contain_text("cancelled before it went live")
+    expect(page.locator("#replay-card")).to_be_hidden()
+    look(page, "host-cancelled")
     page.goto(space["listen_link"])
     expect(page.locator("#state")).to_have_text("Cancelled")
     expect(page.locator("#ending")).to_contain_text("cancelled")
@@ -320,6 +328,13 @@ def test_live_pages_around_the_audio(server: Server, browser: Any, pw: Any) -> N
             "navigator.mediaDevices.getUserMedia = () => Promise.reject("
             "new DOMException('Permission denied', 'NotAllowedError'));"
         )
+        # Contract: the page asks the control API for its own state (GET /room) only
+        # while a hand is up or an invitation pending, at most every 3 s.
+        room_asks: list[float] = []
+        guest.on(
+            "request",
+            lambda r: room_asks.append(time.monotonic()) if r.url.endswith("/room") else None,
+        )
         guest.goto(space["listen_link"])
         expect(guest.locator("#rec")).to_be_visible()
         expect(guest.locator("#host")).to_have_text("Hosted by Ana Ruiz")
@@ -330,6 +345,7 @@ def test_live_pages_around_the_audio(server: Server, browser: Any, pw: Any) -> N
         assert 0 <= behind < 15, behind
         assert heard_by_page(guest) > 0.01, "the listener does not hear the host"
         look(guest, "listen-live")
+        assert not room_asks, "a listener with no hand up asked the control API"
 
         # A raised hand dismissed by the host is told to the listener.
         guest.locator("#hand").click()
@@ -383,6 +399,12 @@ def test_live_pages_around_the_audio(server: Server, browser: Any, pw: Any) -> N
         expect(host.locator(f"#stage li[data-id='{gid}']")).to_have_count(0)
         assert heard_by_page(guest) > 0.01, "the listener does not hear the Space again"
         look(guest, "listen-mic-failed")
+        asks_while_engaged = len(room_asks)
+        gaps = np.diff(room_asks)
+        assert asks_while_engaged >= 2, room_asks
+        assert gaps.min() >= 2.9, gaps
+        guest.wait_for_timeout(4000)  # hand down, no invitation: no more asking
+        assert len(room_asks) == asks_while_engaged, "the page polls with no hand up"
 
         # Remove, confirmed: the listener is gone from the host's list.
         remove = host.locator(f"#listeners li[data-id='{gid}'] button[data-action=remove-listener]")
