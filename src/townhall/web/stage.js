@@ -103,6 +103,7 @@ function render() {
   $("#replay-card").hidden = st !== "ended" || cancelled;
   $("#react-card").hidden = st === "ended";
   $("#stage-card").hidden = st === "ended"; // nobody is on the stage of an ended Space
+  $("#controls").hidden = st === "ended";
   renderListeners();
   if (st === "ended" && info?.replay) {
     $("#replay-page-link").href = info.replay_link || `/s/${encodeURIComponent(spaceId)}/replay`;
