@@ -58,6 +58,8 @@ async def test_the_public_list_shows_listed_spaces_by_state(town: Town) -> None:
     assert first["replay_link"].endswith(f"/s/{live['id']}/replay")
     assert "ogg" not in str(first)  # the list carries no stream URLs
     assert (await town.client.get("/api/spaces?state=everything")).status_code == 400
+    resp = await town.client.get("/api/spaces?state=live")
+    assert resp.headers["cache-control"] == "public, max-age=5"
 
 
 async def test_a_cancelled_space_says_so_and_offers_no_replay(town: Town) -> None:

@@ -31,6 +31,8 @@ from townhall.room.roles import Role
 from townhall.tokens import Grant
 
 CommandName = Literal[tuple(COMMANDS)]
+# How long a cache may keep the public list of Spaces (it changes when one starts or ends).
+LIST_MAX_AGE_S = 5
 
 
 @dataclass(frozen=True)
@@ -160,10 +162,13 @@ def _spaces_router(service: SpaceService, views: SpaceViews, m: RequestModels) -
 
     @r.get("/spaces")
     async def list_spaces(
+        response: Response,
         state: Literal["live", "scheduled", "ended"] = "live",
     ) -> dict[str, object]:
         """Listed Spaces in one state (the front page); a Space created with
         ``listed: false`` is reached only by its link."""
+        # The same for everyone: a cache or CDN in front may answer it for a few seconds.
+        response.headers["Cache-Control"] = f"public, max-age={LIST_MAX_AGE_S}"
         spaces = service.listed_spaces(state)
         return {"state": state, "spaces": [views.summary(s) for s in spaces]}
 
