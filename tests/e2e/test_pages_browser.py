@@ -273,6 +273,11 @@ def test_a_scheduled_space_offers_a_calendar_file_and_previews(
     unfolded = text.replace("\r\n ", "")
     assert "SUMMARY:Budget night\\, part 2\\; Q&A\r\n" in unfolded
     assert time.strftime("DTSTART:%Y%m%dT%H%M%SZ", time.gmtime(start)) in unfolded
+
+    # The speaker's page before the start: named, waiting, usable on a phone.
+    page.goto(space["speaker_link"])
+    expect(page.locator("#whoami")).to_have_text("You are a speaker (Speaker).")
+    look(page, "speaker-scheduled")
     assert not errors, errors
 
 

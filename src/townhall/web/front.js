@@ -2,6 +2,7 @@
 // form that creates a Space (with its links to copy).
 import { $, h, api, showError, clearErrors, copyableLink, formatWhen, formatDuration } from "/static/common.js";
 
+const LIST_REFRESH_MS = 60000;
 const LISTS = [
   ["live", "#live-list", "Nobody is live right now."],
   ["scheduled", "#upcoming-list", "No upcoming Spaces."],
@@ -93,9 +94,13 @@ $("#create").addEventListener("submit", async (ev) => {
     $("#created").hidden = false;
     $("#created").focus();
     loadLists();
+// The lists change when a Space starts or ends: a look now and then (the list is cacheable).
+setInterval(loadLists, LIST_REFRESH_MS);
   } catch (e) {
     showError(e, "Create");
   }
 });
 
 loadLists();
+// The lists change when a Space starts or ends: a look now and then (the list is cacheable).
+setInterval(loadLists, LIST_REFRESH_MS);
