@@ -276,7 +276,7 @@ def test_a_scheduled_space_offers_a_calendar_file_and_previews(
 
     # The speaker's page before the start: named, waiting, usable on a phone.
     page.goto(space["speaker_link"])
-    expect(page.locator("#whoami")).to_have_text("You are a speaker (Speaker).")
+    expect(page.locator("#whoami")).to_have_text("You are a speaker.")
     look(page, "speaker-scheduled")
     assert not errors, errors
 

@@ -79,7 +79,9 @@ function render() {
   badge.className = `badge ${st || ""}`;
   document.body.dataset.state = st || "";
   const roleName = { host: "the host", cohost: "a co-host", speaker: "a speaker", listener: "in the audience" }[myRole()] || "";
-  const myName = mySeat()?.name || claims(token).name;
+  // A name that only repeats the role ("Speaker", "Host") says nothing more.
+  const given = mySeat()?.name || claims(token).name || "";
+  const myName = ["speaker", "host", "co-host", "cohost"].includes(given.toLowerCase()) ? "" : given;
   $("#whoami").textContent = roleName ? `You are ${roleName}${myName ? ` (${myName})` : ""}.` : "";
   const counts = publicRoom || r;
   // An ended Space has nobody listening: its last live figures would say otherwise.
