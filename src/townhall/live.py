@@ -120,6 +120,7 @@ COMMANDS: Mapping[str, RoomCommand] = MappingProxyType(
         "remove": TargetedCommand(Room.remove),
         "add_cohost": TargetedCommand(Room.add_cohost),
         "leave": OwnCommand(Room.leave),
+        "dismiss_hand": TargetedCommand(Room.dismiss_hand),
     }
 )
 

@@ -7,6 +7,7 @@ database behind the same methods.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import sqlite3
 import time
@@ -47,6 +48,16 @@ class SpaceRecord:
     created_at: float
     started_at: float | None
     ended_at: float | None
+    # Appended columns (added to older stores by ``_migrate``): SELECT * keeps this order.
+    listed: bool = True  # shown on the public front page
+    host_name: str = "Host"  # the name the host gave at creation
+
+
+# Columns added after the first schema, with their definitions for ALTER TABLE.
+_ADDED_COLUMNS = (
+    ("listed", "INTEGER NOT NULL DEFAULT 1"),
+    ("host_name", "TEXT NOT NULL DEFAULT 'Host'"),
+)
 
 
 class Store:
@@ -55,6 +66,13 @@ class Store:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(spaces)")}
+        for name, definition in _ADDED_COLUMNS:
+            if name not in have:
+                self._db.execute(f"ALTER TABLE spaces ADD COLUMN {name} {definition}")
 
     def setting(self, key: str, default: str) -> str:
         """Read a setting, storing ``default`` the first time (the admin key, the secret)."""
@@ -62,12 +80,28 @@ class Store:
         row = self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
         return str(row[0])
 
-    def create_space(self, title: str, description: str, scheduled_at: float | None) -> SpaceRecord:
+    def create_space(
+        self,
+        title: str,
+        description: str,
+        scheduled_at: float | None,
+        listed: bool = True,
+        host_name: str = "Host",
+    ) -> SpaceRecord:
         space_id = secrets.token_urlsafe(8).replace("-", "x").replace("_", "y")
         self._db.execute(
-            "INSERT INTO spaces (id, title, description, state, host_id, scheduled_at, created_at)"
-            " VALUES (?, ?, ?, 'scheduled', ?, ?, ?)",
-            (space_id, title, description, secrets.token_urlsafe(9), scheduled_at, time.time()),
+            "INSERT INTO spaces (id, title, description, state, host_id, scheduled_at,"
+            " created_at, listed, host_name) VALUES (?, ?, ?, 'scheduled', ?, ?, ?, ?, ?)",
+            (
+                space_id,
+                title,
+                description,
+                secrets.token_urlsafe(9),
+                scheduled_at,
+                time.time(),
+                int(listed),
+                host_name,
+            ),
         )
         return self.space(space_id)
 
@@ -75,7 +109,7 @@ class Store:
         row = self._db.execute("SELECT * FROM spaces WHERE id = ?", (space_id,)).fetchone()
         if row is None:
             raise NotFound(f"unknown space {space_id!r}")
-        return SpaceRecord(*row)
+        return _record(row)
 
     def set_state(self, space_id: str, state: str, at: float) -> None:
         column = {"live": "started_at", "ended": "ended_at"}[state]
@@ -86,7 +120,7 @@ class Store:
     def live_spaces(self) -> list[SpaceRecord]:
         """Spaces that are live: a control process that starts resumes every one of them."""
         rows = self._db.execute("SELECT * FROM spaces WHERE state = 'live' ORDER BY started_at")
-        return [SpaceRecord(*r) for r in rows]
+        return [_record(r) for r in rows]
 
     def journal_room(self, space_id: str, record_json: str, at: float) -> None:
         """Keep the latest state of a Space's room (``room.record.record_to_json``).
@@ -109,4 +143,26 @@ class Store:
 
     def spaces(self, limit: int = 100) -> list[SpaceRecord]:
         rows = self._db.execute("SELECT * FROM spaces ORDER BY created_at DESC LIMIT ?", (limit,))
-        return [SpaceRecord(*r) for r in rows]
+        return [_record(r) for r in rows]
+
+    def listed_spaces(self, state: str, limit: int) -> list[SpaceRecord]:
+        """Listed Spaces in ``state``: live by start, scheduled by the planned start
+        (unscheduled last), ended newest first."""
+        order = {
+            "live": "started_at DESC",
+            "scheduled": "scheduled_at IS NULL, scheduled_at, created_at",
+            "ended": "ended_at DESC",
+        }[state]
+        rows = self._db.execute(
+            "SELECT * FROM spaces WHERE state = ? AND listed = 1"
+            # A cancelled Space (ended, never started) has nothing to replay.
+            " AND (state != 'ended' OR started_at IS NOT NULL)"
+            f" ORDER BY {order} LIMIT ?",
+            (state, limit),
+        )
+        return [_record(r) for r in rows]
+
+
+def _record(row: tuple[object, ...]) -> SpaceRecord:
+    record = SpaceRecord(*row)  # type: ignore[arg-type]
+    return dataclasses.replace(record, listed=bool(record.listed))

@@ -221,7 +221,7 @@ def test_host_and_listener_in_chromium(server: Server) -> None:
 
             # -- the end: both pages offer the replay --------------------------------
             host.locator("#end").click()
-            host.locator("#end").click()  # the second tap confirms
+            host.locator("#confirm-ok").click()  # the dialog confirms
             expect(host.locator("#replay-card")).to_be_visible()
             expect(guest.locator("#replay-card")).to_be_visible()
             expect(guest.locator("#replay-link")).to_have_attribute(
@@ -302,7 +302,7 @@ def test_the_stage_page_rejoins_a_lost_stage_with_the_same_microphone(server: Se
             expect(banner).to_be_hidden()
             assert not page_errors, page_errors
             host.locator("#end").click()
-            host.locator("#end").click()
+            host.locator("#confirm-ok").click()
             expect(host.locator("#replay-card")).to_be_visible()
         finally:
             browser.close()

@@ -31,6 +31,8 @@ from townhall.room.roles import Role
 from townhall.tokens import Grant
 
 CommandName = Literal[tuple(COMMANDS)]
+# How long a cache may keep the public list of Spaces (it changes when one starts or ends).
+LIST_MAX_AGE_S = 5
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,12 @@ def request_models(config: ServerConfig) -> RequestModels:
                 float | None,
                 Field(default=None, description="Unix time of the planned start"),
             ),
+            listed=(
+                bool,
+                Field(default=True, description="Shown on the public front page"),
+            ),
+            host_name=_text(name, default="Host"),
+            speaker_name=_text(name, default="Speaker"),
         ),
         sdp_offer=create_model(
             "SdpOffer", sdp=_text(config.stage.max_offer_bytes), type=(Literal["offer"], ...)
@@ -117,7 +125,7 @@ def create_app(th: Control) -> FastAPI:
     install_health(app, th)
     app.include_router(_spaces_router(th.service, th.views, request_models(th.config)))
     install_websocket(app, th.service)
-    install_pages(app, th.service)
+    install_pages(app, th.service, th.views)
     install_metrics(app, th)
     app.add_middleware(BodyLimit, max_bytes=th.config.control.max_body_bytes)
     return app
@@ -141,8 +149,33 @@ def _spaces_router(service: SpaceService, views: SpaceViews, m: RequestModels) -
     async def create_space(
         body: CreateSpace, key: Annotated[str, Depends(bearer)]
     ) -> dict[str, object]:
-        made = service.create_space(key, body.title, body.description, body.scheduled_at)
+        made = service.create_space(
+            key,
+            body.title,
+            body.description,
+            body.scheduled_at,
+            body.listed,
+            body.host_name,
+            body.speaker_name,
+        )
         return views.created(made.space, made.host_token, made.speaker_token)
+
+    @r.get("/spaces")
+    async def list_spaces(
+        response: Response,
+        state: Literal["live", "scheduled", "ended"] = "live",
+    ) -> dict[str, object]:
+        """Listed Spaces in one state (the front page); a Space created with
+        ``listed: false`` is reached only by its link."""
+        # The same for everyone: a cache or CDN in front may answer it for a few seconds.
+        response.headers["Cache-Control"] = f"public, max-age={LIST_MAX_AGE_S}"
+        spaces = service.listed_spaces(state)
+        return {"state": state, "spaces": [views.summary(s) for s in spaces]}
+
+    @r.get("/spaces/{space_id}/listeners")
+    async def listeners(grant: Auth) -> dict[str, object]:
+        """The listeners the room knows by name, for the host and co-hosts."""
+        return {"listeners": service.listeners(grant)}
 
     @r.get("/spaces/{space_id}")
     async def get_space(space_id: str) -> dict[str, object]:

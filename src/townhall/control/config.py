@@ -34,3 +34,7 @@ class ControlConfig:
     # A stage process that has not answered a request (an SDP offer) by then is taken
     # for gone: the client gets 503 and retries.
     stage_reply_timeout_s: float = 5.0
+    # Spaces in one state the public list (the front page) answers with.
+    max_listed_spaces: int = 50
+    # Named listeners the moderators' audience list answers with.
+    max_listed_listeners: int = 500

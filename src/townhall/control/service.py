@@ -103,13 +103,20 @@ class SpaceService:
 
     # -- spaces ---------------------------------------------------------------------
     def create_space(
-        self, admin_key: str, title: str, description: str, scheduled_at: float | None
+        self,
+        admin_key: str,
+        title: str,
+        description: str,
+        scheduled_at: float | None,
+        listed: bool = True,
+        host_name: str = "Host",
+        speaker_name: str = "Speaker",
     ) -> CreatedSpace:
         if not secrets.compare_digest(admin_key.encode(), self._admin_key.encode()):
             raise Forbidden("a valid admin key is required to create spaces")
-        space = self._store.create_space(title, description, scheduled_at)
-        host = self._issuer.issue(space.id, Role.HOST, "Host", participant_id=space.host_id)
-        speaker = self._issuer.issue(space.id, Role.SPEAKER, "Speaker")
+        space = self._store.create_space(title, description, scheduled_at, listed, host_name)
+        host = self._issuer.issue(space.id, Role.HOST, host_name, participant_id=space.host_id)
+        speaker = self._issuer.issue(space.id, Role.SPEAKER, speaker_name)
         return CreatedSpace(space, host, speaker)
 
     def space(self, space_id: str) -> SpaceRecord:
@@ -132,6 +139,23 @@ class SpaceService:
         """The record and what listeners may see of the room."""
         record = self._store.space(space_id)
         return record, self._view(record).public_snapshot()
+
+    def listed_spaces(self, state: str) -> list[SpaceRecord]:
+        """The public front page's list: listed Spaces in ``state``, bounded."""
+        return self._store.listed_spaces(state, self._config.max_listed_spaces)
+
+    def listeners(self, grant: Grant) -> list[dict[str, object]]:
+        """The listeners the room knows by name (a hand, a reaction), for moderators;
+        reading them joins nobody."""
+        live = self._view(self._store.space(grant.space_id))
+        if live.room.is_removed(grant.participant_id):
+            raise Forbidden(f"{grant.participant_id} was removed from this space")
+        _check_moderator(live.room.role_of(grant.participant_id) or grant.role)
+        hands = set(live.room.hand_queue())
+        return [
+            {"id": pid, "name": name, "hand_raised": pid in hands}
+            for pid, name in live.room.audience()[: self._config.max_listed_listeners]
+        ]
 
     def room(self, grant: Grant) -> dict[str, object]:
         """The whole room, for the people who run it; reading it joins nobody."""

@@ -438,6 +438,11 @@ class Room:
         self._actor(by, Action.LOWER_HAND)
         return self._lower_hand_of(by, now)
 
+    def dismiss_hand(self, by: str, who: str, now: float) -> list[RoomEvent]:
+        """A moderator lowers someone's hand: whoever may invite may also say no."""
+        self._actor(by, Action.INVITE)
+        return self._lower_hand_of(who, now)
+
     # -- invitations ---------------------------------------------------------
 
     def invite(self, by: str, who: str, now: float) -> list[RoomEvent]:
@@ -569,6 +574,11 @@ class Room:
 
     def hand_queue(self) -> list[str]:
         return list(self._hands)
+
+    def audience(self) -> list[tuple[str, str]]:
+        """(id, name) of the listeners the room knows (a hand, a reaction), in arrival
+        order; listeners who only play the stream are counted, never named."""
+        return [(p.id, p.name) for p in self._participants.values() if not p.on_stage]
 
     def pending_invitations(self) -> list[str]:
         return list(self._invitations)

@@ -44,7 +44,13 @@ export class ApiError extends Error {
 /** Show a visible, dismissable error message in #errors (role=alert). */
 export function showError(err, context = "") {
   const box = $("#errors");
-  const msg = err instanceof ApiError ? err.detail : err?.message || String(err);
+  // A refused token is said in plain words, never in the token library's.
+  const msg =
+    err instanceof ApiError && err.status === 401
+      ? `${linkProblem(err).title}. ${linkProblem(err).message}`
+      : err instanceof ApiError
+        ? err.detail
+        : err?.message || String(err);
   const text = context ? `${context}: ${msg}` : msg;
   console.warn("[townhall]", text, err);
   if (!box) return;
@@ -179,7 +185,7 @@ export async function waitForReplay(spaceId, info) {
   for (let attempt = 0; attempt < 6; attempt++) {
     try {
       info = await api(`/api/spaces/${spaceId}`);
-      if (info.replay) break;
+      if (info.replay || info.cancelled) break;
     } catch (e) {
       showError(e, "Loading the replay");
     }
@@ -214,7 +220,8 @@ export function renderReactions(root, tallies, onReact) {
             dataset: { emoji },
             onclick: () => onReact(emoji),
           },
-          h("span", { class: "emoji", "aria-hidden": "true" }, emoji),
+          h("span", { class: "emoji" }, emoji),
+          " ",
           h("span", { class: "tally" }, "0"),
         ),
       );
@@ -223,7 +230,8 @@ export function renderReactions(root, tallies, onReact) {
   for (const btn of root.querySelectorAll("button.reaction")) {
     const n = (tallies || {})[btn.dataset.emoji] || 0;
     btn.querySelector(".tally").textContent = formatCount(n);
-    btn.setAttribute("aria-label", `React ${btn.dataset.emoji} (${n} so far)`);
+    // The accessible name starts with what the button shows (the emoji and its tally).
+    btn.setAttribute("aria-label", `${btn.dataset.emoji} ${formatCount(n)}: react with ${btn.dataset.emoji}`);
   }
 }
 
@@ -829,4 +837,147 @@ export function stageSocket(spaceId, token, { onMessage, onStatus = () => {} }) 
 export function meterPercent(dbfs) {
   if (dbfs === null || dbfs === undefined || !Number.isFinite(dbfs)) return 0;
   return Math.max(0, Math.min(100, ((dbfs + 60) / 60) * 100));
+}
+
+// -- pages for people: plain words for errors, dialogs, copy buttons ---------------------
+
+/** What a refused link means, in plain words (never a library's message). */
+export function linkProblem(err) {
+  const detail = (err?.detail || err?.message || "").toLowerCase();
+  if (err instanceof ApiError && err.status === 404)
+    return { title: "This Space does not exist", message: "Nothing is found at this address. Check the link you were given." };
+  if (detail.includes("expired"))
+    return { title: "This link has expired", message: "Ask the host for a new link." };
+  if (detail.includes("another space"))
+    return { title: "This link is for another Space", message: "The link's address and its key do not match. Open the full link you were given, or ask the host for a new one." };
+  if (detail.includes("removed"))
+    return { title: "You were removed from this Space", message: "The host removed you; this link no longer works here." };
+  if (detail.includes("revoked"))
+    return { title: "This link was withdrawn", message: "The host withdrew this link. Ask them for a new one." };
+  return { title: "This link is not valid", message: "It may be cut short or mistyped: open the full link you were given (it ends in #t=…), or ask the host for a new one." };
+}
+
+/** Replace the page with a clear problem card (a bad link, a removed person). */
+export function showProblem({ title, message }, extra = null) {
+  const main = $("main");
+  const heading = h("h1", { id: "problem-h", tabindex: "-1" }, title);
+  main.replaceChildren(
+    h(
+      "section",
+      { class: "card problem", "aria-labelledby": "problem-h" },
+      heading,
+      h("p", { id: "problem-text" }, message),
+      extra,
+      h("p", {}, h("a", { class: "button primary", href: "/" }, "See live and upcoming Spaces")),
+    ),
+  );
+  document.body.dataset.page = "problem";
+  document.title = `${title} · townhall`;
+  heading.focus();
+}
+
+/**
+ * Ask before a destructive action, in a modal <dialog>; resolves true to go ahead.
+ * Focus returns to what had it before (the button that asked), whatever the answer.
+ */
+export function confirmAction(question, confirmLabel, detail = "") {
+  const returnTo = document.activeElement;
+  return new Promise((resolve) => {
+    const dialog = h(
+      "dialog",
+      { class: "confirm", "aria-labelledby": "confirm-q", "aria-describedby": detail ? "confirm-d" : null },
+      h("h2", { id: "confirm-q" }, question),
+      detail ? h("p", { id: "confirm-d" }, detail) : null,
+      h(
+        "form",
+        { method: "dialog", class: "row" },
+        h("button", { value: "cancel", type: "submit", id: "confirm-cancel" }, "Cancel"),
+        h("button", { value: "ok", type: "submit", class: "danger", id: "confirm-ok" }, confirmLabel),
+      ),
+    );
+    document.body.append(dialog);
+    dialog.addEventListener("close", () => {
+      const ok = dialog.returnValue === "ok";
+      dialog.remove();
+      if (returnTo && returnTo.isConnected && typeof returnTo.focus === "function") returnTo.focus();
+      else $("main h1")?.focus?.();
+      resolve(ok);
+    });
+    dialog.showModal();
+    $("#confirm-cancel", dialog).focus(); // the safe choice has the focus
+  });
+}
+
+/** A link shown in full (it wraps) with a Copy button that says what it did. */
+export function copyableLink(url, label, id) {
+  const status = h("span", { class: "status", "aria-live": "polite" });
+  return h(
+    "div",
+    { class: "copyable", dataset: { link: id } },
+    h("p", { class: "linkbox" }, h("a", { href: url, id }, url)),
+    h(
+      "div",
+      { class: "row" },
+      h(
+        "button",
+        {
+          type: "button",
+          class: "small",
+          "aria-label": `Copy the ${label}`,
+          onclick: async () => {
+            try {
+              await navigator.clipboard.writeText(url);
+              status.textContent = "Copied.";
+            } catch {
+              status.textContent = "Select the link above and copy it.";
+            }
+          },
+        },
+        "Copy",
+      ),
+      status,
+    ),
+  );
+}
+
+export function formatWhen(unixS) {
+  return new Date(unixS * 1000).toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+}
+
+/** 3725 -> "1:02:05", 65 -> "1:05". */
+export function formatDuration(seconds) {
+  if (!Number.isFinite(seconds) || seconds < 0) return "–:––";
+  const s = Math.floor(seconds % 60);
+  const m = Math.floor(seconds / 60) % 60;
+  const hours = Math.floor(seconds / 3600);
+  const mm = hours ? String(m).padStart(2, "0") : String(m);
+  return `${hours ? `${hours}:` : ""}${mm}:${String(s).padStart(2, "0")}`;
+}
+
+/**
+ * How far behind live the player is, in seconds: hls.js knows it (the live edge from
+ * the playlist); for the Ogg stream, what is buffered past the playhead, as the server
+ * sends the live edge.
+ */
+export function behindLive(player) {
+  const hls = player.hls;
+  if (hls && Number.isFinite(hls.latency) && hls.latency > 0) return hls.latency;
+  const a = player.audio;
+  if (!a.buffered.length) return null;
+  return Math.max(0, a.buffered.end(a.buffered.length - 1) - a.currentTime);
+}
+
+/**
+ * Re-render a list without losing the keyboard focus: the button that had it (by its
+ * row's data-id and its data-action) has it again in the new rows.
+ */
+export function keepFocus(list, rerender) {
+  const had = document.activeElement;
+  const row = had && list.contains(had) ? had.closest("[data-id]") : null;
+  const key = row ? [row.dataset.id, had.dataset.action] : null;
+  rerender();
+  if (!key) return;
+  const again = [...list.querySelectorAll("[data-id]")].find((li) => li.dataset.id === key[0]);
+  const target = again?.querySelector(`[data-action="${key[1]}"]`) || again;
+  if (target && target !== document.activeElement) target.focus?.();
 }

@@ -2,23 +2,30 @@
 // come up on stage (audience stream stopped first, then the microphone).
 import {
   waitForReplay,
-  $, h, api, ApiError, showError, note, sleep, backoffDelay, spaceIdFromPath, listenLink,
+  $, h, api, ApiError, showError, clearErrors, note, sleep, backoffDelay, spaceIdFromPath, listenLink,
   shareLink, formatCount, stateLabel, renderReactions, roomEvents, AudiencePlayer, StageMic,
-  stageSocket,
+  stageSocket, behindLive, linkProblem, showProblem,
 } from "/static/common.js";
 
 const spaceId = spaceIdFromPath();
 const storeKey = `townhall:listener:${spaceId}`;
 const DEFAULT_NAME = "Listener";
 
+// Personal state is asked of the control API (GET /room with this page's token) only
+// while a hand is raised or an invitation is pending, at most this often.
+const PERSONAL_POLL_MS = 3000;
+const STAGE_ROLES = ["host", "cohost", "speaker"];
+
 let info = null; // GET /api/spaces/{id}
-let room = null; // public snapshot (SSE)
-let full = null; // full snapshot (WebSocket), only once signed in and engaged
+let room = null; // public snapshot (SSE; the socket's while on stage)
 let session = loadSession();
 let events = null;
-let socket = null;
+let socket = null; // the stage WebSocket: only while this listener is on stage
 let heartbeatTimer = null;
 let handRaised = false;
+let invited = false;
+let ownChange = false; // this page lowered the hand or declined: not the host's doing
+let polling = false;
 let pendingAfterName = null;
 
 const player = new AudiencePlayer($("#player"), {
@@ -89,9 +96,78 @@ async function command(name, target) {
 }
 
 function engage() {
-  // Listeners hold no socket; one who raised a hand or is on stage needs to hear back.
+  // A listener with a hand up or an invitation asks for their own state now and then;
+  // the public state comes from the SSE like everyone's.
   if (!session.engaged) saveSession({ ...session, engaged: true });
-  if (socket) return;
+  pollPersonal();
+}
+
+/** This listener's own state, from a room answer (`you`, or the moderators' lists). */
+function personalFrom(snapshot) {
+  if (snapshot.you) return snapshot.you;
+  const seat = (snapshot.stage || []).find((s) => s.id === me());
+  return {
+    role: seat ? seat.role : "listener",
+    hand_raised: (snapshot.hand_queue || []).some((p) => (p.id || p) === me()),
+    invited: (snapshot.pending_invitations || []).includes(me()),
+  };
+}
+
+function applyPersonal(snapshot) {
+  if (!snapshot || !session) return;
+  const mine = personalFrom(snapshot);
+  const wasRaised = handRaised;
+  const wasInvited = invited;
+  handRaised = !!mine.hand_raised;
+  invited = !!mine.invited;
+  const onStage = STAGE_ROLES.includes(mine.role);
+  if (!ownChange && !onStage) {
+    if (wasInvited && !invited) tell("The host withdrew the invitation to speak.");
+    else if (wasRaised && !handRaised && !invited) tell("The host lowered your hand. You can raise it again later.");
+  }
+  ownChange = false;
+  for (const k of ["state", "title", "description", "stage"]) if (k in snapshot) room = { ...(room || {}), [k]: snapshot[k] };
+  if (snapshot.state === "ended") onEnded();
+  render();
+  if (invited && !wasInvited && !mySeat()) {
+    // Announced (role=alert) and focused, so a screen reader or keyboard user is there.
+    $("#invite-banner").focus();
+    note("invited");
+  }
+  if (onStage) stageSocketOn();
+}
+
+/** Say something about this listener's hand, where they look and out loud. */
+function tell(text) {
+  $("#hand-status").textContent = text;
+  document.body.dataset.told = text;
+  note("told", { text });
+}
+
+async function pollPersonal() {
+  if (polling || !session) return;
+  polling = true;
+  try {
+    do {
+      await sleep(PERSONAL_POLL_MS);
+      if (!session || endedHandled) break;
+      try {
+        applyPersonal(await api(`/api/spaces/${spaceId}/room`, { token: session.token }));
+      } catch (e) {
+        if (e instanceof ApiError && e.status === 403 && /removed/.test(e.detail)) {
+          handRaised = invited = false;
+          showError(new Error("The host removed you from this Space."));
+          leftStage("You were removed from this Space.", false);
+        } else if (!(e instanceof ApiError && e.status === 429)) showError(e, "Checking your hand");
+      }
+    } while ((handRaised || invited) && !mySeat());
+  } finally {
+    polling = false;
+  }
+}
+
+function stageSocketOn() {
+  if (socket || !session) return;
   socket = stageSocket(spaceId, session.token, {
     onMessage: (msg) => {
       if (msg.room) applyFull(msg.room);
@@ -105,6 +181,7 @@ function engage() {
         leftStage("You were removed from this Space.", false);
       } else if (msg.event === "SpeakerMovedToAudience" && msg.by !== session?.session_id) {
         leftStage("The host moved you back to the audience.");
+        render();
       }
     },
     onStatus: (status, why) => {
@@ -140,12 +217,23 @@ function me() {
 }
 
 function mySeat() {
-  const stage = (full || room)?.stage || [];
+  const stage = room?.stage || [];
   return stage.find((s) => s.id === me()) || null;
+}
+
+function currentState() {
+  return room?.state || info?.state;
+}
+
+function cancelled() {
+  return !!info?.cancelled;
 }
 
 function renderCounts(c) {
   if (!c) return;
+  // An ended Space has nobody listening: its last live figures would say otherwise.
+  $("#counts").hidden = currentState() === "ended";
+  if (currentState() === "ended") return;
   $("#counts").innerHTML = "";
   $("#counts").append(
     h("b", {}, formatCount(c.listening_now)), " listening now · ",
@@ -160,17 +248,33 @@ function render() {
   $("#title").textContent = r.title || info?.title || "Space";
   $("#description").textContent = r.description ?? info?.description ?? "";
   const badge = $("#state");
-  badge.textContent = state === "live" ? "● Live" : stateLabel(state);
+  badge.textContent = state === "live" ? "● Live" : cancelled() ? "Cancelled" : stateLabel(state);
   badge.className = `badge ${state || ""}`;
   document.body.dataset.state = state || "";
+  document.body.dataset.cancelled = cancelled() ? "1" : "0";
+  $("#host").textContent = info?.host_name ? `Hosted by ${info.host_name}` : "";
+  // Every Space is recorded: listeners are told while it is on the air.
+  $("#rec").hidden = state !== "live";
+  const ending = $("#ending");
+  ending.hidden = state !== "ended";
+  ending.textContent = cancelled()
+    ? "This Space was cancelled by the host. It never went live, so there is no recording."
+    : state === "ended"
+      ? "This Space has ended."
+      : "";
+  $("#calendar").hidden = !(state === "scheduled" && info?.scheduled_at && info?.calendar_link);
+  if (info?.calendar_link) $("#calendar-link").href = info.calendar_link;
   renderCounts(r);
   renderReactions($("#reactions"), r.reaction_tallies, react);
 
   const speaking = new Set(r.speaking || []);
   const list = $("#stage");
   list.replaceChildren();
-  const stage = (full || r).stage || [];
-  if (!stage.length) list.append(h("li", { class: "empty" }, state === "live" ? "Nobody on stage yet" : "The stage opens when the Space starts"));
+  const stage = r.stage || [];
+  if (!stage.length)
+    list.append(
+      h("li", { class: "empty" }, state === "live" ? "Nobody on stage yet" : state === "ended" ? "The stage is closed" : "The stage opens when the Space starts"),
+    );
   for (const seat of stage) {
     const isSpeaking = speaking.has(seat.id);
     list.append(
@@ -199,8 +303,11 @@ function render() {
   $("#play").disabled = ended || !!mySeat() || mic.open;
   $("#hand-card").hidden = ended || !!mySeat();
   $("#player-card").hidden = ended;
-  $("#replay-card").hidden = !ended;
+  $("#replay-card").hidden = !ended || cancelled();
+  $("#react-card").hidden = ended;
+  $("#stage-card").hidden = ended; // nobody is on the stage of an ended Space
   if (ended && info?.replay) {
+    $("#replay-page-link").href = info.replay_link || `/s/${encodeURIComponent(spaceId)}/replay`;
     $("#replay-link").href = info.replay.ogg;
     if (!$("#replay").getAttribute("src")) $("#replay").src = info.replay.ogg;
   }
@@ -209,17 +316,13 @@ function render() {
 }
 
 function renderHand() {
-  const invited = !!(full && me() && (full.pending_invitations || []).includes(me()));
-  if (full && me()) handRaised = (full.hand_queue || []).some((h2) => h2.id === me());
   const btn = $("#hand");
   btn.textContent = handRaised ? "✋ Lower hand" : "✋ Raise hand";
   btn.setAttribute("aria-pressed", String(handRaised));
   btn.disabled = (room?.state || info?.state) !== "live";
-  $("#hand-status").textContent = invited
-    ? "The host invited you."
-    : handRaised
-      ? "Your hand is raised; the host can invite you up."
-      : "";
+  if (invited) $("#hand-status").textContent = "The host invited you.";
+  else if (handRaised) $("#hand-status").textContent = "Your hand is raised; the host can invite you up.";
+  else if (!document.body.dataset.told) $("#hand-status").textContent = "";
   $("#invite-banner").hidden = !invited || !!mySeat();
   document.body.dataset.invited = invited ? "1" : "0";
 }
@@ -275,8 +378,12 @@ function renderStage() {
 
 function applyFull(snapshot) {
   if (!snapshot) return;
-  full = snapshot;
   room = { ...(room || {}), ...pickPublic(snapshot) };
+  if (session) {
+    const mine = personalFrom(snapshot);
+    handRaised = !!mine.hand_raised;
+    invited = !!mine.invited;
+  }
   if (snapshot.state === "ended") onEnded();
   render();
 }
@@ -290,12 +397,7 @@ function pickPublic(s) {
 }
 
 function applyPublic(snapshot) {
-  room = snapshot;
-  if (full) {
-    // The socket's full snapshot only comes on room events; the SSE carries live
-    // counts, speaking and the stage: keep both in step.
-    full = { ...full, ...snapshot };
-  }
+  room = { ...(room || {}), ...snapshot };
   if (snapshot.state === "ended") onEnded();
   render();
 }
@@ -340,6 +442,7 @@ function askName(then) {
 async function toggleHand() {
   try {
     if (handRaised) {
+      ownChange = true;
       await command("lower_hand");
       handRaised = false;
       render();
@@ -357,21 +460,44 @@ async function toggleHand() {
 
 async function raiseHand() {
   await ensureSession();
+  delete document.body.dataset.told;
   await command("raise_hand");
   handRaised = true;
   engage();
   render();
 }
 
+/** Open the microphone; returns the error if it could not be opened, else null. */
 async function openMic() {
   // Never let the audience stream play into a live microphone: stop it first.
   player.stop("Stopped while you're on stage");
+  let failed = null;
   try {
     await mic.connect();
   } catch (e) {
-    showError(e, "Microphone");
+    failed = e;
   }
   renderStage();
+  return failed;
+}
+
+/**
+ * The microphone failed after accepting: a seat nobody can hear is no use to the host
+ * and leaves this listener hearing nothing. Step down, say why, and play again.
+ */
+async function micFailed(err) {
+  const why = err instanceof ApiError ? err.detail : err?.message || String(err);
+  try {
+    await command("move_to_audience", me());
+  } catch (e) {
+    console.warn("stepping down after a failed microphone", e);
+  }
+  const text = `${why}. You're back in the audience and listening again. To speak, allow the microphone in your browser, then raise your hand again.`;
+  showError(new Error(text));
+  leftStage(text);
+  document.body.dataset.micFailed = "1";
+  render();
+  $("#play").focus();
 }
 
 async function accept() {
@@ -388,14 +514,21 @@ async function accept() {
     return;
   }
   // 2. ... only then the microphone.
-  await openMic();
+  stageSocketOn();
+  const failed = await openMic();
   $("#accept").disabled = false;
+  if (failed) return micFailed(failed);
   render();
+  $("#mute").focus(); // the banner that had the focus is gone
 }
 
 async function decline() {
   try {
+    ownChange = true;
     await command("decline_invitation");
+    invited = false;
+    render();
+    $("#hand").focus(); // the banner that had the focus is gone
   } catch (e) {
     showError(e, "Decline");
   }
@@ -403,6 +536,11 @@ async function decline() {
 
 function leftStage(message, resume = true) {
   if (mic.open) mic.close();
+  if (socket) {
+    // Back in the audience: the socket is for people on stage.
+    socket.close();
+    socket = null;
+  }
   $("#player-status").textContent = message;
   if (resume && (room?.state || info?.state) === "live") {
     heartbeatLoop(true);
@@ -429,6 +567,7 @@ let endedHandled = false;
 async function onEnded() {
   if (endedHandled) return;
   endedHandled = true;
+  clearErrors(); // what went wrong while it was live no longer matters
   player.stop("The Space has ended");
   if (mic.open) mic.close();
   heartbeatLoop(false);
@@ -455,6 +594,7 @@ async function load() {
       info = await api(`/api/spaces/${encodeURIComponent(spaceId)}`);
       break;
     } catch (e) {
+      if (e instanceof ApiError && e.status === 404) return showProblem(linkProblem(e));
       showError(e, "Loading the Space");
       if (e instanceof ApiError && e.status >= 400 && e.status < 500 && e.status !== 429) return;
       await sleep(backoffDelay(attempt++, e.retryAfter) * 1000);
@@ -465,7 +605,15 @@ async function load() {
   room = info.room;
   render();
   if (info.state === "ended") return onEnded();
-  if (session?.engaged) engage();
+  if (session?.engaged) {
+    // A reload while a hand was up: ask once where this listener stands.
+    try {
+      applyPersonal(await api(`/api/spaces/${spaceId}/room`, { token: session.token }));
+    } catch (e) {
+      console.warn("personal state after a reload", e);
+    }
+    if (handRaised || invited) engage();
+  }
   // Wait for the start: the audience endpoints exist only while the Space is live.
   while (info.state === "scheduled") {
     $("#player-status").textContent = info.scheduled_at
@@ -509,6 +657,14 @@ $("#name-form").addEventListener("submit", async (ev) => {
 window.addEventListener("pagehide", () => {
   if (mic.open) mic.close();
 });
-window.townhall = { player, mic, get session() { return session; }, get room() { return full || room; } };
+// How far behind live the player is, once a second while it plays.
+setInterval(() => {
+  const el = $("#behind");
+  const s = player.playing && document.body.dataset.audience === "playing" ? behindLive(player) : null;
+  el.hidden = s === null;
+  if (s !== null) el.textContent = s < 1.5 ? "About 1 s behind live" : `About ${Math.round(s)} s behind live`;
+  document.body.dataset.behindS = s === null ? "" : s.toFixed(1);
+}, 1000);
+window.townhall = { player, mic, get session() { return session; }, get room() { return room; } };
 note("page-loaded");
 load();

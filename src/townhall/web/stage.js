@@ -4,8 +4,11 @@ import {
   waitForReplay,
   $, h, api, ApiError, showError, note, spaceIdFromPath, tokenFromFragment, listenLink,
   shareLink, formatCount, stateLabel, renderReactions, roomEvents, StageMic, stageSocket,
-  meterPercent,
+  meterPercent, confirmAction, copyableLink, linkProblem, showProblem, keepFocus,
 } from "/static/common.js";
+
+// How often the host's list of named listeners is refreshed while the Space is live.
+const LISTENERS_REFRESH_MS = 10000;
 
 const spaceId = spaceIdFromPath();
 const token = tokenFromFragment();
@@ -16,8 +19,8 @@ let levels = new Map(); // id -> stage status (4x/s)
 let publicRoom = null; // SSE: counts and speaking
 let events = null;
 let socket = null;
-let endArmed = false;
-const dismissed = new Set();
+let listeners = []; // GET /listeners: the named audience, for moderators
+let listenersTimer = null;
 
 const mic = new StageMic({
   spaceId,
@@ -76,8 +79,20 @@ function render() {
   badge.className = `badge ${st || ""}`;
   document.body.dataset.state = st || "";
   const roleName = { host: "the host", cohost: "a co-host", speaker: "a speaker", listener: "in the audience" }[myRole()] || "";
-  $("#whoami").textContent = roleName ? `You are ${roleName}.` : "";
+  // A name that only repeats the role ("Speaker", "Host") says nothing more.
+  const given = mySeat()?.name || claims(token).name || "";
+  const myName = ["speaker", "host", "co-host", "cohost"].includes(given.toLowerCase()) ? "" : given;
+  $("#whoami").textContent = roleName ? `You are ${roleName}${myName ? ` (${myName})` : ""}.` : "";
   const counts = publicRoom || r;
+  // An ended Space has nobody listening: its last live figures would say otherwise.
+  $("#counts").hidden = st === "ended";
+  const cancelled = !!info?.cancelled;
+  document.body.dataset.cancelled = cancelled ? "1" : "0";
+  if (cancelled) badge.textContent = "Cancelled";
+  $("#ending").hidden = st !== "ended";
+  $("#ending").textContent = cancelled
+    ? "This Space was cancelled before it went live. There is no recording."
+    : "This Space has ended.";
   $("#counts").replaceChildren(
     h("b", {}, formatCount(counts.listening_now)), " listening now · ",
     h("b", {}, formatCount(counts.total_tuned_in)), " tuned in",
@@ -87,8 +102,13 @@ function render() {
   renderHands();
   $("#invite-card").hidden = !isModerator() || st === "ended";
   $("#invite-role").querySelector('[value="cohost"]').disabled = !isHost();
-  $("#replay-card").hidden = st !== "ended";
+  $("#replay-card").hidden = st !== "ended" || cancelled;
+  $("#react-card").hidden = st === "ended";
+  $("#stage-card").hidden = st === "ended"; // nobody is on the stage of an ended Space
+  $("#controls").hidden = st === "ended";
+  renderListeners();
   if (st === "ended" && info?.replay) {
+    $("#replay-page-link").href = info.replay_link || `/s/${encodeURIComponent(spaceId)}/replay`;
     $("#replay-link").href = info.replay.ogg;
     if (!$("#replay").getAttribute("src")) $("#replay").src = info.replay.ogg;
   }
@@ -101,7 +121,7 @@ function renderSelf() {
   const seat = mySeat();
   $("#start").hidden = !(isHost() && st === "scheduled");
   $("#end").hidden = !(isHost() && st !== "ended");
-  $("#end").textContent = endArmed ? "Tap again to end for everyone" : st === "scheduled" ? "Cancel Space" : "End Space";
+  $("#end").textContent = st === "scheduled" ? "Cancel Space" : "End Space";
   $("#connect").hidden = !(seat && st === "live" && !mic.open);
   $("#mute").hidden = !(seat && mic.open);
   $("#leave").hidden = !(seat && seat.role !== "host" && st !== "ended");
@@ -145,6 +165,10 @@ function renderSelf() {
 }
 
 function renderStageList() {
+  keepFocus($("#stage"), drawStageList);
+}
+
+function drawStageList() {
   const list = $("#stage");
   const stage = (room || info?.room || {}).stage || [];
   const speaking = new Set((publicRoom || room || {}).speaking || []);
@@ -159,7 +183,7 @@ function renderStageList() {
         actions.push(btn("Mute", `Mute ${seat.name}`, () => command("mute", seat.id), "mute"));
       if (canTouch) {
         actions.push(btn("Move to audience", `Move ${seat.name} to the audience`, () => command("move_to_audience", seat.id), "demote"));
-        actions.push(btn("Remove", `Remove ${seat.name} from the Space`, () => command("remove", seat.id), "remove", "danger"));
+        actions.push(btn("Remove", `Remove ${seat.name} from the Space`, () => removePerson(seat), "remove", "danger"));
       }
       if (isHost() && seat.role === "speaker")
         actions.push(btn("Make co-host", `Make ${seat.name} a co-host`, () => command("add_cohost", seat.id), "cohost"));
@@ -199,12 +223,23 @@ function btn(label, aria, run, action, cls = "") {
       "aria-label": aria,
       dataset: { action },
       onclick: async (ev) => {
-        ev.currentTarget.disabled = true;
+        const button = ev.currentTarget;
+        button.disabled = true;
         try {
           await run();
         } catch (e) {
           showError(e, label);
           render();
+        } finally {
+          button.disabled = false; // a cancelled confirmation leaves it usable
+          // The dialog gave the focus back while the button was disabled: take it again.
+          // (Rows are redrawn as the room changes: then its twin in the new row.)
+          const lost = document.activeElement === document.body || !document.activeElement;
+          const rowId = button.closest("[data-id]")?.dataset.id;
+          const twin = button.isConnected
+            ? button
+            : [...document.querySelectorAll(`[data-action="${action}"]`)].find((b) => b.closest("[data-id]")?.dataset.id === rowId);
+          if (lost && twin) twin.focus();
         }
       },
     },
@@ -245,12 +280,16 @@ function renderLevels() {
 }
 
 function renderHands() {
+  keepFocus($("#hands"), drawHands);
+}
+
+function drawHands() {
   const card = $("#hands-card");
   card.hidden = !isModerator() || state() !== "live";
   if (card.hidden) return;
   const list = $("#hands");
   const invited = new Set(room?.pending_invitations || []);
-  const queue = (room?.hand_queue || []).filter((p) => !dismissed.has(p.id) || invited.has(p.id));
+  const queue = room?.hand_queue || [];
   list.replaceChildren();
   if (!queue.length) list.append(h("li", { class: "empty" }, "No raised hands"));
   for (const p of queue) {
@@ -273,15 +312,67 @@ function renderHands() {
             ? btn("Withdraw", `Withdraw the invitation to ${p.name}`, () => command("withdraw_invitation", p.id), "withdraw")
             : [
                 btn("Approve", `Invite ${p.name} to speak`, () => command("invite", p.id), "approve", "primary"),
-                btn("Dismiss", `Dismiss ${p.name}'s hand`, async () => {
-                  dismissed.add(p.id);
-                  renderHands();
-                }, "dismiss"),
+                // The listener is told: their page sees the hand lowered by someone else.
+                btn("Dismiss", `Dismiss ${p.name}'s hand`, () => command("dismiss_hand", p.id), "dismiss"),
               ],
         ),
       ),
     );
   }
+}
+
+/** Ask, then remove someone for good (they cannot come back with the same link). */
+async function removePerson(person) {
+  const ok = await confirmAction(
+    `Remove ${person.name}?`,
+    "Remove and block",
+    `${person.name} leaves the Space and cannot come back into it.`,
+  );
+  if (!ok) return;
+  await command("remove", person.id);
+  listeners = listeners.filter((l) => l.id !== person.id);
+  renderListeners();
+}
+
+/** The named listeners (a hand, a reaction), for the host and co-hosts, with Remove. */
+function renderListeners() {
+  keepFocus($("#listeners"), drawListeners);
+}
+
+function drawListeners() {
+  const card = $("#listeners-card");
+  card.hidden = !isModerator() || state() !== "live";
+  if (card.hidden) return;
+  const list = $("#listeners");
+  const counts = publicRoom || room || {};
+  $("#listeners-note").textContent =
+    `${formatCount(counts.listening_now)} listening now. Listeners appear here by name once they raise a hand or react.`;
+  const rows = listeners.map((p) =>
+    h(
+      "li",
+      { class: "person", dataset: { id: p.id } },
+      h("span", { class: "avatar", "aria-hidden": "true" }, (p.name || "?").slice(0, 1).toUpperCase()),
+      h("span", { class: "who" }, h("span", { class: "name" }, p.name), p.hand_raised ? h("span", { class: "meta" }, " hand raised") : null),
+      h("span", { class: "actions" }, btn("Remove", `Remove ${p.name} from the Space`, () => removePerson(p), "remove-listener", "danger")),
+    ),
+  );
+  list.replaceChildren(...(rows.length ? rows : [h("li", { class: "empty" }, "No named listeners yet")]));
+}
+
+async function refreshListeners() {
+  if (!isModerator() || state() !== "live") return;
+  try {
+    listeners = (await api(`/api/spaces/${spaceId}/listeners`, { token })).listeners;
+    renderListeners();
+  } catch (e) {
+    if (!(e instanceof ApiError && e.status === 429)) showError(e, "Listeners");
+  }
+}
+
+function listenersLoop() {
+  if (listenersTimer) return;
+  refreshListeners();
+  listenersTimer = setInterval(refreshListeners, LISTENERS_REFRESH_MS);
 }
 
 // -- room updates ---------------------------------------------------------------------------
@@ -291,7 +382,10 @@ function applyRoom(snapshot) {
   const before = state();
   room = snapshot;
   if (before !== "ended" && snapshot.state === "ended") onEnded();
-  if (snapshot.state === "live") connectEvents();
+  if (snapshot.state === "live") {
+    connectEvents();
+    if (isModerator()) listenersLoop();
+  }
   if (mic.open && !mySeat()) {
     mic.close(); // moved to the audience or removed: the server already cut the audio
   }
@@ -342,6 +436,7 @@ let endedHandled = false;
 async function onEnded() {
   if (endedHandled) return;
   endedHandled = true;
+  clearInterval(listenersTimer);
   if (mic.open) mic.close();
   if (events) {
     events.close();
@@ -381,16 +476,15 @@ async function start() {
 }
 
 async function end() {
-  if (!endArmed) {
-    endArmed = true;
-    renderSelf();
-    setTimeout(() => {
-      endArmed = false;
-      renderSelf();
-    }, 4000);
-    return;
-  }
-  endArmed = false;
+  const scheduled = state() === "scheduled";
+  const ok = await confirmAction(
+    scheduled ? "Cancel this Space?" : "End this Space for everyone?",
+    scheduled ? "Cancel Space" : "End Space",
+    scheduled
+      ? "Listeners are told it was cancelled. It cannot be started again."
+      : "Everyone stops hearing it now; the replay is published.",
+  );
+  if (!ok) return;
   $("#end").disabled = true;
   try {
     info = await api(`/api/spaces/${spaceId}/end`, { method: "POST", token });
@@ -436,7 +530,7 @@ async function createInvite(ev) {
       token,
       body: { role: $("#invite-role").value, name: $("#invite-name").value.trim() || "Speaker" },
     });
-    $("#invite-link").textContent = out.link;
+    $("#invite-link").replaceChildren(copyableLink(out.link, "invitation link", "invite-url"));
     $("#invite-out").hidden = false;
     $("#invite-status").textContent = "Send this link to your guest; it puts them on stage.";
   } catch (e) {
@@ -448,14 +542,29 @@ async function createInvite(ev) {
 
 async function load() {
   if (!token) {
-    showError(new Error("This stage link has no token. Open the full link you were given (it ends in #t=…)."));
-    return;
+    return showProblem({
+      title: "This link is incomplete",
+      message: "A stage link ends in #t=… followed by its key. Open the full link you were given.",
+    });
   }
   try {
     info = await api(`/api/spaces/${encodeURIComponent(spaceId)}`);
   } catch (e) {
+    if (e instanceof ApiError && e.status === 404) return showProblem(linkProblem(e));
     showError(e, "Loading the Space");
     return;
+  }
+  // The link's token first: an expired link, or one for another Space, gets a clear
+  // page, never controls that fail one by one. Reading the room joins nobody.
+  try {
+    await api(`/api/spaces/${encodeURIComponent(spaceId)}/room`, { token });
+  } catch (e) {
+    if (e instanceof ApiError && [401, 403].includes(e.status)) {
+      note("link-refused", { status: e.status });
+      const listen = h("p", {}, h("a", { href: listenLink(spaceId) }, "Listen to this Space instead"));
+      return showProblem(linkProblem(e), listen);
+    }
+    showError(e, "Checking your link");
   }
   render();
   if (info.state === "ended") {
@@ -477,9 +586,10 @@ $("#connect").addEventListener("click", connectMic);
 $("#mute").addEventListener("click", toggleMute);
 $("#leave").addEventListener("click", leave);
 $("#invite-form").addEventListener("submit", createInvite);
-$("#invite-copy").addEventListener("click", () => shareLink($("#invite-link").textContent, "Speak in my Space", $("#invite-status")));
 $("#share").addEventListener("click", () => shareLink(listenLink(spaceId), $("#title").textContent, $("#share-status")));
 window.addEventListener("pagehide", () => mic.open && mic.close());
+// Another link pasted into this tab changes only the fragment: the key is new, start over.
+window.addEventListener("hashchange", () => location.reload());
 window.townhall = {
   mic,
   get room() { return room; },
