@@ -146,4 +146,3 @@ class ConnectionLedger:
             del self.by_address[address]
         else:
             self.by_address[address] = held - 1
-
