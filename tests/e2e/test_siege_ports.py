@@ -277,7 +277,14 @@ def test_forwarded_for_from_an_unconfigured_peer_does_not_dodge_the_signin_limit
 def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = start_server(
         tmp_path_factory.mktemp("siege-proxied"),
-        ["--trusted-proxies", "127.0.0.4", "--set", "control.max_address_connections=4"],
+        [
+            "--trusted-proxies",
+            "127.0.0.4",
+            "--set",
+            "control.max_address_connections=4",
+            "--set",
+            "audience.max_address_connections=4",
+        ],
     )
     yield server
     server.stop()
@@ -294,22 +301,25 @@ def test_a_configured_proxy_names_the_client_it_forwards(proxied: Server) -> Non
         assert 429 in sign_ins(not_a_proxy, space, many_addresses(80, 3))
 
 
-def test_per_address_cap_refuses_fast_and_frees_on_close(proxied: Server) -> None:
-    port = port_of(proxied.control_url)
-    held = open_idle(port, 4, source="127.0.0.7")
+@pytest.mark.parametrize("which", ["control", "audience"])
+def test_per_address_cap_refuses_fast_and_frees_on_close(proxied: Server, which: str) -> None:
+    url = proxied.control_url if which == "control" else proxied.audience_url
+    held = open_idle(port_of(url), 4, source="127.0.0.7")
     try:
         time.sleep(0.3)
         with client_from("127.0.0.7") as client:
-            refused = client.get(f"{proxied.control_url}/healthz")
+            started = time.monotonic()
+            refused = client.get(f"{url}/healthz")
+        assert time.monotonic() - started < 2.0  # refused at once, not after a timeout
         assert refused.status_code == 503
         assert refused.json()["error"] == "unavailable" and "retry-after" in refused.headers
         with client_from("127.0.0.8") as other:
-            assert other.get(f"{proxied.control_url}/healthz").status_code == 200
+            assert other.get(f"{url}/healthz").status_code == 200
     finally:
         close_all(held)
     time.sleep(0.3)
     with client_from("127.0.0.7") as client:
-        assert client.get(f"{proxied.control_url}/healthz").status_code == 200
+        assert client.get(f"{url}/healthz").status_code == 200
 
 
 def test_closed_websockets_give_their_slots_back(proxied: Server) -> None:
