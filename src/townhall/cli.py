@@ -119,6 +119,16 @@ def _server_parser(
     for flag, path, text in _SERVE_FLAGS:
         s.add_argument(flag, action=Assign, path=path, metavar="VALUE", help=f"{text} [{path}]")
     s.add_argument(
+        "--trusted-proxies",
+        action=Assign,
+        path="control.trusted_proxies",
+        also=("audience.trusted_proxies",),
+        metavar="LIST",
+        help="proxies (addresses or CIDR networks, separated by commas) whose "
+        "X-Forwarded-For names the client, on both ports; default: trust nobody "
+        "[control.trusted_proxies, audience.trusted_proxies]",
+    )
+    s.add_argument(
         "--print-config",
         action="store_true",
         help="print the effective settings as TOML and exit",

@@ -18,6 +18,7 @@ from townhall import settings
 from townhall.audience.server import AudienceConfig
 from townhall.cluster.config import ClusterConfig
 from townhall.control.config import ControlConfig
+from townhall.proxies import parse_networks
 from townhall.recording.recorder import RecorderConfig
 from townhall.room.counting import CounterConfig
 from townhall.room.state import RoomConfig
@@ -86,7 +87,21 @@ def load(
     config = ServerConfig()
     if file is not None:
         config = settings.from_toml_file(config, file)
-    return settings.with_values(from_env(config, env), flags)
+    return check_proxies(settings.with_values(from_env(config, env), flags))
+
+
+def check_proxies(config: ServerConfig) -> ServerConfig:
+    """``config`` if every trusted proxy is an address or a CIDR network, else a
+    SettingError naming the entry: a typo must not silently trust nobody (or anybody)."""
+    for path, entries in (
+        ("control.trusted_proxies", config.control.trusted_proxies),
+        ("audience.trusted_proxies", config.audience.trusted_proxies),
+    ):
+        try:
+            parse_networks(entries)
+        except ValueError as e:
+            raise settings.SettingError(f"{path}: {e}") from None
+    return config
 
 
 def to_toml(config: ServerConfig) -> str:

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 import uvloop
 
 from townhall.config import ServerConfig
+from townhall.fdbudget import raise_nofile_limit
 from townhall.gcpolicy import freeze_startup_heap
 from townhall.store import Store
 from townhall.supervise.child import LOG_FORMAT
@@ -69,4 +70,6 @@ def main(config: ServerConfig) -> None:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     for noisy in ("aioice", "aiortc"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Every child inherits the lifted limit; each derives its caps from it (fdbudget.py).
+    raise_nofile_limit()
     uvloop.run(run(config))

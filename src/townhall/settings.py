@@ -33,6 +33,9 @@ _SCALARS: dict[type, str] = {
     str: "a string",
     Path: "a path",
 }
+# A list of strings (addresses, networks): a TOML array, or comma-separated text.
+STRINGS = tuple[str, ...]
+_SCALARS[STRINGS] = "a list of strings (a TOML array, or text separated by commas)"
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -132,6 +135,9 @@ def _coerce(tp: type, a: Assignment) -> object:
 
 def _accept(tp: type, value: object) -> object | None:
     """A typed value if it has type ``tp`` (an integer is a number too), else None."""
+    if tp == STRINGS:
+        ok = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+        return tuple(value) if ok else None  # type: ignore[arg-type]
     if isinstance(value, bool):
         return value if tp is bool else None
     if tp is float and isinstance(value, int | float):
@@ -142,6 +148,8 @@ def _accept(tp: type, value: object) -> object | None:
 
 
 def _parse(tp: type, raw: str) -> object | None:
+    if tp == STRINGS:
+        return tuple(item.strip() for item in raw.split(",") if item.strip())
     if tp is bool:
         low = raw.lower()
         return True if low in _TRUE else False if low in _FALSE else None
@@ -227,8 +235,9 @@ def parse_assignment(text: str, origin: str = "--set") -> Assignment:
 class Assign(argparse.Action):
     """An argparse action that collects settings in command-line order, so the last one
     given wins. Without ``path`` it takes ``path.to.setting=value`` (``--set``); with a
-    ``path`` it is a named flag for that setting. All of them gather, as a list of
-    :class:`Assignment`, in one attribute of the namespace (``settings_dest``)."""
+    ``path`` it is a named flag for that setting (and for the settings in ``also``, which
+    take the same value). All of them gather, as a list of :class:`Assignment`, in one
+    attribute of the namespace (``settings_dest``)."""
 
     def __init__(
         self,
@@ -236,10 +245,12 @@ class Assign(argparse.Action):
         dest: str,
         path: str | None = None,
         settings_dest: str = "settings",
+        also: Sequence[str] = (),
         **kwargs: Any,
     ) -> None:
         super().__init__(option_strings, settings_dest, **kwargs)
         self.path = path
+        self.also = tuple(also)
 
     def __call__(
         self,
@@ -259,7 +270,8 @@ class Assign(argparse.Action):
         except SettingError as e:
             parser.error(str(e))
         found = list(getattr(namespace, self.dest, None) or [])
-        setattr(namespace, self.dest, [*found, a])
+        same = [Assignment(path, text, flag) for path in self.also]
+        setattr(namespace, self.dest, [*found, a, *same])
 
 
 # -- output -----------------------------------------------------------------------------
@@ -293,6 +305,8 @@ def _toml_value(value: object) -> str:
         return f"{value:_}" if abs(value) >= 10_000 else str(value)
     if isinstance(value, float):
         return repr(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     # A JSON string is a TOML basic string (the same quotes and escapes), once DEL, which
     # JSON leaves bare and TOML does not, is escaped too.
     return json.dumps(str(value)).replace("\x7f", "\\u007f")

@@ -11,7 +11,12 @@ from the page cache to the socket with ``sendfile(2)``, never through Python mem
 Bounds: request heads over ``max_head_bytes`` get 431; bodies are not accepted (the
 audience port is read-only); one request is handled at a time per connection, and
 reading pauses while a blocking request or a file is being answered, so pipelining
-cannot queue unbounded work.
+cannot queue unbounded work. With a ``ConnectionLedger``, a connection over the
+process's or its address's cap gets 503 with Retry-After and is closed before anything
+is read; the slot is released when the connection closes, stream or not.
+
+The client is the socket's peer, or for a configured proxy (``TrustedProxies``) the
+address its ``X-Forwarded-For`` names; nobody else's header is read.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ from urllib.parse import parse_qs
 
 import httptools
 
-from townhall.errors import TownhallError
+from townhall.errors import TownhallError, Unavailable
+from townhall.fdbudget import ConnectionLedger
+from townhall.proxies import TrustedProxies
 
 # Players on the control origin must read Retry-After to back off (Fetch: exposed headers).
 CORS = b"Access-Control-Allow-Origin: *\r\nAccess-Control-Expose-Headers: Retry-After\r\n"
@@ -190,6 +197,9 @@ class HttpConnection(asyncio.Protocol):
         ready: Mapping[bytes, bytes] | None = None,
         counted: Mapping[bytes, tuple[str, bytes]] | None = None,
         on_counted: Callable[[str, HttpConnection], None] | None = None,
+        ledger: ConnectionLedger | None = None,
+        proxies: TrustedProxies | None = None,
+        retry_after_s: Callable[[], float] = lambda: 1.0,
     ) -> None:
         self.handler = handler
         self.max_head_bytes = max_head_bytes
@@ -209,7 +219,12 @@ class HttpConnection(asyncio.Protocol):
         self._headers: dict[str, str] = {}
         self._head_bytes = 0
         self._task: asyncio.Task[None] | None = None
-        self.peer = ""
+        self.peer = ""  # the client: the socket's peer, or whom a trusted proxy names
+        self.socket_peer = ""
+        self.ledger = ledger
+        self.proxies = proxies
+        self.retry_after_s = retry_after_s
+        self.admitted = False
         self.last_active = time.monotonic()
         self.head_started_at: float | None = None  # a request head is arriving since then
 
@@ -217,12 +232,28 @@ class HttpConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         peer = transport.get_extra_info("peername")
-        self.peer = str(peer[0]) if peer else ""
+        self.peer = self.socket_peer = str(peer[0]) if peer else ""
+        if self.ledger is None:
+            return
+        refusal = self.ledger.admit(self.socket_peer)
+        if refusal is None:
+            self.admitted = True
+            return
+        self.streaming = True  # nothing it sends is read
+        self.send(error_bytes(Unavailable(refusal, self.retry_after_s())), keep_alive=False)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._task is not None:
             self._task.cancel()
+        if self.admitted and self.ledger is not None:
+            self.admitted = False
+            self.ledger.release(self.socket_peer)
         self.on_lost(self)
+
+    @property
+    def proxied(self) -> bool:
+        """Whether this connection comes from a configured proxy (it carries others)."""
+        return self.proxies is not None and self.proxies.trusts(self.socket_peer)
 
     def data_received(self, data: bytes) -> None:
         if self.streaming:
@@ -253,6 +284,10 @@ class HttpConnection(asyncio.Protocol):
             self._headers["user-agent"] = value.decode("latin-1")
         elif len(name) == 5 and name.lower() == b"range":
             self._headers["range"] = value.decode("latin-1")
+        elif len(name) == 15 and name.lower() == b"x-forwarded-for" and self.proxied:
+            prior = self._headers.get("x-forwarded-for")
+            text = value.decode("latin-1")
+            self._headers["x-forwarded-for"] = f"{prior}, {text}" if prior else text
 
     def on_body(self, body: bytes) -> None:
         pass  # the audience port takes no bodies; the head limit bounds what we read
@@ -260,6 +295,8 @@ class HttpConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self._head_bytes = 0
         self.head_started_at = None
+        if self.proxied:
+            self._name_client()
         hit = self.ready.get(self._url)
         if hit is None and (counted := self.counted.get(self._url)) is not None:
             space_id, hit = counted
@@ -281,6 +318,15 @@ class HttpConnection(asyncio.Protocol):
             peer=self.peer,
         )
         self._dispatch(request)
+
+    def _name_client(self) -> None:
+        """A proxy's requests come from many clients: this one's is the address its
+        X-Forwarded-For names; its session key is made again for it."""
+        assert self.proxies is not None
+        forwarded = self._headers.get("x-forwarded-for", "")
+        client = self.proxies.client(self.socket_peer, forwarded)
+        if client != self.peer:
+            self.peer, self.session = client, None
 
     @property
     def user_agent(self) -> str:

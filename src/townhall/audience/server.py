@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import random
 import re
@@ -50,8 +51,12 @@ from townhall.audience.http import (
 from townhall.audience.plane import AudienceStats, ChannelStats, ListenerPresence
 from townhall.audience.replay import ReplayFiles
 from townhall.errors import BadRequest, NotFound, Unavailable
+from townhall.fdbudget import ConnectionCaps, ConnectionLedger, FdBudget, nofile_limit
 from townhall.feed import ChannelEnded, FeedMessage, HlsPart
 from townhall.media.hls import part_uri, segment_uri
+from townhall.proxies import TrustedProxies
+
+log = logging.getLogger("townhall.audience")
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 M3U8 = "application/vnd.apple.mpegurl"
@@ -139,6 +144,18 @@ class AudienceConfig:
     max_replay_connections: int = 64
     # A replay download that takes nothing for this long is cut off.
     replay_stall_timeout_s: float = 30.0
+    # Connections at once per worker process, streams included; 0: derived from the
+    # process's descriptor budget (fdbudget.py), which a configured value can only
+    # lower. Past it a newcomer gets 503 with Retry-After and is closed.
+    max_connections: int = 0
+    # From one client address. A crowd behind one NAT (a hall on one Wi-Fi, a carrier
+    # NAT) shares an address and each listener holds a stream and the room's event
+    # stream: 2048 lets about a thousand such listeners in per worker, while one address
+    # still never takes more than a quarter of a worker. 0: only that quarter bounds it.
+    max_address_connections: int = 2048
+    # Proxies (addresses or CIDR networks) whose X-Forwarded-For names the client; their
+    # own connections count only against max_connections. Default: trust nobody.
+    trusted_proxies: tuple[str, ...] = ()
 
 
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -170,16 +187,35 @@ class AudienceServer:
     _flusher: asyncio.Task[None] | None = None
     replays: ReplayFiles | None = None
 
+    ledger: ConnectionLedger | None = None
+    proxies: TrustedProxies | None = None
+
     def __post_init__(self) -> None:
+        self.proxies = TrustedProxies(self.config.trusted_proxies)
+        if self.ledger is None:
+            caps = self.connection_caps(nofile_limit())
+            self.ledger = ConnectionLedger(caps, self.proxies.trusts)
         if self.recordings_dir is not None and self.replays is None:
             c = self.config
             self.replays = ReplayFiles(
                 self.recordings_dir, c.max_replay_connections, c.replay_stall_timeout_s, self.rng
             )
 
+    def fd_budget(self, limit: int) -> FdBudget:
+        """This process's descriptors: a file per replay download besides its socket."""
+        reserves = {"feed link": 4, "replay files": self.config.max_replay_connections}
+        return FdBudget(limit, reserves)
+
+    def connection_caps(self, limit: int) -> ConnectionCaps:
+        c = self.config
+        return self.fd_budget(limit).caps(c.max_connections, c.max_address_connections)
+
     # -- the audience plane (see plane.py) --------------------------------------------
     async def open(self, host: str, port: int, reuse_port: bool = False) -> asyncio.Server:
         """Listen on the audience port and run the flush loop until ``close``."""
+        if self.ledger is not None:
+            budget = self.fd_budget(nofile_limit())
+            log.info("audience port (pid %d): %s", os.getpid(), budget.describe(self.ledger.caps))
         self._listener = await self.serve(host, port, reuse_port)
         self._flusher = asyncio.create_task(self.run_flusher(), name="audience-flusher")
         return self._listener
@@ -243,6 +279,9 @@ class AudienceServer:
             self._cache,
             self._playlists,
             self._seen_on,
+            self.ledger,
+            self.proxies,
+            lambda: 1.0 + self.rng.random(),
         )
         self.connections.add(conn)
         return conn

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import time
@@ -34,6 +35,7 @@ from townhall.audience.framing import (
 from townhall.audience.server import AudienceConfig, AudienceServer
 from townhall.feed import FeedSink
 from townhall.gcpolicy import freeze_startup_heap
+from townhall.supervise.child import LOG_FORMAT
 from townhall.supervise.messages import ResyncPresence
 
 
@@ -142,6 +144,9 @@ class _FeedReader(asyncio.Protocol):
 
 def run_audience_worker(spec: WorkerSpec, feed: socket.socket) -> None:
     """Entry point of an audience worker process."""
+    # A spawned interpreter has no logging set up: without this, the worker's start-up
+    # line (its connection caps) would be lost.
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     # Absolute, as the supervisor sets its other children: a replacement gets the same.
     with contextlib.suppress(OSError):  # not allowed here: keep the parent's priority
         os.setpriority(os.PRIO_PROCESS, 0, spec.audience.worker_nice)

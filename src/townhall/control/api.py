@@ -100,6 +100,9 @@ def bearer(authorization: Annotated[str | None, Header()] = None) -> str:
 
 
 def client_address(request: Request) -> str:
+    """The socket's peer, or, when that peer is a configured trusted proxy
+    (``control.trusted_proxies``), the client its X-Forwarded-For names: uvicorn's
+    ProxyHeadersMiddleware, set up in process.py, has already put it in the scope."""
     return request.client.host if request.client else "unknown"
 
 

@@ -38,3 +38,25 @@ class ControlConfig:
     max_listed_spaces: int = 50
     # Named listeners the moderators' audience list answers with.
     max_listed_listeners: int = 500
+    # The port's bounds (docs/operations.md, "Bounded ports"). Connections at once, in
+    # all and from one client address; 0: derived from the process's descriptor budget
+    # (fdbudget.py), which a configured value can only lower. Past a cap a newcomer gets
+    # 503 with Retry-After and is closed at once.
+    max_connections: int = 0
+    # Web pages behind one NAT (a campus, an office, a carrier) share an address; each
+    # holds a keep-alive connection for at most ``idle_timeout_s`` between requests.
+    max_address_connections: int = 512
+    # A request head (and the body after it) must arrive within this from its first
+    # byte: a slowloris is closed.
+    head_timeout_s: float = 10.0
+    # A connection with no request in flight (a fresh one that sends nothing, a
+    # keep-alive between requests) is closed after this.
+    idle_timeout_s: float = 10.0
+    # A request head past this gets 431 and the connection is closed.
+    max_head_bytes: int = 16 * 1024
+    # A stage WebSocket message past this closes the socket (1009); pings find the dead.
+    max_ws_message_bytes: int = 64 * 1024
+    ws_ping_interval_s: float = 20.0
+    # Peers (addresses or CIDR networks) whose X-Forwarded-For names the client; the
+    # default trusts nobody, so the header cannot dodge a per-address limit.
+    trusted_proxies: tuple[str, ...] = ()

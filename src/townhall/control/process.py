@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import time
 from collections.abc import Callable
@@ -32,10 +33,14 @@ from townhall.app import Control
 from townhall.audience.framing import apply_presence
 from townhall.config import ServerConfig
 from townhall.control.api import create_app
+from townhall.control.config import ControlConfig
+from townhall.control.guard import PortGuard, PortLimits, guarded_protocol
 from townhall.control.presence import CountedPresence
 from townhall.control.remote import RemoteStages, Sender
+from townhall.fdbudget import ConnectionLedger, FdBudget, nofile_limit, raise_nofile_limit
 from townhall.gcpolicy import freeze_startup_heap
 from townhall.live import LiveSpace
+from townhall.proxies import TrustedProxies
 from townhall.room.events import RoomEvent
 from townhall.supervise.link import LinkFeed, open_link
 from townhall.supervise.messages import (
@@ -163,6 +168,42 @@ class Inbox:
             handler(msg)
 
 
+# Descriptors the control process holds besides its clients (see fdbudget.py).
+CONTROL_RESERVES = {"journal": 16, "supervisor link": 4}
+
+
+def port_guard(config: ControlConfig, limit: int) -> PortGuard:
+    """The control port's bounds for a process allowed ``limit`` descriptors."""
+    budget = FdBudget(limit, CONTROL_RESERVES)
+    caps = budget.caps(config.max_connections, config.max_address_connections)
+    log.info("control port: %s", budget.describe(caps))
+    proxies = TrustedProxies(config.trusted_proxies)
+    limits = PortLimits(config.head_timeout_s, config.idle_timeout_s, config.max_head_bytes)
+    return PortGuard(ConnectionLedger(caps, proxies.trusts), limits)
+
+
+def uvicorn_config(app: Any, config: ControlConfig, limit: int | None = None) -> uvicorn.Config:
+    """uvicorn with the limits it has set from ``config``, and the ones it lacks added
+    by the guard (guard.py). X-Forwarded-For counts only from configured proxies."""
+    guard = port_guard(config, nofile_limit() if limit is None else limit)
+    proxies = list(config.trusted_proxies)
+    return uvicorn.Config(
+        app,
+        loop="none",
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        http=guarded_protocol(guard),
+        timeout_keep_alive=max(1, math.ceil(config.idle_timeout_s)),
+        h11_max_incomplete_event_size=config.max_head_bytes,
+        ws_max_size=config.max_ws_message_bytes,
+        ws_ping_interval=config.ws_ping_interval_s,
+        ws_ping_timeout=config.ws_ping_interval_s,
+        proxy_headers=bool(proxies),
+        forwarded_allow_ips=proxies or None,
+    )
+
+
 async def serve_control(spec: ControlSpec, sock: socket.socket) -> None:
     inbox = Inbox()
     link = await open_link(sock, inbox.deliver)
@@ -172,15 +213,7 @@ async def serve_control(spec: ControlSpec, sock: socket.socket) -> None:
     app: ASGIApp = create_app(control)
     if spec.config.cluster.servers:
         app = await _route_through_cluster(app, control, spec.config)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            loop="none",
-            lifespan="off",
-            log_level="warning",
-            access_log=False,
-        )
-    )
+    server = uvicorn.Server(uvicorn_config(app, spec.config.control))
     serving = asyncio.create_task(server.serve(sockets=[spec.listen_socket]), name="control")
     freeze_startup_heap()
     await asyncio.wait([serving, link.closed], return_when=asyncio.FIRST_COMPLETED)
@@ -217,4 +250,5 @@ def run_control_process(spec: ControlSpec, sock: socket.socket) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    raise_nofile_limit()
     uvloop.run(serve_control(spec, sock))

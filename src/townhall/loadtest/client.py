@@ -121,11 +121,17 @@ def raise_for_refusal(status: int, headers: dict[str, str]) -> None:
         raise ServiceUnavailable(parse_retry_after(headers.get("retry-after")))
 
 
-async def connect(target: Target, timeout_s: float) -> HttpClientConnection:
+async def connect(
+    target: Target, timeout_s: float, source_ip: str | None = None
+) -> HttpClientConnection:
+    """A connection to ``target``, from ``source_ip`` if given (see loopback_source)."""
     loop = asyncio.get_running_loop()
+    local = (source_ip, 0) if source_ip is not None else None
     try:
         async with asyncio.timeout(timeout_s):
-            _, conn = await loop.create_connection(HttpClientConnection, target.host, target.port)
+            _, conn = await loop.create_connection(
+                HttpClientConnection, target.host, target.port, local_addr=local
+            )
     except (OSError, TimeoutError) as exc:
         raise ConnectionDropped(f"connect: {exc.__class__.__name__}: {exc}") from exc
     return conn

@@ -50,6 +50,8 @@ class ListenerPlan:
     end_at: float  # monotonic
     backoff: Backoff
     request_timeout_s: float = 10.0
+    # The listener's own source address on a loopback target (streams.loopback_source).
+    source_ip: str | None = None
 
 
 class GaveUp(Exception):
@@ -233,7 +235,8 @@ class HlsSession:
     async def get(self, path: str) -> bytes:
         async def once() -> bytes:
             if self.conn is None or self.conn.closed:
-                self.conn = await connect(self.plan.target, self.plan.request_timeout_s)
+                plan = self.plan
+                self.conn = await connect(plan.target, plan.request_timeout_s, plan.source_ip)
             resp = await self.conn.get(self.plan.target, path)
             if resp.status != 200:
                 raise ValueError(f"GET {path}: status {resp.status}")

@@ -223,8 +223,19 @@ def parse_head(head: bytes) -> tuple[int, dict[str, str]]:
 
 
 def loopback_source(listener: int, target: Target) -> str | None:
-    """A 127.x source address for loopback IPv4 targets, spread over 200 addresses."""
+    """For a loopback IPv4 target, this listener's own 127.x.y.z source address.
+
+    One address per listener: the server caps connections per client address and keys
+    anonymous listeners by address, so two simulated listeners must never look like one
+    (127.0.0.0/8 is all loopback on Linux; 127.0.0.1 is left to the server's own)."""
     family, (ip, _) = _resolve(target.host, target.port)
     if family != socket.AF_INET or not ip.startswith("127."):
         return None
-    return f"127.0.{1 + listener % 200}.1"
+    return listener_address(listener)
+
+
+def listener_address(listener: int) -> str:
+    """A distinct address in 127.1.0.1 - 127.254.255.254 for each of ~16.5 M listeners
+    (no .0 or .255 host octet, nothing in 127.0.x.x)."""
+    host, rest = 1 + listener % 254, listener // 254
+    return f"127.{1 + (rest // 256) % 254}.{rest % 256}.{host}"

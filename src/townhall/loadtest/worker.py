@@ -121,8 +121,7 @@ class Swarm:
             if kind == "hls":
                 await run_hls_listener(plan, rng, rec)
             else:
-                source = loopback_source(index, plan.target)
-                await run_ogg_listener(plan, rng, rec, self.reader, source)
+                await run_ogg_listener(plan, rng, rec, self.reader, plan.source_ip)
         finally:
             del self.records[index]
             self.tallies.setdefault(kind, Tally()).add(
@@ -135,7 +134,8 @@ class Swarm:
         # Each simulated listener names its session, as the web player does, so the
         # server's listener count can be checked against the crowd.
         target = target.with_path(with_query(target.path, sid=f"lt{self.plan.seed}-{index}"))
-        return ListenerPlan(target, self.plan.end_at, self.plan.backoff)
+        source = loopback_source(index, target)
+        return ListenerPlan(target, self.plan.end_at, self.plan.backoff, source_ip=source)
 
     async def _report_progress(self) -> None:
         while True:
