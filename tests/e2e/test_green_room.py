@@ -220,3 +220,123 @@ async def test_go_live_from_the_green_room_without_force_when_every_mic_is_heard
             seat = (await client.get(space.api("/room"), headers=space.host_headers())).json()
         assert seat["stage"][0]["live"] is True and seat["stage"][0]["connected"] is True
     await space.end()
+
+
+# -- in Chromium: the host's page, a speaker's page ------------------------------------
+
+
+INBOUND_LEVEL_JS = """async () => {
+    const pc = window.townhall.mic.pc;
+    if (!pc) return 0;
+    let level = 0;
+    for (const r of (await pc.getStats()).values())
+        if (r.type === "inbound-rtp" && r.kind === "audio")
+            level = Math.max(level, r.audioLevel || 0);
+    return level;
+}"""
+
+
+def ogg_bytes_within(url: str, seconds: float) -> int:
+    """Bytes a player holding the live Ogg URL gets in ``seconds`` (an answer other than
+    a stream is none)."""
+    got = 0
+    timeout = httpx.Timeout(5.0, read=seconds)
+    with (
+        contextlib.suppress(httpx.ReadTimeout),
+        httpx.stream("GET", url, timeout=timeout) as resp,
+    ):
+        if resp.status_code != 200:
+            return 0
+        for chunk in resp.iter_bytes():
+            got += len(chunk)
+    return got
+
+
+@pytest.mark.browser
+def test_green_room_in_chromium_mic_checks_then_go_live_confirms_a_dead_mic(
+    server: Server,
+) -> None:
+    """The host opens the green room, a speaker joins from a phone-sized page; both pass
+    the mic check and hear each other while the Ogg URL gives no audio; the speaker
+    closes the tab; Go live asks the host to confirm, naming them; forced, the program
+    carries the host's 440 Hz and not the speaker's 660 Hz."""
+    pytest.importorskip("playwright.sync_api")
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.e2e.test_browser import ARTIFACTS, CHROMIUM, PHONE, Capture, chromium_args, tone_wav
+
+    space = httpx.post(
+        f"{server.control_url}/api/spaces",
+        json={"title": "Green room in Chromium", "description": "Mic checks before the start."},
+        headers={"Authorization": f"Bearer {server.admin_key}"},
+        timeout=30,
+    ).json()
+    ARTIFACTS.mkdir(exist_ok=True)
+    expect.set_options(timeout=15_000)
+    with sync_playwright() as pw:
+        host_browser = pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=chromium_args(tone_wav(440))
+        )
+        guest_browser = pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=chromium_args(tone_wav(660))
+        )
+        try:
+            host = host_browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
+            guest = guest_browser.new_context(viewport=PHONE).new_page()
+            errors: list[str] = []
+            for p in (host, guest):
+                p.on("pageerror", lambda e: errors.append(str(e)))
+
+            host.goto(space["host_link"])
+            expect(host.locator("#green-room-open")).to_be_visible()
+            host.locator("#green-room-open").click()
+            expect(host.locator("body")).to_have_attribute("data-green-room", "open")
+            expect(host.locator("#green-room-live")).to_be_visible()
+            expect(host.locator("#start")).to_be_hidden()
+
+            guest.goto(space["speaker_link"])
+            expect(guest.locator("body")).to_have_attribute("data-green-room", "open")
+            guest.locator("#connect").click()
+            expect(guest.locator("body")).to_have_attribute("data-mic", "checked")
+            expect(host.locator("body")).to_have_attribute("data-mic", "checked")
+            expect(host.locator("#green-room-checks li[data-check=passed]")).to_have_count(2)
+            expect(guest.locator("#state")).to_have_text("Scheduled")
+
+            # Each hears the other (mix-minus arrives), the audience gets nothing.
+            guest.wait_for_function(f"({INBOUND_LEVEL_JS})().then((l) => l > 0.02)")
+            host.wait_for_function(f"({INBOUND_LEVEL_JS})().then((l) => l > 0.02)")
+            assert ogg_bytes_within(space["audience"]["ogg"], 2.0) == 0
+            host.screenshot(path=str(ARTIFACTS / "green-room-host-1280.png"), full_page=True)
+            guest.screenshot(path=str(ARTIFACTS / "green-room-speaker-390.png"), full_page=True)
+
+            # The speaker closes the tab: Go live names them and asks first.
+            guest.close()
+            expect(host.locator("#green-room-checks li[data-check=pending]")).to_have_count(1)
+            host.locator("#green-room-live").click()
+            confirm = host.locator("#green-room-confirm")
+            expect(confirm).to_be_visible()
+            expect(confirm).to_contain_text("Speaker")
+            expect(host.locator("#green-room-force")).to_be_focused()
+            expect(host.locator("#state")).to_have_text("Scheduled")
+            host.screenshot(path=str(ARTIFACTS / "green-room-confirm-1280.png"), full_page=True)
+            host.set_viewport_size(PHONE)
+            host.screenshot(path=str(ARTIFACTS / "green-room-confirm-390.png"), full_page=True)
+            width = host.evaluate("document.documentElement.scrollWidth")
+            assert width <= PHONE["width"], f"the page scrolls sideways: {width} px"
+
+            host.locator("#green-room-force").click()
+            expect(host.locator("#state")).to_have_text("● Live")
+            expect(host.locator("#green-room")).to_be_hidden()
+            expect(host.locator("body")).to_have_attribute("data-mic", "live")
+            a440, a660 = Capture(space["audience"]["ogg"], 3.0).result()
+            host.screenshot(path=str(ARTIFACTS / "green-room-live-390.png"), full_page=True)
+            assert not errors, errors
+        finally:
+            guest_browser.close()
+            host_browser.close()
+    print(f"\nafter Go live: 440 at {a440:.3f}, 660 at {a660:.3f}")
+    assert a440 > TONE_MIN and a660 < QUIET_MAX
+    httpx.post(
+        f"{server.control_url}/api/spaces/{space['id']}/end",
+        headers={"Authorization": f"Bearer {space['host_token']}"},
+    )

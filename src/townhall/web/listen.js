@@ -163,6 +163,9 @@ function render() {
   badge.textContent = state === "live" ? "● Live" : stateLabel(state);
   badge.className = `badge ${state || ""}`;
   document.body.dataset.state = state || "";
+  // Everyone on stage is gone or silent: say so rather than play silence as if live.
+  if (state === "live" && r.reconnecting) badge.textContent = "● Live · the host is reconnecting…";
+  document.body.dataset.reconnecting = state === "live" && r.reconnecting ? "1" : "0";
   renderCounts(r);
   renderReactions($("#reactions"), r.reaction_tallies, react);
 
@@ -187,7 +190,8 @@ function render() {
             { class: "meta" },
             " ", seat.role,
             seat.muted ? h("span", { class: "tag muted" }, "muted") : null,
-            !seat.live ? h("span", { class: "tag pending" }, "mic check") : null,
+            seat.connected === false && state === "live" ? h("span", { class: "tag pending" }, "disconnected") : null,
+            seat.connected !== false && !seat.live ? h("span", { class: "tag pending" }, "mic check") : null,
             isSpeaking ? h("span", { class: "tag live" }, "speaking") : null,
           ),
         ),
