@@ -153,3 +153,71 @@ async def test_a_restarting_stage_does_not_end_a_space_whose_speaker_comes_back(
     finally:
         await host.leave()
     await space.end()
+
+
+@pytest.mark.browser
+def test_in_chromium_a_host_who_closes_the_tab_is_reconnecting_then_the_space_ends(
+    short_server: Server,
+) -> None:
+    """The host goes live from the green room in Chromium (fake 440 Hz microphone) and
+    closes the tab; a listener's page says the host is reconnecting, then shows the
+    ended Space with its replay, which decodes to the host's tone."""
+    pytest.importorskip("playwright.sync_api")
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.e2e.test_browser import ARTIFACTS, CHROMIUM, PHONE, chromium_args, tone_wav
+
+    space = httpx.post(
+        f"{short_server.control_url}/api/spaces",
+        json={"title": "Left alone", "description": "The host closes the tab."},
+        headers={"Authorization": f"Bearer {short_server.admin_key}"},
+        timeout=30,
+    ).json()
+    ARTIFACTS.mkdir(exist_ok=True)
+    expect.set_options(timeout=15_000)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=chromium_args(tone_wav(440))
+        )
+        try:
+            host = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
+            listener = browser.new_context(viewport=PHONE).new_page()
+            errors: list[str] = []
+            for p in (host, listener):
+                p.on("pageerror", lambda e: errors.append(str(e)))
+            host.goto(space["host_link"])
+            host.locator("#green-room-open").click()
+            expect(host.locator("body")).to_have_attribute("data-mic", "checked")
+            host.locator("#green-room-live").click()
+            expect(host.locator("body")).to_have_attribute("data-mic", "live")
+            listener.goto(space["listen_link"])
+            expect(listener.locator("body")).to_have_attribute("data-state", "live")
+            expect(listener.locator("body")).to_have_attribute("data-reconnecting", "0")
+            time.sleep(2.0)  # some program for the replay
+
+            host.close()
+            closed = time.monotonic()
+            expect(listener.locator("body")).to_have_attribute(
+                "data-reconnecting", "1", timeout=(WARNING_S + SLACK_S + 3) * 1000
+            )
+            warned_s = time.monotonic() - closed
+            expect(listener.locator("#state")).to_contain_text("the host is reconnecting")
+            expect(listener.locator("#stage")).to_contain_text("disconnected")
+            listener.screenshot(path=str(ARTIFACTS / "abandoned-reconnecting-390.png"))
+            expect(listener.locator("body")).to_have_attribute(
+                "data-state", "ended", timeout=(END_S + 2 * SLACK_S) * 1000
+            )
+            ended_s = time.monotonic() - closed
+            expect(listener.locator("#replay-card")).to_be_visible()
+            listener.set_viewport_size({"width": 1280, "height": 800})
+            listener.screenshot(path=str(ARTIFACTS / "abandoned-ended-1280.png"), full_page=True)
+            assert not errors, errors
+        finally:
+            browser.close()
+    print(f"\ntab closed: reconnecting after {warned_s:.1f} s, ended after {ended_s:.1f} s")
+    assert ended_s >= END_S - 1.0
+    replay = httpx.get(f"{short_server.audience_url}/replay/{space['id']}.ogg", timeout=10)
+    assert replay.status_code == 200, replay.text
+    audio = decode(replay.content)
+    assert len(audio) > 1.5 * SAMPLE_RATE_HZ
+    assert abs(peak_frequency(audio) - 440) < 5
