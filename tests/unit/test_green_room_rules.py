@@ -7,6 +7,7 @@ import asyncio
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -281,3 +282,104 @@ def test_go_live_from_the_green_room_puts_the_stage_on_the_air() -> None:
     live.go_live(123.0)
     assert stage.on_air_at == 123.0
     assert isinstance(feed[-1], RoomUpdate)
+
+
+# -- the stage off the air -------------------------------------------------------------
+
+
+def test_a_stage_off_the_air_publishes_nothing_until_go_on_air_then_starts_at_go_live() -> None:
+    from townhall.config import ServerConfig
+    from townhall.feed import ChannelEnded, HlsPart, OggHeader, OggPages
+    from townhall.stage.process import ProgramSet, StageHost, on_air_start
+    from townhall.stage.runtime import StageRuntime
+    from townhall.supervise.link import LinkFeed
+    from townhall.supervise.messages import GoOnAir, OpenStage, StageReply, StageRequest
+    from townhall.supervise.specs import StageSpec
+
+    go_live_at = 1_700_000_000.0
+    spec = StageSpec(ServerConfig(), OpenStage("sp", 0.0, on_air=False), incarnation=0)
+
+    async def scenario() -> list[object]:
+        sent: list[object] = []
+        program = ProgramSet(frozenset())
+        runtime = StageRuntime("sp", LinkFeed(sent.append), gate=program, on_air=False)
+        host = StageHost(
+            runtime, program, sent.append, lambda at: on_air_start(spec, at, go_live_at + 0.3)
+        )
+        for _ in range(100):  # 2 s in the green room
+            runtime.tick()
+        assert sent == [] and runtime.ticks == 100
+        host.on_message(StageRequest("sp", 1, GoOnAir(go_live_at)))
+        assert sent == [StageReply("sp", 1, True)] and runtime.on_air
+        for _ in range(100):
+            runtime.tick()
+        await runtime.end()
+        return sent
+
+    sent = asyncio.run(scenario())
+    assert [type(m) for m in sent[1:3]] == [OggHeader, OggPages]
+    parts = [m for m in sent if isinstance(m, HlsPart)]
+    # Media time counts from Go live (the next segment boundary after it), not from the
+    # 2 s in the green room and not from 1970: the first part is number 4 (2 s).
+    assert parts and parts[0].seq == 4 and not parts[0].discontinuity
+    assert isinstance(sent[-1], ChannelEnded)
+
+
+def test_a_green_room_closed_without_going_live_ends_with_nothing_but_the_end() -> None:
+    from townhall.feed import ChannelEnded
+    from townhall.stage.runtime import StageRuntime
+
+    async def scenario() -> list[object]:
+        kept: list[object] = []
+
+        class Kept:
+            def publish(self, msg: object) -> None:
+                kept.append(msg)
+
+        runtime = StageRuntime("sp", Kept(), on_air=False)  # type: ignore[arg-type]
+        runtime.tick()
+        await runtime.end()
+        return kept
+
+    assert [type(m) for m in asyncio.run(scenario())] == [ChannelEnded]
+
+
+# -- over HTTP, in memory (the real app, a fake stage) ---------------------------------
+
+
+async def test_the_api_opens_the_green_room_refuses_a_dead_mic_and_goes_live(
+    tmp_path: Path,
+) -> None:
+    from tests.unit.test_control_app import host, open_town, town_config
+
+    async for town in open_town(town_config(tmp_path)):
+        space = await town.create()
+        guest = await town.invite(space, "Gia")
+        refused = await town.post(space, "/green-room", guest)
+        assert refused.status_code == 403, refused.text
+        opened = await town.post(space, "/green-room", host(space))
+        assert opened.status_code == 200, opened.text
+        assert opened.json()["green_room"] is True
+        public = (await town.client.get(f"/api/spaces/{space['id']}")).json()["room"]
+        assert public["state"] == "scheduled" and public["green_room"] is True
+        stage = town.stages[str(space["id"])]
+
+        # Both join the stage; Gia's microphone sends nothing.
+        assert (await town.speak(space, host(space))).status_code == 200
+        assert (await town.speak(space, guest)).status_code == 200
+        gia = stage.connects[1]
+        stage.members[gia].mic_checked = False
+        live = await town.post(space, "/start", host(space))
+        assert live.status_code == 409, live.text
+        body = live.json()
+        assert body["error"] == "dead_microphones" and "Gia" in body["detail"]
+        assert body["dead_mics"] == [{"id": gia, "name": "Gia", "reason": "no sound received yet"}]
+        assert stage.on_air_at is None
+        assert (await town.room(space))["state"] == "scheduled"
+
+        forced = await town.post(space, "/start", host(space), json={"force": True})
+        assert forced.status_code == 200, forced.text
+        assert forced.json()["state"] == "live" and stage.on_air_at is not None
+        room = await town.room(space)
+        assert room["green_room"] is False and room["reconnecting"] is False
+        assert town.stages[str(space["id"])] is stage  # the same stage, now on the air
