@@ -444,7 +444,8 @@ class LiveSpace:
         return {
             **snap,
             "stage": [{**seat, "connected": seat["id"] in connected} for seat in seats],
-            "reconnecting": self.reconnecting,
+            # Only a Space on the air can be waiting for its host to come back.
+            "reconnecting": self.reconnecting and self.room.state is SpaceState.LIVE,
             "hand_queue": hands,
             "speaking": self.speaking(),
             "listening_now": self.counter.listening_now(now),

@@ -236,6 +236,8 @@ def test_the_abandon_clock_warns_then_ends_once_and_a_voice_resets_it() -> None:
     live.check_attendance(323.0)
     live.check_attendance(324.0)
     assert abandoned == [live]  # once
+    room.end_abandoned(T + 324)
+    assert live.public_snapshot()["reconnecting"] is False  # ended, not reconnecting
 
 
 def test_a_muted_seat_is_attended_and_silence_before_the_start_is_not_counted() -> None:
