@@ -289,6 +289,8 @@ def test_green_room_in_chromium_mic_checks_then_go_live_confirms_a_dead_mic(
 
             host.goto(space["host_link"])
             expect(host.locator("#green-room-open")).to_be_visible()
+            expect(host.locator("#start")).to_be_hidden()  # the host starts via the green room
+            host.screenshot(path=str(ARTIFACTS / "green-room-closed-1280.png"), full_page=True)
             host.locator("#green-room-open").click()
             expect(host.locator("body")).to_have_attribute("data-green-room", "open")
             expect(host.locator("#green-room-live")).to_be_visible()

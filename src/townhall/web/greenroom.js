@@ -79,8 +79,10 @@ export class GreenRoom {
     const r = this.page.room();
     const host = this.page.isHost();
     const scheduled = r?.state === "scheduled";
+    // The host starts through the green room (Open green room, then Go live), so that
+    // nobody goes live with a dead microphone without being told first.
     const start = $("#start");
-    if (start) start.hidden = start.hidden || this.open; // Go live replaces it in the green room
+    if (start && scheduled && host) start.hidden = true;
     document.body.dataset.greenRoom = this.open ? "open" : "";
     if (!this.card) return;
     this.card.hidden = !(scheduled && (host || this.open));
@@ -163,7 +165,11 @@ export class GreenRoom {
 
   /** The person's own mic line while in the green room (the page says "scheduled"). */
   _renderMine() {
-    if (!this.open) return;
+    if (!this.open) {
+      if (this.page.isHost() && this.page.room()?.state === "scheduled")
+        $("#mic-status").textContent = "Open the green room to connect your microphone; nobody in the audience hears it until you go live.";
+      return;
+    }
     const seat = this.page.mySeat();
     if (!seat) return;
     const connect = $("#connect");
