@@ -385,3 +385,35 @@ async def test_the_api_opens_the_green_room_refuses_a_dead_mic_and_goes_live(
         room = await town.room(space)
         assert room["green_room"] is False and room["reconnecting"] is False
         assert town.stages[str(space["id"])] is stage  # the same stage, now on the air
+
+
+# -- across processes: the control side and the hub -------------------------------------
+
+
+def test_the_remote_stage_opens_off_the_air_and_go_live_updates_the_hubs_spec() -> None:
+    from tests.unit.test_remote_stage import FakeLink
+    from townhall.control.remote import RemoteStages
+    from townhall.supervise.hub import CONTROL, SUPERVISOR, Delivery, Hub, stage_name
+    from townhall.supervise.messages import GoOnAir, OpenStage, StageRequest
+
+    room = green_room()
+    room.open_green_room("h", T)
+    room.mic_check_passed("h", T)
+    link = FakeLink()
+    stage = RemoteStages(link, 1.0).open(room)
+    stage.start()
+    assert link.sent == [OpenStage("sp1", 0.0, frozenset({"h"}), on_air=False)]
+    room.start("h", 2000.0)
+    stage.go_live(2000.0)
+    opened, request = link.sent[1:]
+    assert opened == OpenStage("sp1", 2000.0, frozenset({"h"}), on_air=True)
+    assert isinstance(request, StageRequest) and request.op == GoOnAir(2000.0)
+
+    hub = Hub()
+    hub.route(CONTROL, link.sent[0])
+    hub.stage_up("sp1")
+    # The hub keeps the newest spec (a stage restarted after Go live is on the air),
+    # and GoOnAir reaches the stage that runs.
+    assert hub.route(CONTROL, opened) == [Delivery(SUPERVISOR, opened)]
+    assert hub.open_spaces["sp1"].on_air
+    assert hub.route(CONTROL, request) == [Delivery(stage_name("sp1"), request)]
