@@ -76,7 +76,7 @@ def test_the_green_room_is_journaled_and_restored() -> None:
     room.mic_check_passed("s", T)
     again = Room.restore(record_from_json(record_to_json(room.record())), CONFIG)
     assert again.green_room and again.program() == ["s"]
-    # A journal written before the green room existed reads as "no green room".
+    # A record without the key reads as "no green room open".
     raw = json.loads(record_to_json(green_room().record()))
     del raw["green_room"]
     assert Room.restore(record_from_json(json.dumps(raw))).green_room is False

@@ -92,7 +92,7 @@ def record_from_json(text: str) -> RoomRecord:
             hands=tuple((str(pid), float(at)) for pid, at in raw["hands"]),
             invitations=tuple((str(a), str(b)) for a, b in raw["invitations"]),
             reaction_tallies=tuple((str(e), int(n)) for e, n in raw["reaction_tallies"]),
-            # Journals written before the green room existed have no such key.
+            # A record without the key has no green room open.
             green_room=bool(raw.get("green_room", False)),
         )
     except (KeyError, TypeError) as err:
