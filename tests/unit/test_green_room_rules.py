@@ -379,6 +379,8 @@ async def test_the_api_opens_the_green_room_refuses_a_dead_mic_and_goes_live(
         assert stage.on_air_at is None
         assert (await town.room(space))["state"] == "scheduled"
 
+        bad = await town.post(space, "/start", host(space), json={"force": [1]})
+        assert bad.status_code == 400 and bad.json()["error"] == "bad_request", bad.text
         forced = await town.post(space, "/start", host(space), json={"force": True})
         assert forced.status_code == 200, forced.text
         assert forced.json()["state"] == "live" and stage.on_air_at is not None
