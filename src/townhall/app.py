@@ -89,7 +89,8 @@ def mixing_stage(config: ServerConfig, feed: FeedSink) -> StageFactory:
     """The real stage in this process: the 20 ms mixer, publishing into ``feed``."""
 
     def open_stage(room: Room) -> Stage:
-        return StageRuntime(room.space_id, feed, config.stage, gate=room.in_program)
+        on_air = room.started_at is not None  # else the green room: off the air
+        return StageRuntime(room.space_id, feed, config.stage, gate=room.in_program, on_air=on_air)
 
     return open_stage
 

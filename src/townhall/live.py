@@ -22,12 +22,12 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from townhall.errors import BadRequest
+from townhall.errors import BadRequest, Conflict
 from townhall.feed import FeedSink, RoomUpdate
 from townhall.room.counting import ListenerCounter
 from townhall.room.events import ParticipantRemoved, RoomEvent, SpeakerMovedToAudience
 from townhall.room.roles import Role, SpaceState
-from townhall.room.state import Room
+from townhall.room.state import AbandonPhase, Room, abandon_phase
 
 # Someone on stage with no signal for this long shows as a dead microphone.
 DEAD_MIC_AFTER_S = 3.0
@@ -69,6 +69,24 @@ class Stage(Protocol):
     async def connect(self, participant_id: str, name: str, sdp: str, kind: str) -> SdpAnswer: ...
     async def disconnect(self, participant_id: str) -> None: ...
     def status(self) -> list[dict[str, object]]: ...
+    def go_live(self, started_at_unix_s: float) -> None:
+        """A stage opened for the green room (mixing, publishing nothing) goes on the
+        air: its program reaches the feed from now on, in media time from this start."""
+        ...
+
+
+class DeadMicrophones(Conflict):
+    """Go live refused: people on stage would be silent. ``force`` goes live anyway."""
+
+    code = "dead_microphones"
+
+    def __init__(self, dead: list[dict[str, object]]) -> None:
+        names = ", ".join(str(d["name"] or d["id"]) for d in dead)
+        super().__init__(f"no sound from {names}; go live anyway with force: true")
+        self.dead = dead
+
+    def to_json(self) -> dict[str, object]:
+        return {**super().to_json(), "dead_mics": self.dead}
 
 
 # Opens the stage of one Space, given its room (whose ``in_program`` gates the mix and
@@ -177,6 +195,17 @@ class LiveSpace:
     _last_update: str = ""
     # Stage disconnects in flight, held so the loop does not drop them half done.
     _cutting: set[asyncio.Task[None]] = field(default_factory=set)
+    # Called (once) when nobody on stage came back for ``room.abandon_end_s``: the owner
+    # ends the Space. Not awaited: the monitor that notices is stopped by the end.
+    on_abandoned: Callable[[LiveSpace], None] | None = None
+    # Listeners are told the host is reconnecting (everyone on stage is gone or silent).
+    reconnecting: bool = False
+    # Since when (monotonic) nobody on stage is connected and audible; None: someone is.
+    _unattended_since: float | None = None
+    # Since when the stage process is away (lost, not yet restarted): the abandon clock
+    # stands still meanwhile, since nobody can be connected to a stage that is not there.
+    _stage_away_since: float | None = None
+    _abandoned: bool = False
 
     @property
     def space_id(self) -> str:
@@ -236,11 +265,14 @@ class LiveSpace:
     # -- news from the other processes ----------------------------------------------
     def stage_lost(self) -> None:
         """The stage process died; pages reconnect at once instead of waiting to notice."""
+        if self._stage_away_since is None:
+            self._stage_away_since = time.monotonic()
         self._tell_watchers({"type": "stage", "state": "restarting"})
 
     def stage_restarted(self, now: float) -> list[RoomEvent]:
         """A new stage process took over: nobody on stage is heard until their audio
         reaches it again (a fresh mic check)."""
+        self._resume_abandon_clock(time.monotonic())
         self._tell_watchers({"type": "stage", "state": "restarting"})
         return self.apply(self.room.reset_mic_checks(now)).events
 
@@ -274,6 +306,31 @@ class LiveSpace:
         self.publish_update(force=True)
         self.start_monitor()
 
+    def open_green_room(self, stage: Stage) -> None:
+        """The stage opens before the start: it mixes for the people on stage and
+        publishes nothing until :meth:`go_live`."""
+        if self.stage is None:
+            self.open_stage(stage)
+
+    def go_live(self, started_at_unix_s: float) -> None:
+        """The green room's stage goes on the air (the room has started)."""
+        if self.stage is not None:
+            self.stage.go_live(started_at_unix_s)
+            self.publish_update(force=True)
+
+    def dead_mics(self) -> list[dict[str, object]]:
+        """The people on stage the audience would not hear: not connected to the stage,
+        no mic check passed, or silent; a seat muted on purpose is not a dead mic."""
+        status = {str(s["id"]): s for s in self.stage_status()}
+        dead = []
+        for seat in self._seats():
+            if seat["muted"]:
+                continue
+            why = _why_unheard(status.get(str(seat["id"])))
+            if why:
+                dead.append({"id": seat["id"], "name": seat["name"], "reason": why})
+        return dead
+
     async def close_stage(self) -> None:
         stage, self.stage = self.stage, None
         await self.stop_monitor()
@@ -298,19 +355,61 @@ class LiveSpace:
     async def _run_monitor(self) -> None:
         while True:
             self.check_microphones(time.monotonic())
+            self.check_attendance(time.monotonic())
             self._tell_watchers({"type": "levels", "members": self.stage_status()})
             self.publish_update()
             await asyncio.sleep(self.update_interval_s)
 
     def check_microphones(self, now: float) -> None:
         """The server has really received this person's audio: pass their mic check."""
-        if self.stage is None or self.room.state is not SpaceState.LIVE:
+        if self.stage is None or not (self.room.state is SpaceState.LIVE or self.room.green_room):
             return
         for pid, member in list(self.stage.members.items()):
             if not (member.mic_checked and self.room.may_publish(pid)):
                 continue
             if events := self.room.mic_check_passed(pid, now):
                 self.apply(events)
+
+    # -- abandoned Spaces -------------------------------------------------------------
+    def check_attendance(self, now: float) -> None:
+        """Run the abandon clock: nobody on stage connected and audible for
+        ``room.abandon_warning_s`` -> ``reconnecting``; for ``abandon_end_s`` -> ended.
+
+        The clock is derived from the stage's status, held in this process only: a
+        control process that restarts starts it again from zero."""
+        if self.stage is None or self.room.state is not SpaceState.LIVE:
+            return
+        if self._stage_away_since is not None:
+            return  # a restarting stage: nobody can be connected; the clock stands still
+        if self._attended():
+            self._unattended_since = None
+        elif self._unattended_since is None:
+            self._unattended_since = now
+        since = self._unattended_since
+        phase = abandon_phase(None if since is None else now - since, self.room.config)
+        self.reconnecting = phase is not AbandonPhase.ATTENDED
+        if phase is AbandonPhase.ABANDONED and not self._abandoned:
+            self._abandoned = True
+            if self.on_abandoned is not None:
+                self.on_abandoned(self)
+
+    def _attended(self) -> bool:
+        status = {str(s["id"]): s for s in self.stage_status()}
+        return any(
+            _connected(status.get(str(seat["id"])))
+            and (seat["muted"] or not _why_unheard(status.get(str(seat["id"]))))
+            for seat in self._seats()
+        )
+
+    def _resume_abandon_clock(self, now: float) -> None:
+        away_since, self._stage_away_since = self._stage_away_since, None
+        if away_since is not None and self._unattended_since is not None:
+            self._unattended_since += now - away_since
+
+    def _seats(self) -> list[dict[str, Any]]:
+        stage = self.room.snapshot()["stage"]
+        assert isinstance(stage, list)
+        return stage
 
     def stage_status(self) -> list[dict[str, object]]:
         if self.stage is None:
@@ -340,8 +439,14 @@ class LiveSpace:
         now = time.monotonic()
         self.counter.expire(now)
         hands = [{"id": pid, "name": self.room.name_of(pid)} for pid in self.room.hand_queue()]
+        connected = {str(s["id"]) for s in self.stage_status() if _connected(s)}
+        seats = snap["stage"]
+        assert isinstance(seats, list)
         return {
             **snap,
+            "stage": [{**seat, "connected": seat["id"] in connected} for seat in seats],
+            # Only a Space on the air can be waiting for its host to come back.
+            "reconnecting": self.reconnecting and self.room.state is SpaceState.LIVE,
             "hand_queue": hands,
             "speaking": self.speaking(),
             "listening_now": self.counter.listening_now(now),
@@ -369,7 +474,25 @@ _PUBLIC_KEYS = (
     "listening_now",
     "total_tuned_in",
     "reaction_tallies",
+    "green_room",
+    "reconnecting",
 )
+
+
+def _connected(status: Mapping[str, object] | None) -> bool:
+    return status is not None and bool(status.get("connected"))
+
+
+def _why_unheard(status: Mapping[str, object] | None) -> str:
+    """Why the audience would not hear this seat ("" when it would), from its meters."""
+    if not _connected(status):
+        return "not connected to the stage"
+    assert status is not None
+    if not status.get("mic_checked"):
+        return "no sound received yet"
+    if status.get("dead_mic"):
+        return f"silent for {status.get('silent_s')} s"
+    return ""
 
 
 def _event_json(event: RoomEvent) -> dict[str, object]:

@@ -134,8 +134,10 @@ def test_host_and_listener_in_chromium(server: Server) -> None:
 
             # -- the host starts the Space and passes the mic check --------------------
             host.goto(space["host_link"])
-            expect(host.locator("#start")).to_be_visible()
-            host.locator("#start").click()
+            expect(host.locator("#green-room-open")).to_be_visible()
+            host.locator("#green-room-open").click()  # the host starts via the green room
+            expect(host.locator("body")).to_have_attribute("data-mic", "checked")
+            host.locator("#green-room-live").click()
             expect(host.locator("body")).to_have_attribute("data-mic", "live")
             marks["host live"] = time.monotonic() - t0
             before = Capture(ogg_url, 3.0)
@@ -264,7 +266,9 @@ def test_the_stage_page_rejoins_a_lost_stage_with_the_same_microphone(server: Se
             page_errors: list[str] = []
             host.on("pageerror", lambda e: page_errors.append(str(e)))
             host.goto(space["host_link"])
-            host.locator("#start").click()
+            host.locator("#green-room-open").click()
+            expect(host.locator("body")).to_have_attribute("data-mic", "checked")
+            host.locator("#green-room-live").click()
             expect(host.locator("body")).to_have_attribute("data-mic", "live")
             first_pc = host.evaluate_handle("window.townhall.mic.pc")
 

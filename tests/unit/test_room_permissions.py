@@ -40,6 +40,7 @@ remove                yes   yes     no       no        no
 react                 yes   yes     yes      yes       no
 publish_audio         yes   yes     yes      no        no
 leave                 yes   yes     yes      yes       no
+open_green_room       yes   no      no       no        no
 """
 
 
@@ -81,6 +82,7 @@ PERFORM: dict[Action, Perform] = {
     Action.REACT: lambda room, by: room.react(by, "👏", T),
     Action.PUBLISH_AUDIO: lambda room, by: room.mic_check_passed(by, T),
     Action.LEAVE: lambda room, by: room.leave(by, T),
+    Action.OPEN_GREEN_ROOM: lambda room, by: room.open_green_room(by, T),
 }
 
 
@@ -106,7 +108,8 @@ def cast_room(state: SpaceState = SpaceState.LIVE) -> Room:
 
 def _room_for(action: Action) -> Room:
     # START only makes sense before the Space is live; everything else is tried live.
-    return cast_room(SpaceState.SCHEDULED if action is Action.START else SpaceState.LIVE)
+    before = action in (Action.START, Action.OPEN_GREEN_ROOM)
+    return cast_room(SpaceState.SCHEDULED if before else SpaceState.LIVE)
 
 
 # -- the matrix --------------------------------------------------------------

@@ -177,6 +177,7 @@ remove                ok         ok    409
 react                 409        ok    409
 publish_audio         409        ok    409
 leave                 ok         ok    ok
+open_green_room       ok         409   409
 """
 
 
@@ -209,6 +210,7 @@ PERFORM_ALLOWED: dict[Action, Callable[[Room], object]] = {
     Action.REACT: lambda room: room.react("l", "🔥", T),
     Action.PUBLISH_AUDIO: lambda room: room.mic_check_passed("s", T),
     Action.LEAVE: lambda room: room.leave("l", T),
+    Action.OPEN_GREEN_ROOM: lambda room: room.open_green_room("h", T),
 }
 
 
@@ -733,6 +735,7 @@ def test_snapshot_is_json_and_complete() -> None:
         "pending_invitations": ["b"],
         "reaction_tallies": {"💯": 1},
         "participant_count": 5,
+        "green_room": False,
     }
 
 
@@ -742,7 +745,7 @@ def test_every_event_is_a_frozen_dataclass_with_space_and_time() -> None:
         for obj in vars(room_events).values()
         if isinstance(obj, type) and issubclass(obj, RoomEvent) and obj is not RoomEvent
     ]
-    assert len(event_classes) == 20
+    assert len(event_classes) == 21
     for event_class in event_classes:
         assert dataclasses.is_dataclass(event_class)
         assert event_class.__dataclass_params__.frozen, event_class  # type: ignore[attr-defined]

@@ -35,6 +35,10 @@ CommandName = Literal[tuple(COMMANDS)]
 LIST_MAX_AGE_S = 5
 
 
+class GoLive(BaseModel):
+    force: bool = Field(default=False, description="go live even with dead microphones")
+
+
 @dataclass(frozen=True)
 class RequestModels:
     """The request bodies, built from the configuration: the bounds the rules enforce are
@@ -186,8 +190,16 @@ def _spaces_router(service: SpaceService, views: SpaceViews, m: RequestModels) -
         return {**views.describe(record), "room": room}
 
     @r.post("/spaces/{space_id}/start")
-    async def start(grant: Auth) -> dict[str, object]:
-        return views.describe(await service.start(grant))
+    async def start(grant: Auth, body: GoLive | None = None) -> dict[str, object]:
+        """Go live. From the green room, 409 ``dead_microphones`` (with ``dead_mics``:
+        id, name, reason) when someone on stage would not be heard, unless ``force``."""
+        force = body is not None and body.force
+        return views.describe(await service.start(grant, force=force))
+
+    @r.post("/spaces/{space_id}/green-room")
+    async def green_room(grant: Auth) -> dict[str, object]:
+        """Open the stage before the start (the host): the room, as moderators see it."""
+        return service.open_green_room(grant)
 
     @r.post("/spaces/{space_id}/end")
     async def end(grant: Auth) -> dict[str, object]:

@@ -36,6 +36,7 @@ from townhall.supervise.messages import (
     CloseStage,
     Connect,
     Disconnect,
+    GoOnAir,
     MemberStatus,
     OpenStage,
     SetProgram,
@@ -121,10 +122,22 @@ class RemoteStage:
         return self._members
 
     def start(self) -> None:
-        assert self.room.started_at is not None, "a stage opens for a started room"
         program = self._program_now()
         self._program = program
+        if self.room.started_at is None:
+            assert self.room.green_room, "a stage opens for a started room or a green room"
+            self._link.send(OpenStage(self.space_id, 0.0, program, on_air=False))
+            return
         self._link.send(OpenStage(self.space_id, self.room.started_at, program))
+
+    def go_live(self, started_at_unix_s: float) -> None:
+        # The hub keeps this OpenStage (a stage restarted from now on is on the air) and
+        # the supervisor ignores it for the stage that runs, which GoOnAir reaches. A
+        # stage restarting right now misses GoOnAir but starts on the air.
+        program = self._program_now()
+        self._program = program
+        self._link.send(OpenStage(self.space_id, started_at_unix_s, program))
+        self._send(GoOnAir(started_at_unix_s))
 
     async def end(self) -> None:
         # The hub guarantees the end from here (ChannelEnded, even with no stage up):

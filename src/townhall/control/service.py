@@ -32,6 +32,7 @@ from townhall.control.config import ControlConfig
 from townhall.errors import Conflict, Forbidden, NotFound
 from townhall.feed import FeedSink
 from townhall.live import (
+    DeadMicrophones,
     LiveSpace,
     Outcome,
     RoomChanged,
@@ -100,6 +101,8 @@ class SpaceService:
         self._actions = RateLimiter.of(self._config.actions_limit)
         self._signins = RateLimiter.of(self._config.signin_limit)
         self._held: OrderedDict[str, LiveSpace] = OrderedDict()
+        # Ends of abandoned Spaces in flight, held so the loop does not drop them.
+        self._ending: set[asyncio.Task[None]] = set()
 
     # -- spaces ---------------------------------------------------------------------
     def create_space(
@@ -165,14 +168,49 @@ class SpaceService:
         return live.snapshot()
 
     # -- the lifecycle --------------------------------------------------------------
-    async def start(self, grant: Grant) -> SpaceRecord:
+    async def start(self, grant: Grant, force: bool = False) -> SpaceRecord:
+        """Go live. From the green room, the stage already running goes on the air; a
+        seat the audience would not hear refuses it (409 listing them) unless ``force``."""
         live = self._join(grant)
+        host = live.room.role_of(grant.participant_id) is Role.HOST
+        dead = live.dead_mics() if live.room.green_room and host and not force else []
+        if dead:
+            raise DeadMicrophones(dead)
         now = self._clock()
         live.apply(live.room.start(grant.participant_id, now))
-        live.open_stage(self._new_stage(live.room))
+        if live.stage is None:
+            live.open_stage(self._new_stage(live.room))
+        else:
+            live.go_live(now)
         self._store.set_state(live.space_id, "live", now)
         log.info("space %s started", live.space_id)
         return self._store.space(live.space_id)
+
+    def open_green_room(self, grant: Grant) -> dict[str, object]:
+        """Open the stage before the start (the host): the people on stage check their
+        microphones and hear each other; listeners keep waiting and hear nothing."""
+        live = self._join(grant)
+        live.apply(live.room.open_green_room(grant.participant_id, self._clock()))
+        live.open_green_room(self._new_stage(live.room))
+        log.info("space %s: green room open", live.space_id)
+        return live.snapshot()
+
+    def _abandoned(self, live: LiveSpace) -> None:
+        task = asyncio.get_running_loop().create_task(self._end_abandoned(live))
+        self._ending.add(task)
+        task.add_done_callback(self._ending.discard)
+
+    async def _end_abandoned(self, live: LiveSpace) -> None:
+        if live.room.state is not SpaceState.LIVE:
+            return
+        live.apply(live.room.end_abandoned(self._clock()))
+        await live.close_stage()
+        self._store.set_state(live.space_id, "ended", self._clock())
+        log.warning(
+            "space %s ended by itself: nobody on stage for %.0f s; replay written",
+            live.space_id,
+            live.room.config.abandon_end_s,
+        )
 
     async def end(self, grant: Grant) -> SpaceRecord:
         live = self._join(grant)
@@ -317,6 +355,10 @@ class SpaceService:
             live = self._rebuild(self._store.space(space_id))
             self._evict(room_for=1)
             self._held[space_id] = live
+            if live.room.green_room:
+                # A green room this process did not open (it restarted): open the stage
+                # again; a stage process still running ignores the OpenStage.
+                live.open_green_room(self._new_stage(live.room))
         self._held.move_to_end(space_id)
         return live
 
@@ -341,6 +383,7 @@ class SpaceService:
             update_interval_s=self._config.room_update_interval_s,
             watcher_queue_messages=self._config.watcher_queue_messages,
             on_change=self._changed,
+            on_abandoned=self._abandoned,
         )
 
     def _changed(self, live: LiveSpace, events: list[RoomEvent]) -> None:

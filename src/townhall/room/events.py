@@ -163,3 +163,11 @@ class SpeakerUnmuted(RoomEvent):
 class ReactionSent(RoomEvent):
     participant_id: str
     emoji: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GreenRoomOpened(RoomEvent):
+    """The stage opened before the start: the people on stage hear each other, the
+    audience hears nothing until the Space starts."""
+
+    by: str

@@ -87,6 +87,7 @@ from types import MappingProxyType
 from townhall.errors import BadRequest, Conflict, Forbidden, NotFound, TownhallError, Unavailable
 from townhall.room.events import (
     CohostAdded,
+    GreenRoomOpened,
     HandLowered,
     HandRaised,
     InvitationAccepted,
@@ -134,6 +135,7 @@ class Action(enum.Enum):
     REACT = "react"
     PUBLISH_AUDIO = "publish audio"
     LEAVE = "leave the space"
+    OPEN_GREEN_ROOM = "open the green room"
 
 
 _HOSTS = frozenset({Role.HOST, Role.COHOST})
@@ -164,6 +166,7 @@ _ALLOWED_ROLES: dict[Action, frozenset[Role]] = {
     Action.REACT: _EVERYONE,
     Action.PUBLISH_AUDIO: STAGE_ROLES,
     Action.LEAVE: _EVERYONE,
+    Action.OPEN_GREEN_ROOM: frozenset({Role.HOST}),
 }
 
 PERMISSIONS: Mapping[tuple[Action, Role], bool] = MappingProxyType(
@@ -179,12 +182,36 @@ _LEGAL_IN: dict[Action, frozenset[SpaceState]] = {
     Action.ADD_COHOST: _BEFORE_END,
     Action.REMOVE: _BEFORE_END,
     Action.LEAVE: frozenset(SpaceState),
+    Action.OPEN_GREEN_ROOM: frozenset({SpaceState.SCHEDULED}),
     **{
         action: _WHILE_LIVE
         for action in Action
-        if action not in {Action.START, Action.END, Action.ADD_COHOST, Action.REMOVE, Action.LEAVE}
+        if action
+        not in {
+            Action.START,
+            Action.END,
+            Action.ADD_COHOST,
+            Action.REMOVE,
+            Action.LEAVE,
+            Action.OPEN_GREEN_ROOM,
+        }
     },
 }
+
+# The green room: the stage is open before the start (the state stays SCHEDULED, so
+# listeners keep waiting). These actions are legal there too, on top of ``_LEGAL_IN``:
+# the people on stage check their microphones and hear each other, and mute.
+_LEGAL_IN_GREEN_ROOM = frozenset(
+    {
+        Action.PUBLISH_AUDIO,
+        Action.MUTE_SELF,
+        Action.MUTE_OTHER,
+        Action.UNMUTE_SELF,
+        Action.UNMUTE_OTHER,
+        Action.STEP_DOWN,
+        Action.MOVE_TO_AUDIENCE,
+    }
+)
 
 _NEXT_STATE: dict[Action, SpaceState] = {
     Action.START: SpaceState.LIVE,
@@ -213,6 +240,10 @@ class RoomConfig:
     max_title_chars: int = 100
     max_description_chars: int = 1_000
     full_retry_after_s: float = 5.0
+    # Everyone on stage disconnected (or silent with a dead microphone) this long: the
+    # listeners are told the host is reconnecting; this long, the Space ends by itself.
+    abandon_warning_s: float = 20.0
+    abandon_end_s: float = 300.0
 
 
 @dataclass(slots=True)
@@ -263,6 +294,8 @@ class Room:
         self._invitations: dict[str, str] = {}  # invitee -> inviter, in invite order
         self._tallies: dict[str, int] = {}
         self._stage_seq = itertools.count(1)
+        # The stage is open before the start (the green room); the start closes it.
+        self.green_room = False
 
     @classmethod
     def schedule(
@@ -347,6 +380,9 @@ class Room:
             self._tallies[_canonical_reaction(emoji)] = count
         seats = [p.stage_seq for p in self._participants.values()]
         self._stage_seq = itertools.count(max(seats, default=0) + 1)
+        if record.green_room and self._state is not SpaceState.SCHEDULED:
+            raise Conflict(f"a green room in a {self._state.value} space")
+        self.green_room = record.green_room
 
     def record(self) -> RoomRecord:
         """The Room's state as plain values (see :mod:`townhall.room.record`)."""
@@ -366,6 +402,7 @@ class Room:
             hands=tuple(self._hands.items()),
             invitations=tuple(self._invitations.items()),
             reaction_tallies=tuple(self._tallies.items()),
+            green_room=self.green_room,
         )
 
     # -- lifecycle -----------------------------------------------------------
@@ -378,11 +415,33 @@ class Room:
         self._actor(by, Action.START)
         self._state = _NEXT_STATE[Action.START]
         self.started_at = now
+        # Mic checks passed in the green room stand: those people are heard at once.
+        self.green_room = False
         return [SpaceStarted(space_id=self.space_id, at=now, by=by)]
+
+    def open_green_room(self, by: str, now: float) -> list[RoomEvent]:
+        """Open the stage before the start: the people on stage check their microphones
+        and hear each other; the audience hears nothing until the start."""
+        self._actor(by, Action.OPEN_GREEN_ROOM)
+        if self.green_room:
+            return []
+        self.green_room = True
+        return [GreenRoomOpened(space_id=self.space_id, at=now, by=by)]
 
     def end(self, by: str, now: float) -> list[RoomEvent]:
         self._actor(by, Action.END)
+        return self._ended(by, now)
+
+    def end_abandoned(self, now: float) -> list[RoomEvent]:
+        """Nobody on stage came back (see ``abandon_phase``): the Space ends by itself,
+        ended by nobody (``by`` is empty)."""
+        if self._state not in _LEGAL_IN[Action.END]:
+            raise Conflict(f"space is {self._state.value}; cannot {Action.END.value}")
+        return self._ended("", now)
+
+    def _ended(self, by: str, now: float) -> list[RoomEvent]:
         self._state = _NEXT_STATE[Action.END]
+        self.green_room = False
         # Hands and invitations mean nothing once the Space is over.
         self._hands.clear()
         self._invitations.clear()
@@ -520,7 +579,7 @@ class Room:
         """The media layer lost everyone's audio (its stage restarted): each speaker who
         was heard must pass a fresh mic check before reaching the program again, so a
         reconnect that sends nothing (a dead microphone, a stale tab) stays out of it."""
-        if self._state is not SpaceState.LIVE:
+        if self._state is not SpaceState.LIVE and not self.green_room:
             return []
         events: list[RoomEvent] = []
         for p in self._stage():
@@ -590,7 +649,7 @@ class Room:
         """May the media layer accept audio from ``pid`` at all?"""
         participant = self._participants.get(pid)
         return (
-            self._state is SpaceState.LIVE
+            (self._state is SpaceState.LIVE or self.green_room)
             and participant is not None
             and is_allowed(Action.PUBLISH_AUDIO, participant.role)
         )
@@ -622,6 +681,7 @@ class Room:
             "pending_invitations": self.pending_invitations(),
             "reaction_tallies": self.reaction_tallies(),
             "participant_count": self.participant_count(),
+            "green_room": self.green_room,
         }
 
     # -- checks --------------------------------------------------------------
@@ -634,7 +694,9 @@ class Room:
             raise Forbidden(f"{pid} has not joined this space")
         if not is_allowed(action, participant.role):
             raise Forbidden(f"a {participant.role.value} cannot {action.value}")
-        if self._state not in _LEGAL_IN[action]:
+        if self._state not in _LEGAL_IN[action] and not (
+            self.green_room and action in _LEGAL_IN_GREEN_ROOM
+        ):
             raise Conflict(f"space is {self._state.value}; cannot {action.value}")
         return participant
 
@@ -746,6 +808,29 @@ class Room:
     def _stage(self) -> list[Participant]:
         seated = [p for p in self._participants.values() if p.on_stage]
         return sorted(seated, key=lambda p: (_STAGE_ORDER[p.role], p.stage_seq))
+
+
+class AbandonPhase(enum.Enum):
+    """How long nobody on stage has been heard from, in the listeners' words."""
+
+    ATTENDED = "attended"  # someone on stage is connected and not silent
+    RECONNECTING = "reconnecting"  # listeners see "the host is reconnecting"
+    ABANDONED = "abandoned"  # the Space ends by itself; its replay is sealed
+
+
+def abandon_phase(unattended_s: float | None, config: RoomConfig) -> AbandonPhase:
+    """The phase of a Space whose stage has had nobody connected and audible for
+    ``unattended_s`` seconds (None: somebody is there)."""
+    if unattended_s is None:
+        return AbandonPhase.ATTENDED
+    thresholds = (
+        (config.abandon_end_s, AbandonPhase.ABANDONED),
+        (config.abandon_warning_s, AbandonPhase.RECONNECTING),
+    )
+    for after_s, phase in thresholds:
+        if unattended_s >= after_s:
+            return phase
+    return AbandonPhase.ATTENDED
 
 
 def _seat_json(participant: Participant) -> dict[str, object]:

@@ -37,6 +37,7 @@ from townhall.supervise.messages import (
     CloseStage,
     Connect,
     Disconnect,
+    GoOnAir,
     MemberStatus,
     SetProgram,
     StageReply,
@@ -72,6 +73,18 @@ def start_for(spec: StageSpec, now_unix_s: float) -> MediaStart:
     )
 
 
+def on_air_start(spec: StageSpec, started_at_unix_s: float, now_unix_s: float) -> MediaStart:
+    """Where the program of a stage that opened off the air begins when it goes on the
+    air: the Space's media time starts now, and nothing was published before."""
+    return media_start(
+        started_at_unix_s,
+        now_unix_s,
+        spec.config.stage.encoder.part_target_s,
+        spec.config.audience.channel.hls.parts_per_segment,
+        spec.next_part_seq,
+    )
+
+
 def member_status(member: StageMember, now: float) -> MemberStatus:
     silent = member.silent_for(now)
     return MemberStatus(
@@ -87,10 +100,18 @@ def member_status(member: StageMember, now: float) -> MemberStatus:
 class StageHost:
     """Answers the hub's messages for one Space's ``StageRuntime``."""
 
-    def __init__(self, runtime: StageRuntime, program: ProgramSet, send: Send) -> None:
+    def __init__(
+        self,
+        runtime: StageRuntime,
+        program: ProgramSet,
+        send: Send,
+        on_air_start: Callable[[float], MediaStart] | None = None,
+    ) -> None:
         self.runtime = runtime
         self.program = program
         self._send = send
+        # Given the Space's start, where the program begins if this stage goes on the air.
+        self._on_air_start = on_air_start
         self.closing: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._requests: set[asyncio.Task[None]] = set()
 
@@ -103,6 +124,10 @@ class StageHost:
             case StageRequest(op=SetProgram(participant_ids=ids)) if self._ours(msg):
                 # Applied at once, in arrival order: the next tick already obeys it.
                 self.program.participant_ids = ids
+                self._reply(msg, True)
+            case StageRequest(op=GoOnAir(started_at_unix_s=started_at)) if self._ours(msg):
+                if not self.runtime.on_air and self._on_air_start is not None:
+                    self.runtime.go_on_air(self._on_air_start(started_at))
                 self._reply(msg, True)
             case StageRequest() if self._ours(msg):
                 task = asyncio.create_task(self._answer(msg), name=f"stage-request-{msg.op}")
@@ -230,8 +255,15 @@ async def serve_stage(
         spec.config.stage,
         gate=program,
         media_start=start_for(spec, time.time()),
+        on_air=spec.open.on_air,
     )
-    host = StageHost(runtime, program, link.send)
+    assigned = spec
+    host = StageHost(
+        runtime,
+        program,
+        link.send,
+        on_air_start=lambda started_at: on_air_start(assigned, started_at, time.time()),
+    )
     inbox.attach(host.on_message)
     freeze_startup_heap()
     runtime.start()
@@ -239,11 +271,12 @@ async def serve_stage(
         host.report_status(spec.config.stage.status_every_s), name="stage-status"
     )
     log.info(
-        "stage %s up (pid %d, incarnation %d, first part %d)",
+        "stage %s up (pid %d, incarnation %d, first part %d%s)",
         runtime.space_id,
         os.getpid(),
         spec.incarnation,
         runtime.media_start.first_part_seq,
+        "" if runtime.on_air else ", off the air: green room",
     )
     await asyncio.wait([link.closed, host.closing], return_when=asyncio.FIRST_COMPLETED)
     reporter.cancel()

@@ -83,11 +83,28 @@ class StageRuntime:
     _parts_sent: int = 0  # numbers each HLS part, so late audience processes agree
     _task: asyncio.Task[None] | None = None
     ended: bool = False
+    # Off the air (the green room): each tick mixes and sends every member their
+    # mix-minus, but nothing is encoded or published, so the audience and the recorder
+    # see nothing until ``go_on_air``.
+    on_air: bool = True
 
     def __post_init__(self) -> None:
         self.recent_tick_gaps = RecentMaximum(self.config.tick_gap_window_s)
-        self._encoder = ProgramEncoder(self.config.encoder, self.media_start.samples)
-        self._parts_sent = self.media_start.first_part_seq
+        if self.on_air:
+            self.go_on_air(self.media_start)
+
+    def go_on_air(self, start: MediaStart) -> None:
+        """Publish the program from the next tick on, starting at ``start`` in media time."""
+        self.media_start = start
+        self._encoder = ProgramEncoder(self.config.encoder, start.samples)
+        self._parts_sent = start.first_part_seq
+        self.on_air = True
+
+    def go_live(self, started_at_unix_s: float) -> None:
+        """The ``Stage`` interface in one process: media time counts from this stage's
+        ``media_start`` as given (the origin), as it does for a stage opened live."""
+        if not self.on_air:
+            self.go_on_air(self.media_start)
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
@@ -102,8 +119,8 @@ class StageRuntime:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        assert self._encoder is not None
-        self._emit(self._encoder.close(), time.time())
+        if self._encoder is not None:
+            self._emit(self._encoder.close(), time.time())
         self._publish(ChannelEnded(self.space_id, time.time()))
         await asyncio.gather(*(m.close() for m in self.members.values()))
         self.members.clear()
@@ -136,8 +153,8 @@ class StageRuntime:
             member.outbound.push(result.mix_minus[pid])
         if self.on_program is not None:
             self.on_program(result.program)
-        assert self._encoder is not None
-        self._emit(self._encoder.encode(result.program), time.time())
+        if self._encoder is not None:
+            self._emit(self._encoder.encode(result.program), time.time())
         self.ticks += 1
 
     def _emit(self, out: Packaged, now_unix_s: float) -> None:

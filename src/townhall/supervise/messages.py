@@ -48,7 +48,15 @@ class SetProgram:
     participant_ids: frozenset[str]
 
 
-StageOp = Connect | Disconnect | SetProgram
+@dataclass(frozen=True)
+class GoOnAir:
+    """A stage opened off the air (the green room) starts publishing its program: media
+    time counts from ``started_at_unix_s``, the Space's start."""
+
+    started_at_unix_s: float
+
+
+StageOp = Connect | Disconnect | SetProgram | GoOnAir
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,10 @@ class OpenStage:
     space_id: str
     started_at_unix_s: float  # media time (and so LL-HLS numbering) counts from here
     program: frozenset[str] = frozenset()
+    # False for the green room: the stage mixes for the people on stage (mix-minus) and
+    # publishes nothing to the feed until ``GoOnAir``. The hub keeps the latest OpenStage,
+    # so a stage restarted after the start is on the air from its first tick.
+    on_air: bool = True
 
 
 @dataclass(frozen=True)

@@ -264,6 +264,9 @@ function render() {
       : "";
   $("#calendar").hidden = !(state === "scheduled" && info?.scheduled_at && info?.calendar_link);
   if (info?.calendar_link) $("#calendar-link").href = info.calendar_link;
+  // Everyone on stage is gone or silent: say so rather than play silence as if live.
+  if (state === "live" && r.reconnecting) badge.textContent = "● Live · the host is reconnecting…";
+  document.body.dataset.reconnecting = state === "live" && r.reconnecting ? "1" : "0";
   renderCounts(r);
   renderReactions($("#reactions"), r.reaction_tallies, react);
 
@@ -291,7 +294,8 @@ function render() {
             { class: "meta" },
             " ", seat.role,
             seat.muted ? h("span", { class: "tag muted" }, "muted") : null,
-            !seat.live ? h("span", { class: "tag pending" }, "mic check") : null,
+            seat.connected === false && state === "live" ? h("span", { class: "tag pending" }, "disconnected") : null,
+            seat.connected !== false && !seat.live ? h("span", { class: "tag pending" }, "mic check") : null,
             isSpeaking ? h("span", { class: "tag live" }, "speaking") : null,
           ),
         ),

@@ -6,6 +6,7 @@ import {
   shareLink, formatCount, stateLabel, renderReactions, roomEvents, StageMic, stageSocket,
   meterPercent, confirmAction, copyableLink, linkProblem, showProblem, keepFocus,
 } from "/static/common.js";
+import { GreenRoom } from "/static/greenroom.js";
 
 // How often the host's list of named listeners is refreshed while the Space is live.
 const LISTENERS_REFRESH_MS = 10000;
@@ -30,6 +31,23 @@ const mic = new StageMic({
   onRefused: (e) => showError(e, "Back on stage"),
 });
 let recording = null; // the last {state, detail} the server said about the recording
+const greenRoom = new GreenRoom({
+  spaceId,
+  token,
+  room: () => room,
+  levels: () => levels,
+  isHost: () => isHost(),
+  mySeat: () => mySeat(),
+  micOpen: () => mic.open,
+  connectMic: () => connectMic(),
+  onRoom: (snapshot) => applyRoom(snapshot),
+  onLive: (description) => {
+    info = description;
+    room = { ...(room || {}), state: "live", green_room: false };
+    connectEvents();
+    render();
+  },
+});
 
 function claims(t) {
   try {
@@ -162,6 +180,7 @@ function renderSelf() {
   document.body.dataset.mic = micState;
   $("#mic-status").textContent = text;
   $("#mic-status").className = cls;
+  greenRoom.render();
 }
 
 function renderStageList() {
