@@ -319,7 +319,9 @@ def test_live_pages_around_the_audio(server: Server, browser: Any, pw: Any) -> N
     errors: list[str] = []
     host = new_page(browser, errors)
     host.goto(space["host_link"])
-    host.locator("#start").click()
+    host.locator("#green-room-open").click()  # the host goes live through the green room
+    expect(host.locator("body")).to_have_attribute("data-mic", "checked")
+    host.locator("#green-room-live").click()
     expect(host.locator("body")).to_have_attribute("data-mic", "live")
     expect(host.locator("#stage li").first).to_contain_text("Ana Ruiz")
 
