@@ -17,6 +17,7 @@ dropped or dies is replaced, and the replacement is brought up to date from the
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import multiprocessing
 import socket
@@ -154,9 +155,7 @@ class WorkerPool:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((self.spec.host, 0))
-        self.spec = WorkerSpec(
-            self.spec.audience, self.spec.recordings_dir, self.spec.host, sock.getsockname()[1]
-        )
+        self.spec = dataclasses.replace(self.spec, port=sock.getsockname()[1])
         return sock
 
     async def _spawn(self) -> _WorkerLink:

@@ -34,6 +34,7 @@ from townhall.audience.framing import (
 from townhall.audience.server import AudienceConfig, AudienceServer
 from townhall.feed import FeedSink
 from townhall.gcpolicy import freeze_startup_heap
+from townhall.sessions import SessionSigner
 from townhall.supervise.messages import ResyncPresence
 
 
@@ -45,6 +46,9 @@ class WorkerSpec:
     recordings_dir: Path | None
     host: str
     port: int
+    # Checks listeners' signed session ids (``townhall.sessions.session_key``); empty:
+    # none verifies, every listener counts as anonymous.
+    session_key: bytes = b""
 
 
 class PresenceRelay:
@@ -151,6 +155,8 @@ def run_audience_worker(spec: WorkerSpec, feed: socket.socket) -> None:
 async def _serve(spec: WorkerSpec, feed: socket.socket) -> None:
     config = spec.audience.workers
     server = AudienceServer(spec.audience, spec.recordings_dir)
+    if spec.session_key:
+        server.sessions = SessionSigner(spec.session_key)
     await server.open(spec.host, spec.port, reuse_port=True)
     freeze_startup_heap()
     loop = asyncio.get_running_loop()

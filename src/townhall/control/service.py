@@ -46,6 +46,7 @@ from townhall.room.events import ReactionSent, RoomEvent
 from townhall.room.record import ParticipantRecord, RoomRecord, record_from_json, record_to_json
 from townhall.room.roles import Role, SpaceState
 from townhall.room.state import Room, RoomConfig
+from townhall.sessions import SessionSigner
 from townhall.store import SpaceRecord, Store
 from townhall.tokens import Grant, TokenIssuer
 
@@ -86,6 +87,7 @@ class SpaceService:
         counter_config: CounterConfig | None = None,
         clock: Callable[[], float] = time.time,
         on_change: RoomChanged | None = None,
+        sessions: SessionSigner | None = None,
     ) -> None:
         self._store = store
         self._issuer = issuer
@@ -100,6 +102,8 @@ class SpaceService:
         self._actions = RateLimiter.of(self._config.actions_limit)
         self._signins = RateLimiter.of(self._config.signin_limit)
         self._held: OrderedDict[str, LiveSpace] = OrderedDict()
+        # Signs listener session ids (a random one per test service if none is given).
+        self._sessions = sessions or SessionSigner(secrets.token_bytes(32))
 
     # -- spaces ---------------------------------------------------------------------
     def create_space(
@@ -201,8 +205,11 @@ class SpaceService:
         self._signins.take(address, time.monotonic(), "sign-ins from this address")
         if self._view(record).room.state is SpaceState.ENDED:
             raise Conflict("the space has ended; the replay is available")
-        token = self._issuer.issue(space_id, Role.LISTENER, name)
-        return SignedIn(token, self._issuer.verify(token, space_id).participant_id)
+        # The listener's participant id is their signed session id: the audience port
+        # counts it only because the server issued it (townhall.sessions).
+        session_id = self._sessions.issue(space_id)
+        token = self._issuer.issue(space_id, Role.LISTENER, name, participant_id=session_id)
+        return SignedIn(token, session_id)
 
     def rename_listener(self, grant: Grant, name: str, address: str) -> SignedIn:
         """Give a listener session a name, keeping its id: one person stays one count.
