@@ -104,6 +104,10 @@ class WorkerPoolConfig:
     # Our own processes write the frames; the bound only guards against a broken stream.
     max_frame_bytes: int = 16 * 1024 * 1024
     feed_log: FeedLogConfig = field(default_factory=FeedLogConfig)
+    # Bounds of a worker's presence reports in a flood of distinct sessions: sessions
+    # whose polls are deduplicated per period, and reports held for one batch.
+    max_presence_seen_sessions: int = 100_000
+    max_presence_batch_messages: int = 4_096
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,8 @@ class PresenceRelay:
         seen_every_s: float,
         batch_s: float,
         call_later: Callable[[float, Callable[[], None]], object] | None = None,
+        max_seen_sessions: int = 100_000,
+        max_batch_messages: int = 4_096,
     ) -> None:
         self._transport = transport
         self._pid = pid
@@ -75,6 +77,8 @@ class PresenceRelay:
         self._batch_s = batch_s
         self._call_later = call_later
         self._pending: list[bytes] = []
+        self._max_seen_sessions = max_seen_sessions
+        self._max_batch_messages = max_batch_messages
         # Every open stream, so a restarted control process can be told of them again
         # (``resync``); as bounded as the connections this worker holds.
         self._open: dict[str, StreamOpened] = {}
@@ -98,7 +102,10 @@ class PresenceRelay:
 
     def seen(self, space_id: str, session_id: str) -> None:
         now = time.monotonic()
-        if now - self._seen_since >= self._seen_every_s:
+        if (
+            now - self._seen_since >= self._seen_every_s
+            or len(self._seen_recently) >= self._max_seen_sessions
+        ):
             self._seen_recently.clear()  # bounded: one period's sessions at most
             self._seen_since = now
         if (space_id, session_id) not in self._seen_recently:
@@ -107,7 +114,7 @@ class PresenceRelay:
 
     def _send(self, report: PresenceReport) -> None:
         self._pending.append(encode_frame(report))
-        if self._batch_s <= 0:
+        if self._batch_s <= 0 or len(self._pending) >= self._max_batch_messages:
             self.flush()
         elif len(self._pending) == 1:  # the first of a batch schedules its write
             later = self._call_later or asyncio.get_running_loop().call_later
@@ -166,7 +173,12 @@ async def _serve(spec: WorkerSpec, feed: socket.socket) -> None:
         lambda: _FeedReader(server, closed, config.max_frame_bytes), sock=feed
     )
     relay = PresenceRelay(
-        transport, os.getpid(), config.presence_seen_every_s, config.presence_batch_s
+        transport,
+        os.getpid(),
+        config.presence_seen_every_s,
+        config.presence_batch_s,
+        max_seen_sessions=config.max_presence_seen_sessions,
+        max_batch_messages=config.max_presence_batch_messages,
     )
     server.presence = reader.relay = relay
     transport.write(encode_frame(WorkerReady()))

@@ -34,3 +34,6 @@ class ControlConfig:
     # A stage process that has not answered a request (an SDP offer) by then is taken
     # for gone: the client gets 503 and retries.
     stage_reply_timeout_s: float = 5.0
+    # "host:port" to serve /metrics on, open, instead of on the control port behind the
+    # admin key (e.g. 127.0.0.1:9464, reachable only by the Prometheus next to it).
+    metrics_address: str = ""

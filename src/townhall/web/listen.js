@@ -88,10 +88,30 @@ async function command(name, target) {
   return out;
 }
 
+let roomPoll = null;
+
 function engage() {
   // Listeners hold no socket; one who raised a hand or is on stage needs to hear back.
   if (!session.engaged) saveSession({ ...session, engaged: true });
   if (socket) return;
+  if (!mySeat()) {
+    // The stage socket is for people on stage: a listener asks for its own state (`you`)
+    // every 3 s while a hand is up or an invitation waits, and takes the socket once seated.
+    roomPoll = roomPoll || setInterval(async () => {
+      const you = full?.you;
+      if (!session || socket) return;
+      if (mySeat()) return engage();
+      if (you && !you.hand_raised && !you.invited) return;
+      try {
+        applyFull(await api(`/api/spaces/${spaceId}/room`, { token: session.token }));
+      } catch (e) {
+        if (!(e instanceof ApiError && e.status === 429)) note("room-poll-failed", { status: e.status });
+      }
+    }, 3000);
+    return;
+  }
+  clearInterval(roomPoll);
+  roomPoll = null;
   socket = stageSocket(spaceId, session.token, {
     onMessage: (msg) => {
       if (msg.room) applyFull(msg.room);
@@ -209,8 +229,12 @@ function render() {
 }
 
 function renderHand() {
-  const invited = !!(full && me() && (full.pending_invitations || []).includes(me()));
-  if (full && me()) handRaised = (full.hand_queue || []).some((h2) => h2.id === me());
+  // A listener's own state comes as `you` (GET /room, commands): the hand queue and the
+  // invitations are not theirs to see.
+  const you = full && me() && full.you?.participant_id === me() ? full.you : null;
+  const invited = you ? !!you.invited : !!(full && me() && (full.pending_invitations || []).includes(me()));
+  if (you) handRaised = !!you.hand_raised;
+  else if (full && me()) handRaised = (full.hand_queue || []).some((h2) => h2.id === me());
   const btn = $("#hand");
   btn.textContent = handRaised ? "✋ Lower hand" : "✋ Raise hand";
   btn.setAttribute("aria-pressed", String(handRaised));
