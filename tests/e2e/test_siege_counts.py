@@ -31,7 +31,8 @@ from benchmarks.harness.server import Space, on_air
 from townhall.room.counting import CounterConfig
 
 FORGED_IDS = 5_000
-FLOOD_CONNECTIONS = 16
+FLOOD_CONNECTIONS = 8
+PIPELINE_BATCH = 25
 FLOOD_TIMEOUT_S = 60.0
 # Presence reports reach the control process in batches (50 ms) deduplicated per second.
 REPORT_DELAY_S = 1.5
@@ -76,23 +77,39 @@ def forged_id(n: int = 29) -> str:
 
 
 async def flood_playlist(space: Space, count: int) -> int:
-    """``count`` playlist polls, each with a made-up sid and user agent; the answers."""
-    done = 0
+    """``count`` playlist polls, each with a made-up sid and user agent, pipelined a
+    batch at a time on a few keep-alive connections (a lean client: the attack is cheap
+    for the attacker); returns how many were answered 200."""
+    target = urlsplit(space.hls_url)
+    answered = 0
 
     async def one_connection(share: int) -> None:
-        nonlocal done
-        async with httpx.AsyncClient(timeout=10) as client:
-            for _ in range(share):
-                agent = f"Forger/{forged_id(8)}"
-                url = f"{space.hls_url}?sid={forged_id()}"
-                resp = await client.get(url, headers={"User-Agent": agent})
-                assert resp.status_code == 200, resp.text
-                done += 1
+        nonlocal answered
+        reader, writer = await asyncio.open_connection(target.hostname, target.port)
+        try:
+            while share > 0:
+                batch = min(share, PIPELINE_BATCH)
+                share -= batch
+                writer.write(b"".join(forged_poll(target.path) for _ in range(batch)))
+                for _ in range(batch):
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                    await reader.readexactly(length)
+                    answered += head.startswith(b"HTTP/1.1 200")
+        finally:
+            writer.close()
 
     shares = [len(range(i, count, FLOOD_CONNECTIONS)) for i in range(FLOOD_CONNECTIONS)]
     async with asyncio.timeout(FLOOD_TIMEOUT_S):
         await asyncio.gather(*(one_connection(share) for share in shares))
-    return done
+    return answered
+
+
+def forged_poll(path: str) -> bytes:
+    return (
+        f"GET {path}?sid={forged_id()} HTTP/1.1\r\nHost: t\r\n"
+        f"User-Agent: Forger/{forged_id(8)}\r\n\r\n"
+    ).encode()
 
 
 def test_forged_session_ids_add_at_most_the_anonymous_bound(space: Space) -> None:
