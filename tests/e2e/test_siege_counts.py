@@ -31,7 +31,9 @@ from benchmarks.harness.server import Space, on_air
 from townhall.room.counting import CounterConfig
 
 FORGED_IDS = 5_000
-FLOOD_CONNECTIONS = 8
+# More connections than the anonymous bound: a connection keeps the anonymous key of its
+# first request, so only the per-address bound holds the count down.
+FLOOD_CONNECTIONS = 32
 PIPELINE_BATCH = 25
 FLOOD_TIMEOUT_S = 60.0
 # Presence reports reach the control process in batches (50 ms) deduplicated per second.
