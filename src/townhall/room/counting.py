@@ -53,7 +53,7 @@ class CounterConfig:
     full_retry_after_s: float = 10.0
     # Anonymous sessions (no valid signed id) alive at once per client address (an IPv4
     # address or an IPv6 /64): a household or a small office behind one address.
-    max_anonymous_address_sessions: int = 8
+    max_anonymous_address_sessions: int = 16
 
 
 @dataclass(slots=True)
