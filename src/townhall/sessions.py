@@ -67,9 +67,10 @@ class SessionSigner:
 
 def anonymous_session(key: bytes, peer: str, detail: str) -> str:
     """``a.<address>.<detail>``: one anonymous session of the client at ``peer``."""
-    address = hashlib.blake2b(address_block(peer).encode(), digest_size=6, key=key[:64])
-    what = hashlib.blake2b(detail.encode(), digest_size=6, key=key[:64])
-    return f"{ANONYMOUS_PREFIX}{address.hexdigest()}.{what.hexdigest()}"
+    key = key[:64]  # blake2b's longest key
+    address = hashlib.blake2b(address_block(peer).encode(), digest_size=6, key=key).hexdigest()
+    what = hashlib.blake2b(detail.encode(), digest_size=6, key=key).hexdigest()
+    return f"{ANONYMOUS_PREFIX}{address}.{what}"
 
 
 def anonymous_address(session_id: str) -> str | None:
@@ -81,6 +82,8 @@ def anonymous_address(session_id: str) -> str | None:
 
 def address_block(peer: str) -> str:
     """What one client holds: an IPv4 address, or the /64 an IPv6 subscriber is given."""
+    if ":" not in peer:
+        return peer  # IPv4 as the socket gave it (the common case, without a parse)
     try:
         ip = ipaddress.ip_address(peer)
     except ValueError:
