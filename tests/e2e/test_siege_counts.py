@@ -5,8 +5,9 @@ with two audience workers (loopback only, bounded in count and time).
   add at most the anonymous bound of one address to the count, and the control process
   keeps its memory;
 - the session id the sign-in issued counts once across both workers and both formats;
-- /metrics takes the admin key; a listener token reads the public room and its own
-  state only, and is refused on the stage WebSocket.
+- /metrics takes the admin key, or is served on its own address and not on the control
+  port; a listener token reads the public room and its own state only, and is refused
+  on the stage WebSocket.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ import pytest
 import websockets
 
 from benchmarks.harness.metrics import scrape
-from benchmarks.harness.server import Space, on_air
+from benchmarks.harness.processes import free_port
+from benchmarks.harness.server import Space, on_air, running_server
 from townhall.room.counting import CounterConfig
 
 FORGED_IDS = 5_000
@@ -277,3 +279,22 @@ def test_a_listener_token_is_refused_on_the_stage_socket(space: Space) -> None:
     assert (code, message) == (4403, None)
     code, hello = asyncio.run(first_message(space.host_token))
     assert code is None and hello is not None and hello["type"] == "hello"
+
+
+def test_metrics_on_their_own_address_leave_the_control_port() -> None:
+    port = free_port()
+    address = ("--set", f"control.metrics_address=127.0.0.1:{port}")
+    with running_server(server_args=address) as server:
+        deadline = time.monotonic() + 30
+        while True:  # the control process binds it once it runs
+            try:
+                private = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "nothing serves the metrics address"
+                time.sleep(0.5)
+        assert private.status_code == 200 and "townhall_audience_workers" in private.text
+        keyed = httpx.get(
+            f"{server.control_url}/metrics", headers=bearer(server.admin_key), timeout=30
+        )
+        assert keyed.status_code == 404
