@@ -952,5 +952,5 @@ def _paused_metric(rig: Rig) -> float | None:
 
 def _metrics(rig: Rig) -> str:
     with contextlib.suppress(httpx.HTTPError):
-        return httpx.get(f"{rig.server.control_url}/metrics", timeout=REQUEST_TIMEOUT_S * 3).text
+        return rig.server.metrics(timeout_s=REQUEST_TIMEOUT_S * 3)
     return ""

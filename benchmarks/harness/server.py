@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks.harness.metrics import scrape
 from benchmarks.harness.processes import free_port, pinned, stop
 from townhall.peers.links import StageLink, parse_stage_link
 
@@ -77,6 +78,10 @@ class Server:
 
     async def create_space(self, title: str) -> Space:
         return await asyncio.to_thread(self.create_space_sync, title)
+
+    def metrics(self, timeout_s: float = REQUEST_TIMEOUT_S) -> str:
+        """``/metrics`` of this server, with its admin key."""
+        return scrape(self.control_url, self.admin_key, timeout_s)
 
     def tracebacks(self) -> list[str]:
         return [line for line in self.log if line.startswith("Traceback")]

@@ -27,6 +27,7 @@ from townhall.feed import FeedSink, FeedSinks
 from townhall.live import RoomChanged, Stage, StageFactory
 from townhall.recording.recorder import Recorder
 from townhall.room.state import Room
+from townhall.sessions import SessionSigner, session_key
 from townhall.stage.runtime import StageRuntime
 from townhall.store import Store
 from townhall.tokens import TokenIssuer
@@ -48,7 +49,10 @@ class Control:
         self.config = config
         self.store = Store(config.db_path)
         self.admin_key = self.store.setting("admin_key", secrets.token_urlsafe(24))
-        issuer = TokenIssuer(self.store.setting("token_secret", secrets.token_urlsafe(32)))
+        secret = self.store.setting("token_secret", secrets.token_urlsafe(32))
+        issuer = TokenIssuer(secret)
+        # Listener session ids, signed so the audience port counts only the ones issued.
+        self.sessions = SessionSigner(session_key(secret))
         self.service = SpaceService(
             self.store,
             issuer,
@@ -59,6 +63,7 @@ class Control:
             room_config=config.room,
             counter_config=config.counter,
             on_change=on_change,
+            sessions=self.sessions,
         )
         self.views = SpaceViews(config.control_url, config.audience_url)
         self.reports = Reports()
@@ -110,6 +115,7 @@ class Townhall(Control):
         config.recordings_dir.mkdir(parents=True, exist_ok=True)
         self.audience = AudienceServer(config.audience, config.recordings_dir)
         self.audience.presence = CountedPresence(self.service.counter_of)
+        self.audience.sessions = self.sessions
         self.recorder = Recorder(
             config.recordings_dir, config.audience.channel.hls, config.recorder
         )

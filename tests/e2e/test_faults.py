@@ -356,7 +356,7 @@ def test_the_room_survives_control_then_stage_killed(served: Server) -> None:
 
 def longest_tick_gap(server: Server, space: Space) -> float | None:
     with contextlib.suppress(httpx.HTTPError):
-        text = httpx.get(f"{server.control_url}/metrics", timeout=2).text
+        text = server.metrics(timeout_s=2)
         pattern = rf'^townhall_stage_longest_tick_gap_seconds\{{[^}}]*"{space.id}"[^}}]*\}} (\S+)$'
         if m := re.search(pattern, text, re.MULTILINE):
             return float(m.group(1))

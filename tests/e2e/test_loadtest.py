@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from benchmarks.harness.server import Space, on_air
@@ -44,7 +43,7 @@ def test_a_flash_crowd_of_2000_mixed_listeners_all_hear_the_program(space: Space
         processes=2,
         server_pid=space.server.pid,
     )
-    before = httpx.get(f"{space.server.control_url}/metrics", timeout=10.0).text
+    before = space.server.metrics()
     label = f'{{space="{space.id}"}}'
     # The harness's own playlist poll (waiting for the program) is one session.
     already = metric(before, f"townhall_listening_now{label}")
@@ -93,7 +92,7 @@ def test_a_flash_crowd_of_2000_mixed_listeners_all_hear_the_program(space: Space
 def scrape_metrics(space: Space, running: threading.Event, out: list[str]) -> None:
     """/metrics every half second while the load runs (bounded by the run's length)."""
     while running.is_set():
-        out.append(httpx.get(f"{space.server.control_url}/metrics", timeout=10.0).text)
+        out.append(space.server.metrics())
         time.sleep(0.5)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from benchmarks.harness.audio import amplitude_at, decode, pcm16_to_float
+from benchmarks.harness.metrics import scrape_async
 from benchmarks.harness.server import Server, Space
 from townhall.media.mixer import FRAME_SAMPLES, Pcm, silence
 from townhall.peers.links import StageLink
@@ -114,7 +115,7 @@ async def test_counts_are_honest_under_duplicates_tabs_and_reconnects(server: Se
             )
             assert resp.status_code == 200, resp.text
         snap = await room(client, space)
-        metrics = (await client.get(f"{server.control_url}/metrics")).text
+        metrics = await scrape_async(client, server.control_url, server.admin_key)
     assert snap["listening_now"] == 25
     assert snap["total_tuned_in"] == 25
     assert f'townhall_listening_now{{space="{space.id}"}} 25.0' in metrics

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from benchmarks.harness.metrics import scrape_async
 from townhall.audience.framing import StreamOpened
 from townhall.audience.plane import AudienceStats, ChannelStats
 from townhall.config import ServerConfig
@@ -403,7 +404,7 @@ async def test_presence_and_audience_reports_reach_the_counts_and_metrics(town: 
     assert town.live(space.id).counter.listening_now(time.monotonic()) == 2
     stats = AudienceStats((ChannelStats(space.id, 1234, 56, 0.05, 0.002),))
     town.control.receive(AudienceReport(stats))
-    metrics = (await town.client.get("/metrics")).text
+    metrics = await scrape_async(town.client, "", town.control.admin_key)
     assert f'townhall_stream_listeners{{space="{space.id}"}} 1234.0' in metrics
     assert f'townhall_listening_now{{space="{space.id}"}} 2.0' in metrics
     assert f'townhall_stage_ticks_total{{space="{space.id}"}} 100.0' in metrics
@@ -423,7 +424,7 @@ async def test_a_paused_recording_is_told_to_the_host_and_cohosts(town: Town) ->
     paused = {"type": "recording", "state": "paused", "detail": "No space left on device"}
     assert drain(host_socket) == [paused]
     assert drain(speaker_socket) == []
-    metrics = (await town.client.get("/metrics")).text
+    metrics = await scrape_async(town.client, "", town.control.admin_key)
     assert f'townhall_recording_paused{{space="{space.id}"}} 1.0' in metrics
     assert "townhall_recording_write_errors_total 1.0" in metrics
     # A host page that opens (or reconnects) now learns it after the room.
@@ -432,13 +433,12 @@ async def test_a_paused_recording_is_told_to_the_host_and_cohosts(town: Town) ->
 
     town.control.receive(RecordingStatus(space.id, "recording", "", 1))
     assert drain(host_socket) == [{"type": "recording", "state": "recording", "detail": ""}]
-    assert (
-        f'townhall_recording_paused{{space="{space.id}"}} 0.0'
-        in (await town.client.get("/metrics")).text
+    assert f'townhall_recording_paused{{space="{space.id}"}} 0.0' in (
+        await scrape_async(town.client, "", town.control.admin_key)
     )
     town.control.receive(RecordingStatus(space.id, "sealed", "", 2))
     assert drain(host_socket)[0]["state"] == "sealed"
-    metrics = (await town.client.get("/metrics")).text
+    metrics = await scrape_async(town.client, "", town.control.admin_key)
     assert "townhall_recording_paused{" not in metrics
     assert "townhall_recording_write_errors_total 2.0" in metrics
 

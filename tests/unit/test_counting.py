@@ -8,6 +8,7 @@ import pytest
 
 from townhall.errors import BadRequest, Unavailable
 from townhall.room.counting import CounterConfig, ListenerCounter
+from townhall.sessions import anonymous_session
 
 TIMEOUT_S = 30.0
 
@@ -198,3 +199,63 @@ def test_bad_session_ids_are_rejected(session_id: str) -> None:
     with pytest.raises(BadRequest):
         listeners.heartbeat(session_id, 0.0)
     assert listeners.total_tuned_in() == 0
+
+
+# -- anonymous sessions: bounded per address, forgotten ---------------------------------
+
+KEY = b"k" * 32
+
+
+def anon(address: str, detail: str) -> str:
+    return anonymous_session(KEY, address, detail)
+
+
+def test_one_address_holds_at_most_the_anonymous_bound_however_many_ids_it_makes() -> None:
+    listeners = counter(max_sessions=100_000)
+    bound = CounterConfig().max_anonymous_address_sessions
+    refused = 0
+    for i in range(5_000):  # random user agents (or forged ids) from one address
+        try:
+            listeners.heartbeat(anon("203.0.113.7", f"agent-{i}"), i * 0.001)
+        except Unavailable:
+            refused += 1
+    assert listeners.listening_now(5.0) == bound
+    assert refused == 5_000 - bound
+    assert listeners.total_tuned_in() == bound  # remembered by slot, not by made-up id
+    listeners.heartbeat(anon("198.51.100.1", "VLC"), 5.0)  # another address is not held up
+    assert listeners.listening_now(5.0) == bound + 1
+
+
+def test_anonymous_sessions_expire_and_free_their_slots() -> None:
+    listeners = counter()
+    bound = CounterConfig().max_anonymous_address_sessions
+    for i in range(bound):
+        listeners.heartbeat(anon("203.0.113.7", f"a{i}"), 0.0)
+    assert listeners.anonymous_addresses() == 1
+    assert listeners.listening_now(TIMEOUT_S + 1) == 0
+    assert listeners.anonymous_addresses() == 0  # nothing kept of an address that left
+    for i in range(bound):
+        listeners.heartbeat(anon("203.0.113.7", f"b{i}"), TIMEOUT_S + 2)
+    assert listeners.listening_now(TIMEOUT_S + 2) == bound
+    # The same slots came back: the address still adds only ``bound`` to the total.
+    assert listeners.total_tuned_in() == bound
+
+
+def test_an_anonymous_stream_is_its_own_session_and_ends_with_its_connection() -> None:
+    listeners = counter()
+    one, two = anon("203.0.113.7", "ogg-1"), anon("203.0.113.7", "ogg-2")
+    listeners.connection_opened(one, "c1", 0.0)
+    listeners.connection_opened(two, "c2", 0.0)
+    assert listeners.listening_now(0.0) == 2  # two players behind one address
+    listeners.connection_closed(one, "c1", 1.0)
+    listeners.leave_if_unconnected(one, 1.0)
+    assert listeners.listening_now(1.0) == 1
+    assert listeners.anonymous_addresses() == 1
+
+
+def test_signed_sessions_are_not_held_to_the_anonymous_bound() -> None:
+    listeners = counter()
+    for i in range(50):
+        listeners.heartbeat(f"signed{i:06d}.{'m' * 16}", 0.0)
+    assert listeners.listening_now(0.0) == 50
+    assert listeners.anonymous_addresses() == 0

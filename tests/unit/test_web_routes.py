@@ -111,7 +111,10 @@ async def test_a_dismissed_hand_is_lowered_for_the_listener_to_see(town: Town) -
     resp = await town.command(space, host(space), "dismiss_hand", pid)
     assert resp.json()["events"] == ["HandLowered"]
     room = await town.room(space, token)
-    assert pid not in [h["id"] for h in room["hand_queue"]]  # type: ignore[union-attr]
+    # The listener sees their own hand in `you` (the queue is the moderators').
+    assert room["you"]["hand_raised"] is False  # type: ignore[index]
+    hosts_view = await town.room(space, host(space))
+    assert pid not in [h["id"] for h in hosts_view["hand_queue"]]  # type: ignore[union-attr]
 
 
 # -- calendar, previews, error pages ----------------------------------------------------

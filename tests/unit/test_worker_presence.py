@@ -9,8 +9,11 @@ from townhall.audience.framing import (
     SessionSeen,
     StreamClosed,
     StreamOpened,
+    WorkerReady,
     apply_presence,
+    encode_frame,
 )
+from townhall.audience.pool import _WorkerLink
 from townhall.audience.server import WorkerPoolConfig
 from townhall.audience.worker import PresenceRelay
 
@@ -104,3 +107,43 @@ def test_a_resync_reports_every_open_stream_again_and_no_closed_one() -> None:
     assert FrameDecoder(MAX_FRAME_BYTES).feed(bytes(transport.written)) == [
         StreamOpened("sp", "b", "42:2")
     ]
+
+
+async def test_a_lost_workers_open_streams_are_closed_in_the_counters() -> None:
+    # A worker that dies never reports its streams' end: the pool does, or they would
+    # count for good.
+    counted = Counted()
+    link = _WorkerLink(object(), lambda _link: None, counted, MAX_FRAME_BYTES)  # type: ignore[arg-type]
+    reports = [
+        WorkerReady(),
+        StreamOpened("sp", "a.addr.ogg", "7:1"),  # anonymous: its own session
+        StreamOpened("sp", "signed-session", "7:2"),
+        StreamOpened("sp", "gone", "7:3"),
+        StreamClosed("sp", "gone", "7:3", True),
+    ]
+    link.data_received(b"".join(encode_frame(r) for r in reports))
+    counted.calls.clear()
+    link.connection_lost(None)
+    assert counted.calls == [
+        ("closed", "sp", "a.addr.ogg", "7:1", True),
+        ("closed", "sp", "signed-session", "7:2", False),  # its grace period starts
+    ]
+
+
+def test_a_flood_of_distinct_sessions_is_written_in_bounded_batches() -> None:
+    transport = FakeTransport()
+    scheduled: list[object] = []
+    relay = PresenceRelay(
+        transport,  # type: ignore[arg-type]
+        pid=1,
+        seen_every_s=3600,
+        batch_s=10.0,
+        call_later=lambda delay, fn: scheduled.append(fn),
+        max_seen_sessions=100,
+        max_batch_messages=50,
+    )
+    for i in range(1_000):
+        relay.seen("sp", f"s{i}")
+    # Written every 50 reports, not held until the timer; the dedup set never passed 100.
+    assert len(FrameDecoder(MAX_FRAME_BYTES).feed(bytes(transport.written))) == 1_000
+    assert len(relay._seen_recently) <= 100

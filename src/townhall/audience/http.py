@@ -211,7 +211,10 @@ class HttpConnection(asyncio.Protocol):
         # playlist polls, which is how an HLS player is counted as a listener.
         self.counted: Mapping[bytes, tuple[str, bytes]] = counted if counted is not None else {}
         self.on_counted = on_counted
-        self.session: str | None = None  # the listener session this connection counts as
+        # The anonymous session this connection counts as (hashed once), and the last
+        # (space, signed session id) that verified on it (checked once, not per poll).
+        self.session: str | None = None
+        self.verified: tuple[str, str] | None = None
         self.transport: asyncio.Transport | None = None
         self.streaming = False
         self._parser = httptools.HttpRequestParser(self)

@@ -59,10 +59,11 @@ class AudiencePlane(Protocol):
 class ListenerPresence(Protocol):
     """Where the audience port reports who is listening (the honest counters).
 
-    A session is one person's player: the web player names it (``?sid=``, the id from
-    its listener token, shared by its tabs and reconnects); a stream with no name is one
-    session per connection; a playlist poll with no name is keyed by address and agent,
-    so the many requests of one HLS player stay one session.
+    A session is one person's player: the web player names it (``?sid=``, the signed
+    session id of its sign-in, shared by its tabs and reconnects); a stream without a
+    valid one is an anonymous session of its own; a playlist poll without one is an
+    anonymous session keyed by address and agent, so the many requests of one HLS
+    player stay one session (``townhall.sessions``; docs/counting.md).
     """
 
     def stream_opened(self, space_id: str, session_id: str, conn_id: str) -> None: ...

@@ -17,6 +17,7 @@ dropped or dies is replaced, and the replacement is brought up to date from the
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import multiprocessing
 import socket
@@ -28,6 +29,7 @@ from multiprocessing.process import BaseProcess
 from townhall.audience.feed_log import FeedLog
 from townhall.audience.framing import (
     FrameDecoder,
+    PresenceReport,
     SessionSeen,
     StreamClosed,
     StreamOpened,
@@ -45,6 +47,7 @@ from townhall.audience.plane import (
 from townhall.audience.server import WorkerPoolConfig
 from townhall.audience.worker import WorkerSpec, run_audience_worker
 from townhall.feed import FeedMessage
+from townhall.sessions import anonymous_address
 from townhall.supervise.messages import ResyncPresence
 from townhall.supervise.restart import RestartPolicy
 
@@ -72,6 +75,9 @@ class _WorkerLink(asyncio.Protocol):
         self._on_lost = on_lost
         self._presence = presence
         self._decoder = FrameDecoder(max_frame_bytes)
+        # The worker's open streams, as bounded as its connections: closed in the
+        # counters when the worker goes, since it never reports their end.
+        self._open: dict[str, StreamOpened] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
@@ -82,6 +88,7 @@ class _WorkerLink(asyncio.Protocol):
                 case WorkerReady() if not self.ready.done():
                     self.ready.set_result(None)
                 case StreamOpened() | StreamClosed() | SessionSeen() if self._presence:
+                    self._track(msg)
                     apply_presence(self._presence, msg)
                 case WorkerStats():
                     self.stats = msg
@@ -89,7 +96,22 @@ class _WorkerLink(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.ready.done():
             self.ready.set_exception(ConnectionError("audience worker exited before ready"))
+        self._close_streams()
         self._on_lost(self)
+
+    def _track(self, msg: PresenceReport) -> None:
+        if isinstance(msg, StreamOpened):
+            self._open[msg.conn_id] = msg
+        elif isinstance(msg, StreamClosed):
+            self._open.pop(msg.conn_id, None)
+
+    def _close_streams(self) -> None:
+        opened, self._open = self._open, {}
+        if self._presence is None:
+            return
+        for o in opened.values():
+            ended = anonymous_address(o.session_id) is not None  # its own session
+            self._presence.stream_closed(o.space_id, o.session_id, o.conn_id, ended)
 
 
 @dataclass
@@ -154,9 +176,7 @@ class WorkerPool:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((self.spec.host, 0))
-        self.spec = WorkerSpec(
-            self.spec.audience, self.spec.recordings_dir, self.spec.host, sock.getsockname()[1]
-        )
+        self.spec = dataclasses.replace(self.spec, port=sock.getsockname()[1])
         return sock
 
     async def _spawn(self) -> _WorkerLink:

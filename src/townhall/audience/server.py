@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -55,6 +54,7 @@ from townhall.fdbudget import ConnectionCaps, ConnectionLedger, FdBudget, nofile
 from townhall.feed import ChannelEnded, FeedMessage, HlsPart
 from townhall.media.hls import part_uri, segment_uri
 from townhall.proxies import TrustedProxies
+from townhall.sessions import SessionSigner, anonymous_session
 
 log = logging.getLogger("townhall.audience")
 
@@ -109,6 +109,10 @@ class WorkerPoolConfig:
     # Our own processes write the frames; the bound only guards against a broken stream.
     max_frame_bytes: int = 16 * 1024 * 1024
     feed_log: FeedLogConfig = field(default_factory=FeedLogConfig)
+    # Bounds of a worker's presence reports in a flood of distinct sessions: sessions
+    # whose polls are deduplicated per period, and reports held for one batch.
+    max_presence_seen_sessions: int = 100_000
+    max_presence_batch_messages: int = 4_096
 
 
 @dataclass(frozen=True)
@@ -158,14 +162,6 @@ class AudienceConfig:
     trusted_proxies: tuple[str, ...] = ()
 
 
-_SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-
-
-def session_of(req: Request, fallback: str) -> str:
-    sid = req.query.get("sid", "")
-    return sid if _SESSION_ID.match(sid) else fallback
-
-
 @dataclass
 class AudienceServer:
     config: AudienceConfig = field(default_factory=AudienceConfig)
@@ -186,6 +182,8 @@ class AudienceServer:
     _listener: asyncio.Server | None = None
     _flusher: asyncio.Task[None] | None = None
     replays: ReplayFiles | None = None
+    # Checks the ``sid`` of a request; without it no ``sid`` verifies (all anonymous).
+    sessions: SessionSigner | None = None
 
     ledger: ConnectionLedger | None = None
     proxies: TrustedProxies | None = None
@@ -330,7 +328,7 @@ class AudienceServer:
             self._ogg(conn, channel, req)
             return None  # the connection is a stream now
         if kind == "/index.m3u8":
-            return self._playlist(channel, req)
+            return self._playlist(conn, channel, req)
         if kind == "/init.mp4":
             if channel.hls.init_segment is None:
                 raise NotFound("the init segment is not ready yet")
@@ -351,10 +349,10 @@ class AudienceServer:
         channel.ogg.subscribe(key, transport, time.monotonic())
         conn.on_lost = self._unsubscriber(channel.ogg, key)
         if self.presence is not None:
+            signed = self._signed_session(conn, channel.space_id, req.query.get("sid"))
             # The pid keeps unnamed streams apart across the workers on one port.
-            anonymous = f"ogg-{os.getpid()}-{key}"
-            session = session_of(req, anonymous)
-            self._track_stream(conn, channel.space_id, session, key, session == anonymous)
+            session = signed or self._anonymous(conn.peer, f"ogg-{os.getpid()}-{key}")
+            self._track_stream(conn, channel.space_id, session, key, signed is None)
 
     def _track_stream(
         self, conn: HttpConnection, space_id: str, session: str, key: int, unnamed: bool
@@ -407,10 +405,8 @@ class AudienceServer:
         return self._next_key
 
     # -- LL-HLS ----------------------------------------------------------------------
-    def _playlist(self, channel: Channel, req: Request) -> Reply:
-        self._seen(
-            channel.space_id, req.peer, req.headers.get("user-agent", ""), req.query.get("sid")
-        )
+    def _playlist(self, conn: HttpConnection, channel: Channel, req: Request) -> Reply:
+        self._seen(conn, channel.space_id, req.query.get("sid"))
         msn, part = _int_param(req, "_HLS_msn"), _int_param(req, "_HLS_part")
         channel.hls.check_blocking_request(msn, part)
         if channel.hls.init_segment is None and not channel.ended:
@@ -426,21 +422,38 @@ class AudienceServer:
             return self._playlist_bytes(channel, cache)
         return self._blocking(channel, msn, part, lambda: self._playlist_bytes(channel, cache))
 
-    def _seen(self, space_id: str, peer: str, agent: str, sid: str | None = None) -> None:
-        """An HLS player polled: count its session (named, or by address and agent)."""
+    def _seen(self, conn: HttpConnection, space_id: str, sid: str | None) -> None:
+        """An HLS player polled: count its signed session, or it by address and agent."""
         if self.presence is None:
             return
-        if sid is None or not _SESSION_ID.match(sid):
-            sid = _anonymous_hls_session(peer, agent)
-        self.presence.seen(space_id, sid)
+        signed = self._signed_session(conn, space_id, sid)
+        self.presence.seen(space_id, signed or self._anonymous_of(conn))
 
     def _seen_on(self, space_id: str, conn: HttpConnection) -> None:
-        """A playlist served from the fast path: the connection's session, hashed once."""
-        if self.presence is None:
-            return
+        """A playlist served from the fast path (no ``sid``): the connection's anonymous
+        session, hashed once per connection."""
+        if self.presence is not None:
+            self.presence.seen(space_id, self._anonymous_of(conn))
+
+    def _signed_session(self, conn: HttpConnection, space_id: str, sid: str | None) -> str | None:
+        """``sid`` if the server issued it for this Space. The last one that verified is
+        kept on the connection: a player's polls are checked once, not each time."""
+        if not sid or self.sessions is None:
+            return None
+        if conn.verified == (space_id, sid):
+            return sid
+        if not self.sessions.verify(space_id, sid):
+            return None
+        conn.verified = (space_id, sid)
+        return sid
+
+    def _anonymous_of(self, conn: HttpConnection) -> str:
         if conn.session is None:
-            conn.session = _anonymous_hls_session(conn.peer, conn.user_agent)
-        self.presence.seen(space_id, conn.session)
+            conn.session = self._anonymous(conn.peer, conn.user_agent)
+        return conn.session
+
+    def _anonymous(self, peer: str, detail: str) -> str:
+        return anonymous_session(self.sessions.key if self.sessions else b"", peer, detail)
 
     def _playlist_bytes(self, channel: Channel, cache: str) -> bytes:
         # Keyed by the body's identity, not id(): a freed body's id can be reused by a
@@ -557,10 +570,6 @@ class AudienceServer:
 
 
 _OGG_HEAD = stream_head("audio/ogg", (("X-Content-Type-Options", "nosniff"),))
-
-
-def _anonymous_hls_session(peer: str, agent: str) -> str:
-    return "hls-" + hashlib.blake2b(f"{peer}|{agent}".encode(), digest_size=9).hexdigest()
 
 
 def _playlist_target(space_id: str) -> bytes:

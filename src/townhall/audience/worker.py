@@ -35,6 +35,7 @@ from townhall.audience.framing import (
 from townhall.audience.server import AudienceConfig, AudienceServer
 from townhall.feed import FeedSink
 from townhall.gcpolicy import freeze_startup_heap
+from townhall.sessions import SessionSigner
 from townhall.supervise.child import LOG_FORMAT
 from townhall.supervise.messages import ResyncPresence
 
@@ -47,6 +48,9 @@ class WorkerSpec:
     recordings_dir: Path | None
     host: str
     port: int
+    # Checks listeners' signed session ids (``townhall.sessions.session_key``); empty:
+    # none verifies, every listener counts as anonymous.
+    session_key: bytes = b""
 
 
 class PresenceRelay:
@@ -64,6 +68,8 @@ class PresenceRelay:
         seen_every_s: float,
         batch_s: float,
         call_later: Callable[[float, Callable[[], None]], object] | None = None,
+        max_seen_sessions: int = 100_000,
+        max_batch_messages: int = 4_096,
     ) -> None:
         self._transport = transport
         self._pid = pid
@@ -73,6 +79,8 @@ class PresenceRelay:
         self._batch_s = batch_s
         self._call_later = call_later
         self._pending: list[bytes] = []
+        self._max_seen_sessions = max_seen_sessions
+        self._max_batch_messages = max_batch_messages
         # Every open stream, so a restarted control process can be told of them again
         # (``resync``); as bounded as the connections this worker holds.
         self._open: dict[str, StreamOpened] = {}
@@ -96,7 +104,10 @@ class PresenceRelay:
 
     def seen(self, space_id: str, session_id: str) -> None:
         now = time.monotonic()
-        if now - self._seen_since >= self._seen_every_s:
+        if (
+            now - self._seen_since >= self._seen_every_s
+            or len(self._seen_recently) >= self._max_seen_sessions
+        ):
             self._seen_recently.clear()  # bounded: one period's sessions at most
             self._seen_since = now
         if (space_id, session_id) not in self._seen_recently:
@@ -105,7 +116,7 @@ class PresenceRelay:
 
     def _send(self, report: PresenceReport) -> None:
         self._pending.append(encode_frame(report))
-        if self._batch_s <= 0:
+        if self._batch_s <= 0 or len(self._pending) >= self._max_batch_messages:
             self.flush()
         elif len(self._pending) == 1:  # the first of a batch schedules its write
             later = self._call_later or asyncio.get_running_loop().call_later
@@ -156,6 +167,8 @@ def run_audience_worker(spec: WorkerSpec, feed: socket.socket) -> None:
 async def _serve(spec: WorkerSpec, feed: socket.socket) -> None:
     config = spec.audience.workers
     server = AudienceServer(spec.audience, spec.recordings_dir)
+    if spec.session_key:
+        server.sessions = SessionSigner(spec.session_key)
     await server.open(spec.host, spec.port, reuse_port=True)
     freeze_startup_heap()
     loop = asyncio.get_running_loop()
@@ -165,7 +178,12 @@ async def _serve(spec: WorkerSpec, feed: socket.socket) -> None:
         lambda: _FeedReader(server, closed, config.max_frame_bytes), sock=feed
     )
     relay = PresenceRelay(
-        transport, os.getpid(), config.presence_seen_every_s, config.presence_batch_s
+        transport,
+        os.getpid(),
+        config.presence_seen_every_s,
+        config.presence_batch_s,
+        max_seen_sessions=config.max_presence_seen_sessions,
+        max_batch_messages=config.max_presence_batch_messages,
     )
     server.presence = reader.relay = relay
     transport.write(encode_frame(WorkerReady()))

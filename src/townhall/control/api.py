@@ -10,6 +10,7 @@ rate-limited HTTP calls; only the people on stage hold a WebSocket (``ws.py``).
 # are settings): static typing can follow neither their fields nor the routes naming them.
 # mypy: disable-error-code="valid-type,attr-defined,arg-type,maybe-unrecognized-str-typeform"
 
+import secrets
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Literal
 
@@ -110,13 +111,34 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def install_metrics(app: FastAPI, th: Control) -> None:
+def install_metrics(app: FastAPI, th: Control, private: bool = True) -> None:
+    """``/metrics``: it names every Space held in memory, scheduled ones included, so on
+    the control port it takes the admin key; on ``control.metrics_address`` (a
+    separate, private address) it is open to whoever reaches that address."""
     registry = CollectorRegistry()
     registry.register(TownhallCollector(th))
 
     @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
+    async def metrics(authorization: Annotated[str | None, Header()] = None) -> Response:
+        if private:
+            check_admin_key(th.admin_key, authorization)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def check_admin_key(admin_key: str, authorization: str | None) -> None:
+    given = (authorization or "").removeprefix("Bearer ").strip()
+    if not authorization or not authorization.startswith("Bearer "):
+        raise Unauthorized("/metrics needs 'Authorization: Bearer <admin key>'")
+    if not secrets.compare_digest(given.encode(), admin_key.encode()):
+        raise Unauthorized("/metrics needs the admin key; that is not it")
+
+
+def create_metrics_app(th: Control) -> FastAPI:
+    """``/metrics`` alone, open, for ``control.metrics_address``."""
+    app = FastAPI(title="townhall metrics", docs_url=None, redoc_url=None, openapi_url=None)
+    install_error_handlers(app)
+    install_metrics(app, th, private=False)
+    return app
 
 
 def install_health(app: FastAPI, th: Control) -> None:
@@ -133,7 +155,8 @@ def create_app(th: Control) -> FastAPI:
     app.include_router(_spaces_router(th.service, th.views, request_models(th.config)))
     install_websocket(app, th.service)
     install_pages(app, th.service, th.views)
-    install_metrics(app, th)
+    if not th.config.control.metrics_address:
+        install_metrics(app, th)
     app.add_middleware(BodyLimit, max_bytes=th.config.control.max_body_bytes)
     return app
 

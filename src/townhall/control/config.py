@@ -60,3 +60,6 @@ class ControlConfig:
     # Peers (addresses or CIDR networks) whose X-Forwarded-For names the client; the
     # default trusts nobody, so the header cannot dodge a per-address limit.
     trusted_proxies: tuple[str, ...] = ()
+    # "host:port" to serve /metrics on, open, instead of on the control port behind the
+    # admin key (e.g. 127.0.0.1:9464, reachable only by the Prometheus next to it).
+    metrics_address: str = ""

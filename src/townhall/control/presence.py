@@ -2,7 +2,9 @@
 
 Implements :class:`townhall.audience.server.ListenerPresence` over the listener
 counters of the Spaces the control plane holds. A report about a Space it does not
-hold is dropped: only a held Space has listeners worth counting.
+hold is dropped: only a held Space has listeners worth counting. A report past a
+counter's bounds (``max_sessions``, the anonymous sessions of one address) is dropped
+too: that listener is served, not counted.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ class CountedPresence:
         if (counter := self.counter_of(space_id)) is not None:
             counter.connection_closed(session_id, conn_id, self.clock())
             if session_ended:
-                counter.leave(session_id, self.clock())
+                counter.leave_if_unconnected(session_id, self.clock())
 
     def seen(self, space_id: str, session_id: str) -> None:
         if (counter := self.counter_of(space_id)) is not None:

@@ -32,7 +32,7 @@ from starlette.types import ASGIApp
 from townhall.app import Control
 from townhall.audience.framing import apply_presence
 from townhall.config import ServerConfig
-from townhall.control.api import create_app
+from townhall.control.api import create_app, create_metrics_app
 from townhall.control.config import ControlConfig
 from townhall.control.guard import PortGuard, PortLimits, guarded_protocol
 from townhall.control.presence import CountedPresence
@@ -215,11 +215,14 @@ async def serve_control(spec: ControlSpec, sock: socket.socket) -> None:
         app = await _route_through_cluster(app, control, spec.config)
     server = uvicorn.Server(uvicorn_config(app, spec.config.control))
     serving = asyncio.create_task(server.serve(sockets=[spec.listen_socket]), name="control")
+    metrics = serve_metrics(control)
     freeze_startup_heap()
     await asyncio.wait([serving, link.closed], return_when=asyncio.FIRST_COMPLETED)
     if link.closed.done():
         log.info("the supervisor is gone; the control process exits")
     server.should_exit = True
+    if metrics is not None:
+        metrics.should_exit = True
     with contextlib.suppress(asyncio.CancelledError, TimeoutError):
         async with asyncio.timeout(SHUTDOWN_GRACE_S):
             await serving
@@ -243,6 +246,37 @@ async def _route_through_cluster(
         node=config.cluster.node_name or config.control_url,
         max_body_bytes=config.control.max_body_bytes,
     )
+
+
+def serve_metrics(control: ControlProcess) -> uvicorn.Server | None:
+    """Serve /metrics on ``control.metrics_address`` if one is set (the control port
+    then has none). A bind that fails is logged: the API goes on without metrics."""
+    address = control.config.control.metrics_address
+    if not address:
+        return None
+    host, _, port = address.rpartition(":")
+    try:
+        sock = socket.create_server((host.strip("[]") or "127.0.0.1", int(port)))
+    except (OSError, ValueError) as exc:
+        log.error("cannot serve /metrics on %r: %s", address, exc)
+        return None
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_metrics_app(control),
+            loop="none",
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+        )
+    )
+    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]), name="metrics")
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    return server
+
+
+# Tasks held until done: the loop keeps only weak references to them.
+_background: set[asyncio.Task[None]] = set()
 
 
 def run_control_process(spec: ControlSpec, sock: socket.socket) -> None:

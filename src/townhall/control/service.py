@@ -26,7 +26,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from townhall.control.config import ControlConfig
 from townhall.errors import Conflict, Forbidden, NotFound
@@ -47,6 +47,7 @@ from townhall.room.events import ReactionSent, RoomEvent
 from townhall.room.record import ParticipantRecord, RoomRecord, record_from_json, record_to_json
 from townhall.room.roles import Role, SpaceState
 from townhall.room.state import Room, RoomConfig
+from townhall.sessions import SessionSigner
 from townhall.store import SpaceRecord, Store
 from townhall.tokens import Grant, TokenIssuer
 
@@ -87,6 +88,7 @@ class SpaceService:
         counter_config: CounterConfig | None = None,
         clock: Callable[[], float] = time.time,
         on_change: RoomChanged | None = None,
+        sessions: SessionSigner | None = None,
     ) -> None:
         self._store = store
         self._issuer = issuer
@@ -103,6 +105,8 @@ class SpaceService:
         self._held: OrderedDict[str, LiveSpace] = OrderedDict()
         # Ends of abandoned Spaces in flight, held so the loop does not drop them.
         self._ending: set[asyncio.Task[None]] = set()
+        # Signs listener session ids (a random one per test service if none is given).
+        self._sessions = sessions or SessionSigner(secrets.token_bytes(32))
 
     # -- spaces ---------------------------------------------------------------------
     def create_space(
@@ -161,11 +165,34 @@ class SpaceService:
         ]
 
     def room(self, grant: Grant) -> dict[str, object]:
-        """The whole room, for the people who run it; reading it joins nobody."""
+        """The room as ``grant`` may see it, with ``you``; reading it joins nobody.
+
+        Listeners get the public snapshot (no hand queue, no invitations: who else
+        raised a hand is not theirs to know) and their own state in ``you``; the
+        people on stage and the moderators get the whole room.
+        """
         live = self._view(self._store.space(grant.space_id))
         if live.room.is_removed(grant.participant_id):
             raise Forbidden(f"{grant.participant_id} was removed from this space")
-        return live.snapshot()
+        return self._room_for(live, grant)
+
+    def _room_for(
+        self, live: LiveSpace, grant: Grant, full: dict[str, object] | None = None
+    ) -> dict[str, object]:
+        pid, room = grant.participant_id, live.room
+        role = room.role_of(pid) or grant.role
+        if role is Role.LISTENER:
+            snap = live.public_snapshot()
+        else:
+            snap = full if full is not None else live.snapshot()
+        you = {
+            "participant_id": pid,
+            "role": role.value,
+            "name": room.name_of(pid) or grant.name,
+            "hand_raised": pid in room.hand_queue(),
+            "invited": pid in room.pending_invitations(),
+        }
+        return {**snap, "you": you}
 
     # -- the lifecycle --------------------------------------------------------------
     async def start(self, grant: Grant, force: bool = False) -> SpaceRecord:
@@ -253,7 +280,9 @@ class SpaceService:
         check_command(name, target)  # a malformed command costs no rate-limit token
         self._actions.take(grant.participant_id, time.monotonic(), "room actions")
         live = self._join(grant)
-        return live.command(grant.participant_id, name, target, self._clock())
+        outcome = live.command(grant.participant_id, name, target, self._clock())
+        # The answer shows the room as the caller may see it (a listener: the public one).
+        return replace(outcome, room=self._room_for(live, grant, outcome.room))
 
     def react(self, grant: Grant, emoji: str) -> Outcome:
         self._actions.take(grant.participant_id, time.monotonic(), "reactions")
@@ -271,8 +300,11 @@ class SpaceService:
         self._signins.take(address, time.monotonic(), "sign-ins from this address")
         if self._view(record).room.state is SpaceState.ENDED:
             raise Conflict("the space has ended; the replay is available")
-        token = self._issuer.issue(space_id, Role.LISTENER, name)
-        return SignedIn(token, self._issuer.verify(token, space_id).participant_id)
+        # The listener's participant id is their signed session id: the audience port
+        # counts it only because the server issued it (townhall.sessions).
+        session_id = self._sessions.issue(space_id)
+        token = self._issuer.issue(space_id, Role.LISTENER, name, participant_id=session_id)
+        return SignedIn(token, session_id)
 
     def rename_listener(self, grant: Grant, name: str, address: str) -> SignedIn:
         """Give a listener session a name, keeping its id: one person stays one count.
@@ -322,8 +354,18 @@ class SpaceService:
         return live.stage_status()
 
     def watch(self, space_id: str, token: str) -> Watcher:
-        """Open a stage WebSocket's feed; opening it joins the room, as the page is there."""
+        """Open a stage WebSocket's feed; opening it joins the room, as the page is there.
+
+        Only the people on stage and the moderators hold one: it carries the whole room.
+        A listener (by the room's view, which wins over the token) is refused.
+        """
         grant = self.authorize(space_id, token)
+        live = self._hold(space_id)
+        if (live.room.role_of(grant.participant_id) or grant.role) is Role.LISTENER:
+            raise Forbidden(
+                "the stage socket is for people on stage and moderators; listeners read"
+                " GET /room and the audience port's events"
+            )
         return self._join(grant).watch(grant.participant_id)
 
     def unwatch(self, watcher: Watcher) -> None:

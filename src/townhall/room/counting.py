@@ -8,7 +8,8 @@ Two numbers are shown to hosts and the audience:
     ``session_timeout_s`` (an LL-HLS player polls playlists over short-lived requests,
     so it has no long connection to hold).
 ``total_tuned_in``
-    distinct session ids ever seen.
+    distinct sessions ever seen, estimated in fixed memory (``room/sketch.py``: exact
+    below 1,024, then within about 2 %).
 
 The unit is the player's session id, never a connection or a request. A reconnect,
 a retried request, the several parallel HTTP connections of one HLS player and a
@@ -16,6 +17,13 @@ second tab sharing the session id are all the same session, so none of them infl
 either number. When the last connection of a session closes, the session stays alive
 for ``session_timeout_s``: a listener whose network blips and who reconnects within
 that grace is still one listener who never left.
+
+Anonymous sessions (ids made by ``townhall.sessions.anonymous_session`` for requests
+whose ``sid`` the server did not issue) are bounded per client address: at most
+``max_anonymous_address_sessions`` of one address are alive at once, a new one past
+that is refused (the audience port serves it, uncounted), and each takes one of that
+address's numbered slots, which is what ``total_tuned_in`` remembers of it. So one
+address adds at most that many to either number, however many ids it makes up.
 
 Memory is bounded: at most ``max_sessions`` sessions are alive at once and a new one
 beyond that is refused with :class:`~townhall.errors.Unavailable`. Expiry is O(1) per
@@ -32,6 +40,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from townhall.errors import BadRequest, Unavailable
+from townhall.room.sketch import DistinctSketch
+from townhall.sessions import anonymous_address
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,12 +51,17 @@ class CounterConfig:
     max_session_id_chars: int = 128
     # Suggested back-off when full and no idle session is about to expire.
     full_retry_after_s: float = 10.0
+    # Anonymous sessions (no valid signed id) alive at once per client address (an IPv4
+    # address or an IPv6 /64): a household or a small office behind one address.
+    max_anonymous_address_sessions: int = 16
 
 
 @dataclass(slots=True)
 class _Session:
     last_seen_at: float
     connections: set[str] = field(default_factory=set)
+    # An anonymous session's (hashed address, slot): released when the session ends.
+    slot: tuple[str, int] | None = None
 
 
 class ListenerCounter:
@@ -56,7 +71,10 @@ class ListenerCounter:
         # Sessions without an open connection, oldest sign of life first. Sessions with
         # a connection are alive whatever their age, so they are kept out of this queue.
         self._idle: OrderedDict[str, None] = OrderedDict()
-        self._tuned_in: set[str] = set()
+        self._tuned_in = DistinctSketch()
+        # Per hashed address, the slots its anonymous sessions hold (bounded per address;
+        # an address with none is dropped).
+        self._slots: dict[str, set[int]] = {}
 
     # -- signs of life -------------------------------------------------------
 
@@ -82,8 +100,13 @@ class ListenerCounter:
 
     def leave(self, session_id: str, now: float) -> None:
         """The player said goodbye: the session stops counting at once."""
-        self._sessions.pop(session_id, None)
-        self._idle.pop(session_id, None)
+        self._drop(session_id)
+
+    def leave_if_unconnected(self, session_id: str, now: float) -> None:
+        """A stream that was its own session closed: it ends unless it still has one."""
+        session = self._sessions.get(session_id)
+        if session is not None and not session.connections:
+            self._drop(session_id)
 
     def expire(self, now: float) -> int:
         """Forget idle sessions older than the timeout; returns how many went."""
@@ -92,8 +115,7 @@ class ListenerCounter:
             session_id = next(iter(self._idle))
             if not self._is_stale(self._sessions[session_id], now):
                 break
-            del self._idle[session_id]
-            del self._sessions[session_id]
+            self._drop(session_id)
             expired += 1
         return expired
 
@@ -104,7 +126,11 @@ class ListenerCounter:
         return len(self._sessions)
 
     def total_tuned_in(self) -> int:
-        return len(self._tuned_in)
+        return self._tuned_in.estimate()
+
+    def anonymous_addresses(self) -> int:
+        """Client addresses holding anonymous sessions now (bounded by the sessions)."""
+        return len(self._slots)
 
     def is_listening(self, session_id: str, now: float) -> bool:
         self.expire(now)
@@ -125,10 +151,42 @@ class ListenerCounter:
             self.expire(now)
         if len(self._sessions) >= self.config.max_sessions:
             raise Unavailable("too many listeners", retry_after_s=self._retry_after_s(now))
-        session = _Session(last_seen_at=now)
+        slot = self._anonymous_slot(session_id)
+        session = _Session(last_seen_at=now, slot=slot)
         self._sessions[session_id] = session
-        self._tuned_in.add(session_id)
+        if slot is not None:
+            self._slots.setdefault(slot[0], set()).add(slot[1])
+            # An address's anonymous audience is remembered by slot, not by the ids it
+            # sent: the ids are free to make up, the slots are few.
+            self._tuned_in.add(f"{slot[0]}#{slot[1]}")
+        else:
+            self._tuned_in.add(session_id)
         return session
+
+    def _anonymous_slot(self, session_id: str) -> tuple[str, int] | None:
+        address = anonymous_address(session_id)
+        if address is None:
+            return None
+        taken = self._slots.get(address, set())
+        bound = self.config.max_anonymous_address_sessions
+        free = next((n for n in range(bound) if n not in taken), None)
+        if free is None:
+            raise Unavailable(
+                "too many anonymous listeners from one address",
+                retry_after_s=self.config.session_timeout_s,
+            )
+        return address, free
+
+    def _drop(self, session_id: str) -> None:
+        session = self._sessions.pop(session_id, None)
+        self._idle.pop(session_id, None)
+        if session is not None and session.slot is not None:
+            address, n = session.slot
+            taken = self._slots.get(address)
+            if taken is not None:
+                taken.discard(n)
+                if not taken:
+                    del self._slots[address]
 
     def _retry_after_s(self, now: float) -> float:
         """When the oldest idle session frees its slot, if one will."""

@@ -17,6 +17,7 @@ import functools
 import logging
 import multiprocessing
 import os
+import secrets
 import signal
 import socket
 import time
@@ -29,6 +30,8 @@ from townhall.audience.framing import SessionSeen, StreamClosed, StreamOpened
 from townhall.audience.pool import WorkerPool
 from townhall.audience.worker import WorkerSpec
 from townhall.config import ServerConfig
+from townhall.sessions import session_key
+from townhall.store import Store
 from townhall.supervise.child import run_child
 from townhall.supervise.hub import (
     AUDIENCE,
@@ -179,7 +182,10 @@ class Supervisor:
             c.host, c.control_port, c.supervisor.control_backlog_connections
         )
         c = dataclasses.replace(c, control_port=self.control_socket.getsockname()[1])
-        spec = WorkerSpec(c.audience, c.recordings_dir, c.host, c.audience_port)
+        # The workers check listeners' signed session ids with the key alone.
+        secret = Store(c.db_path).setting("token_secret", secrets.token_urlsafe(32))
+        key = session_key(secret)
+        spec = WorkerSpec(c.audience, c.recordings_dir, c.host, c.audience_port, key)
         self.pool = WorkerPool(spec, max(1, c.audience_workers), presence=_PresenceToHub(self))
         await self.pool.start()
         self.config = dataclasses.replace(c, audience_port=self.pool.port)
