@@ -22,7 +22,7 @@ import resource
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -360,12 +360,10 @@ async def junk_ws(o: AttackOrder, deadline: float) -> Outcome:
             _err(out, exc)
         code = ws.close_code
         out.statuses[f"close {code}" if code is not None else "open"] += 1
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(ws.close(), 1.0)
+        ws.transport.abort()
     out.open_at_end = sum(1 for ws in held if ws.close_code is None)
     for ws in held:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(ws.close(), 0.5)
+        ws.transport.abort()  # a server that ignores closing frames must not hold us
     return out
 
 
@@ -411,68 +409,110 @@ async def _post(
 async def offer_flood(o: AttackOrder, deadline: float) -> Outcome:
     """Waves of ``OFFER_WAVE`` concurrent SDP offers on one speaker token."""
     out = Outcome(o.attack)
-    sdp = await _offer_sdp()
+    sdp = await asyncio.wait_for(_offer_sdp(), SETUP_TIMEOUT_S)
+    ready()
+    deadline = time.monotonic() + o.seconds
     path = f"/api/spaces/{o.space_id}/stage/offer"
+    body = {"sdp": sdp, "type": "offer"}
     async with _client(source_address(BLOCKS["offer-flood"], 0), o.control_port) as client:
         while time.monotonic() < deadline and out.requests < MAX_OFFERS:
-            body = {"sdp": sdp, "type": "offer"}
-            await asyncio.gather(
-                *(_post(out, client, path, o.token, body) for _ in range(OFFER_WAVE))
-            )
+            wave = [_post(out, client, path, o.token, body) for _ in range(OFFER_WAVE)]
+            await _bounded(wave, max(0.1, deadline - time.monotonic()), out)
             out.opened += OFFER_WAVE
     await asyncio.sleep(max(0.0, deadline - time.monotonic()))
     return out
 
 
-async def _sign_in_many(out: Outcome, o: AttackOrder, block: int, n: int) -> list[str]:
-    """``n`` listener tokens, each signed in from its own address."""
+SETUP_TIMEOUT_S = 30.0
+
+
+def ready() -> None:
+    """Tell the benchmark the attack proper begins now (after any set-up)."""
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+
+
+async def _listeners(
+    out: Outcome,
+    o: AttackOrder,
+    block: int,
+    act: Callable[[httpx.AsyncClient, str, float], Awaitable[None]],
+    tail_s: float = 0.0,
+) -> None:
+    """``o.count`` listeners, each from its own address, signed in first (set-up, bounded
+    by ``SETUP_TIMEOUT_S``); then each runs ``act(client, token, deadline)`` for
+    ``o.seconds``, cut off ``tail_s`` after that."""
+    clients = [_client(source_address(block, i), o.control_port) for i in range(o.count)]
     gate = asyncio.Semaphore(32)
 
-    async def one(i: int) -> str | None:
-        async with gate, _client(source_address(block, i), o.control_port) as client:
+    async def sign_in(client: httpx.AsyncClient) -> str | None:
+        async with gate:
             resp = await _post(out, client, f"/api/spaces/{o.space_id}/listeners", "", {})
-            if resp is not None and resp.status_code == 201:
-                return str(resp.json()["token"])
-            return None
+        return str(resp.json()["token"]) if resp is not None and resp.status_code == 201 else None
 
-    tokens = await asyncio.gather(*(one(i) for i in range(n)))
-    return [t for t in tokens if t]
+    try:
+        tokens = await _bounded([sign_in(c) for c in clients], SETUP_TIMEOUT_S, out)
+        signed = [(c, t) for c, t in zip(clients, tokens, strict=True) if isinstance(t, str)]
+        out.opened = len(signed)
+        ready()
+        deadline = time.monotonic() + o.seconds
+        await _bounded([act(c, t, deadline) for c, t in signed], o.seconds + tail_s, out)
+    finally:
+        for c in clients:
+            with contextlib.suppress(Exception):
+                await c.aclose()
+
+
+async def _bounded(coros: Sequence[Awaitable[Any]], timeout_s: float, out: Outcome) -> list[Any]:
+    """Run ``coros`` together for at most ``timeout_s``: their results, in order (None
+    for those cut off or failed; failures counted)."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    if not tasks:
+        return []
+    _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+    for t in pending:
+        t.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    results: list[Any] = []
+    for t in tasks:
+        if t.cancelled():
+            results.append(None)
+        elif (exc := t.exception()) is not None:
+            _err(out, exc)
+            results.append(None)
+        else:
+            results.append(t.result())
+    return results
 
 
 async def reactions(o: AttackOrder, deadline: float) -> Outcome:
     """``count`` listener tokens sending reactions as fast as they are answered."""
     out = Outcome(o.attack)
-    block = BLOCKS["reactions"]
-    tokens = await _sign_in_many(out, o, block, o.count)
-    out.opened = len(tokens)
     path = f"/api/spaces/{o.space_id}/reactions"
 
-    async def react(i: int, token: str) -> None:
-        async with _client(source_address(block, i), o.control_port) as client:
-            while time.monotonic() < deadline:
-                await _post(out, client, path, token, {"emoji": "👏"})
+    async def react(client: httpx.AsyncClient, token: str, until: float) -> None:
+        while time.monotonic() < until:
+            await _post(out, client, path, token, {"emoji": "👏"})
 
-    await asyncio.gather(*(react(i, t) for i, t in enumerate(tokens)))
+    await _listeners(out, o, BLOCKS["reactions"], react)
     return out
 
 
+HANDS_LOWERED_WITHIN_S = 5.0
+
+
 async def hands(o: AttackOrder, deadline: float) -> Outcome:
-    """``count`` listeners raise their hands and keep them up; lowered at the end."""
+    """``count`` listeners raise their hands and keep them up until the end; then they
+    lower them (not measured: the next attack should not inherit the queue)."""
     out = Outcome(o.attack)
-    block = BLOCKS["hands"]
-    tokens = await _sign_in_many(out, o, block, o.count)
     path = f"/api/spaces/{o.space_id}/commands"
-    gate = asyncio.Semaphore(32)
 
-    async def command(i: int, token: str, name: str) -> None:
-        async with gate, _client(source_address(block, i), o.control_port) as client:
-            resp = await _post(out, client, path, token, {"command": name})
-            out.opened += 1 if resp is not None and resp.status_code == 200 else 0
+    async def raise_and_lower(client: httpx.AsyncClient, token: str, until: float) -> None:
+        await _post(out, client, path, token, {"command": "raise_hand"})
+        await asyncio.sleep(max(0.0, until - time.monotonic()))
+        await _post(out, client, path, token, {"command": "lower_hand"})
 
-    await asyncio.gather(*(command(i, t, "raise_hand") for i, t in enumerate(tokens)))
-    await asyncio.sleep(max(0.0, deadline - time.monotonic()))
-    # Not measured: the next attack should not inherit the queue.
-    await asyncio.gather(*(command(i, t, "lower_hand") for i, t in enumerate(tokens)))
+    await _listeners(out, o, BLOCKS["hands"], raise_and_lower, HANDS_LOWERED_WITHIN_S)
     return out
 
 
@@ -497,7 +537,14 @@ def _raise_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+# Attacks with a set-up (sign-ins, an SDP offer) call ``ready()`` themselves once it is
+# done, and run ``seconds`` from then.
+SET_UP = frozenset({"reactions", "hands", "offer-flood"})
+
+
 async def run(o: AttackOrder) -> Outcome:
+    if o.attack not in SET_UP:
+        ready()
     deadline = time.monotonic() + o.seconds
     return await ATTACKERS[o.attack](o, deadline)
 
