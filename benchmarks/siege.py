@@ -33,6 +33,7 @@ import contextlib
 import json
 import math
 import select
+import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +43,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
@@ -49,7 +51,7 @@ import psutil
 from benchmarks.faults import metric_max, percentile
 from benchmarks.harness.attacks import SETUP_TIMEOUT_S, AttackOrder, source_address
 from benchmarks.harness.probe import OggProbe
-from benchmarks.harness.processes import stop
+from benchmarks.harness.processes import process_table, stop
 from benchmarks.harness.server import Server, Space, start_server, townhall_command
 
 HOST_TONE_HZ, GUEST_TONE_HZ = 440.0, 660.0
@@ -504,9 +506,6 @@ class SteadyListeners:
             t.join(3)
 
     def _run(self, i: int) -> None:
-        import socket
-        from urllib.parse import urlsplit
-
         source = source_address(STEADY_BLOCK, i)
         sid = sign_in(self.server, self.space, source, 5.0)
         url = urlsplit(_with_sid(self.space.ogg_url, sid))
@@ -605,8 +604,6 @@ class ProcessWatch:
         return rss, fds
 
     def _refresh_names(self) -> None:
-        from benchmarks.harness.processes import process_table
-
         table = process_table(self.server.control_url, timeout_s=1.0)
         if table:
             self.names = {p.pid: p.name for p in table if p.pid > 0}

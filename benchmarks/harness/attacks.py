@@ -417,8 +417,8 @@ async def offer_flood(o: AttackOrder, deadline: float) -> Outcome:
     async with _client(source_address(BLOCKS["offer-flood"], 0), o.control_port) as client:
         while time.monotonic() < deadline and out.requests < MAX_OFFERS:
             wave = [_post(out, client, path, o.token, body) for _ in range(OFFER_WAVE)]
-            await _bounded(wave, max(0.1, deadline - time.monotonic()), out)
-            out.opened += OFFER_WAVE
+            answered = await _bounded(wave, max(0.1, deadline - time.monotonic()), out)
+            out.opened += sum(1 for r in answered if r is not None)
     await asyncio.sleep(max(0.0, deadline - time.monotonic()))
     return out
 
