@@ -86,6 +86,16 @@ def parser() -> argparse.ArgumentParser:
     )
     fa.add_argument("--json", type=Path, help="also write the results here")
     fa.set_defaults(run=_faults)
+    si = sub.add_parser("siege", help="one live Space with no attack, then under each attack")
+    si.add_argument("--quick", action="store_true", help="shorter attacks, smaller counts")
+    si.add_argument("--attacks", help="comma-separated (the baseline always runs first)")
+    si.add_argument("--attack-seconds", type=float, help="length of each phase")
+    si.add_argument("--idle-connections", type=int, help="ceiling of the idle attacks")
+    si.add_argument(
+        "--set", action="append", default=[], metavar="PATH=VALUE", help="server setting"
+    )
+    si.add_argument("--json", type=Path, help="also write the results here")
+    si.set_defaults(run=_siege)
     for name, (_, help_) in FORWARDED.items():
         # Listed here for --help; main() hands their arguments over before parsing.
         sub.add_parser(name, help=help_, add_help=False)
@@ -155,6 +165,27 @@ def _faults(args: argparse.Namespace) -> int:
     # SIGTERM as Ctrl-C: the run then stops everything it started before exiting.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     report = run_fault_bench(plan)
+    _report(report, args.json)
+    return 0 if report.passed else 1
+
+
+def _siege(args: argparse.Namespace) -> int:
+    from benchmarks.siege import SiegePlan, parse_attacks, run_siege
+
+    given: dict[str, object] = {"server_args": tuple(a for s in args.set for a in ("--set", s))}
+    if args.attacks:
+        try:
+            given["attacks"] = parse_attacks(args.attacks)
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+    if args.attack_seconds is not None:
+        given["attack_s"] = args.attack_seconds
+    if args.idle_connections is not None:
+        given["idle_connections"] = args.idle_connections
+    plan = SiegePlan.quick(**given) if args.quick else SiegePlan(**given)  # type: ignore[arg-type]
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    report = run_siege(plan)
     _report(report, args.json)
     return 0 if report.passed else 1
 

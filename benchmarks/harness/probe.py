@@ -402,6 +402,7 @@ class OggProbe:
         jitter_s: float = RECONNECT_JITTER_S,
         clock: Callable[[], float] = time.monotonic,
         fallback_urls: Sequence[str] = (),
+        source_address: str | None = None,
     ) -> None:
         self.url, self.name = url, name
         # Like a client given several edges (DNS round robin): a connection that
@@ -415,6 +416,9 @@ class OggProbe:
         self._rng = random.Random(seed)
         self._jitter_s = jitter_s
         self._clock = clock
+        # A loopback source address of its own (127.x.y.z): per-address limits then see
+        # this listener as one person, not as the benchmark's other clients.
+        self._source = (source_address, 0) if source_address else None
         self._stop = threading.Event()
         self._sock: socket.socket | None = None
         self._thread = threading.Thread(target=self._run, name=f"probe-{name}", daemon=True)
@@ -454,7 +458,9 @@ class OggProbe:
         before = len(self.log.frames)
         reason = "closed by the server"
         try:
-            with socket.create_connection(self._addr, CONNECT_TIMEOUT_S) as sock:
+            with socket.create_connection(
+                self._addr, CONNECT_TIMEOUT_S, source_address=self._source
+            ) as sock:
                 self._sock = sock
                 sock.settimeout(READ_TIMEOUT_S)
                 self.local_port = sock.getsockname()[1]

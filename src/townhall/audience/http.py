@@ -298,6 +298,8 @@ class HttpConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self._head_bytes = 0
         self.head_started_at = None
+        if self._done_reading():
+            return  # pipelined in the same packet behind a stream or a close: unanswered
         if self.proxied:
             self._name_client()
         hit = self.ready.get(self._url)
@@ -414,8 +416,15 @@ class HttpConnection(asyncio.Protocol):
         return self.transport
 
     def _fail(self, status: int, detail: str) -> None:
+        if self._done_reading():
+            return  # nothing may follow a stream's head or a response that closed
         err = TownhallError(detail)
         err.status, err.code = status, HTTPStatus(status).name.lower()
         if self.transport is not None:
             self.transport.write(error_bytes(err))
             self.transport.close()
+
+    def _done_reading(self) -> bool:
+        """The connection is a stream, or closing: the rest of a packet the parser is
+        still going through must neither be answered nor subscribe again."""
+        return self.streaming or (self.transport is not None and self.transport.is_closing())
