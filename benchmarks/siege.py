@@ -50,6 +50,7 @@ import psutil
 
 from benchmarks.faults import metric_max, percentile
 from benchmarks.harness.attacks import SETUP_TIMEOUT_S, AttackOrder, source_address
+from benchmarks.harness.metrics import scrape
 from benchmarks.harness.probe import OggProbe
 from benchmarks.harness.processes import process_table, stop
 from benchmarks.harness.server import Server, Space, start_server, townhall_command
@@ -129,7 +130,8 @@ def parse_attacks(text: str) -> tuple[str, ...]:
 def idle_target(print_config: str, ceiling: int) -> int:
     """Idle connections to open: the control process's connection cap from
     ``townhall serve --print-config`` (a ``max_connections`` key in ``[control]``), if it
-    has one and it is lower, else ``ceiling``."""
+    sets one (0 means derived from the process's file limit) and it is lower, else
+    ``ceiling``."""
     table = ""
     for line in print_config.splitlines():
         line = line.strip()
@@ -139,7 +141,8 @@ def idle_target(print_config: str, ceiling: int) -> int:
             key, value = (s.strip() for s in line.split("=", 1))
             if key == "max_connections":
                 with contextlib.suppress(ValueError):
-                    return min(ceiling, int(value.replace("_", "")))
+                    cap = int(value.replace("_", ""))
+                    return min(ceiling, cap) if cap > 0 else ceiling
     return ceiling
 
 
@@ -918,13 +921,7 @@ def _count(space: Space) -> int | None:
 
 
 def _metrics(server: Server) -> str:
-    """``/metrics`` with the admin key (which it needs once it is private)."""
+    """``/metrics`` (with the admin key), or "" while the server does not answer."""
     with contextlib.suppress(httpx.HTTPError):
-        resp = httpx.get(
-            f"{server.control_url}/metrics",
-            headers={"Authorization": f"Bearer {server.admin_key}"},
-            timeout=5.0,
-        )
-        if resp.status_code == 200:
-            return resp.text
+        return scrape(server.control_url, server.admin_key, timeout_s=5.0)
     return ""

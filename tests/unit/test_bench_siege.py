@@ -78,6 +78,7 @@ def test_the_idle_attack_stops_at_the_control_processs_connection_cap() -> None:
     assert idle_target(printed, 20_000) == 4_096
     assert idle_target("[control]\nmax_body_bytes = 65_536\n", 20_000) == 20_000
     assert idle_target("[control]\nmax_connections = 50_000\n", 20_000) == 20_000
+    assert idle_target("[control]\nmax_connections = 0\n", 20_000) == 20_000  # derived
 
 
 def test_source_addresses_are_loopback_distinct_and_never_network_or_broadcast() -> None:
