@@ -34,3 +34,6 @@ class ControlConfig:
     # A stage process that has not answered a request (an SDP offer) by then is taken
     # for gone: the client gets 503 and retries.
     stage_reply_timeout_s: float = 5.0
+    # The longest a Space may run: the host's and the links' tokens for a Space scheduled
+    # at T stay valid until T plus this (or the default lifetime, if that is later).
+    max_space_duration_s: float = 12 * 3600.0

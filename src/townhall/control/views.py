@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from townhall.room.record import LinkRecord
 from townhall.store import SpaceRecord
 
 
@@ -50,6 +51,19 @@ class SpaceViews:
             "host_link": self.link(space.id, "host", host_token),
             "speaker_link": self.link(space.id, "speak", speaker_token),
             "host_token": host_token,
+        }
+
+    @staticmethod
+    def link_info(link: LinkRecord) -> dict[str, object]:
+        """An invitation link as the host sees it: never its token or its holder's key."""
+        return {
+            "participant_id": link.participant_id,
+            "name": link.name,
+            "role": link.role.value,
+            "claimed": bool(link.holder),
+            "revoked": link.revoked,
+            "generation": link.generation,
+            "issued_at": link.issued_at,
         }
 
     def client_config(self) -> dict[str, str]:

@@ -3,8 +3,9 @@
 Everything the Room's rules depend on, and nothing else: who is there in which role,
 who is muted or mic-checked, who was removed or demoted, the hand queue and the pending
 invitations in their order, the reaction tallies, the lifecycle state and when it
-started, and the invitation links issued (who holds each, which are revoked). A process that keeps this (the store's room journal, as JSON) can rebuild a
-Space where it left off after a crash.
+started, and the invitation links issued (who holds each, which are revoked). A
+process that keeps this (the store's room journal, as JSON) can rebuild a Space where it
+left off after a crash.
 """
 
 from __future__ import annotations
@@ -86,8 +87,15 @@ def record_to_json(record: RoomRecord) -> str:
             "reaction_tallies": [list(t) for t in record.reaction_tallies],
             "demoted": [[pid, role.value] for pid, role in record.demoted],
             "links": [
-                [k.participant_id, k.name, k.role.value, k.generation, k.holder, k.revoked,
-                 k.issued_at]  # fmt: skip
+                [
+                    k.participant_id,
+                    k.name,
+                    k.role.value,
+                    k.generation,
+                    k.holder,
+                    k.revoked,
+                    k.issued_at,
+                ]
                 for k in record.links
             ],
         },
@@ -121,8 +129,9 @@ def record_from_json(text: str) -> RoomRecord:
             # Journals written before links and demotions existed have neither.
             demoted=tuple((str(pid), Role(role)) for pid, role in raw.get("demoted", [])),
             links=tuple(
-                LinkRecord(str(pid), str(name), Role(role), int(gen), str(holder), bool(rev),
-                           float(at))  # fmt: skip
+                LinkRecord(
+                    str(pid), str(name), Role(role), int(gen), str(holder), bool(rev), float(at)
+                )
                 for pid, name, role, gen, holder, rev, at in raw.get("links", [])
             ),
         )

@@ -269,8 +269,8 @@ class RoomConfig:
     max_title_chars: int = 100
     max_description_chars: int = 1_000
     full_retry_after_s: float = 5.0
-    # Invitation links kept per Space (revoked ones included: they must stay refused).
-    max_links: int = 1_000
+    # People invited by link per Space (revoked links included: they must stay refused).
+    max_invited_participants: int = 1_000
 
 
 class LinkInUse(Conflict):
@@ -647,8 +647,8 @@ class Room:
             raise Conflict(f"{pid} is already known in this space")
         if pid == self.host_id:
             raise Conflict("the host has their own link")
-        if len(self._links) >= self.config.max_links:
-            raise Conflict(f"the space already has {self.config.max_links} links")
+        if len(self._links) >= self.config.max_invited_participants:
+            raise Conflict(f"the space already has {self.config.max_invited_participants} links")
         clean_name = _bounded_text(name, "name", self.config.max_name_chars)
         self._links[pid] = LinkRecord(pid, clean_name, role, issued_at=now)
         return [LinkIssued(space_id=self.space_id, at=now, participant_id=pid, role=role, by=by)]
