@@ -592,6 +592,7 @@ class Room:
         target.role = Role.LISTENER
         target.muted = False
         target.live = False  # a later return to the stage needs a fresh mic check
+        target.stage_seq = 0  # no seat: the record of an audience member has none
         return [SpeakerMovedToAudience(space_id=self.space_id, at=now, participant_id=who, by=by)]
 
     def mic_check_passed(self, who: str, now: float) -> list[RoomEvent]:
