@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import jwt
 import pytest
 from starlette.websockets import WebSocketDisconnect
@@ -231,7 +232,9 @@ async def link_of(town: Town, space: dict[str, object], token: str) -> str:
     return str(jwt.decode(token, options={"verify_signature": False})["sub"])
 
 
-async def offer(town: Town, space: dict[str, object], token: str, holder: str | None):  # type: ignore[no-untyped-def]
+async def offer(
+    town: Town, space: dict[str, object], token: str, holder: str | None
+) -> httpx.Response:
     headers = {**bearer(token), **({"X-Townhall-Holder": holder} if holder else {})}
     return await town.client.post(
         f"/api/spaces/{space['id']}/stage/offer",
@@ -265,7 +268,8 @@ async def test_demote_leave_rejoin_stays_off_stage(town: Town) -> None:
     assert "only people on stage" in error_of(again, 403)
     room = await town.room(space)
     assert seat(room, pid) is None and pid not in stage.members
-    assert town.th.service.held(str(space["id"])).room.program() == []  # type: ignore[union-attr]
+    live = town.th.service.held(str(space["id"]))
+    assert live is not None and live.room.program() == []
 
 
 async def test_a_second_opener_is_refused_and_the_holder_reconnects(town: Town) -> None:
