@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 
 import httpx
 import jwt
@@ -274,3 +275,49 @@ async def test_a_removed_cohosts_socket_is_closed_within_a_second(server: Server
     assert closed_after_s < 1.0, f"the socket stayed open {closed_after_s:.2f} s"
     assert snapshots == 0, "a removed co-host's socket still got the room"
     await space.end()
+
+
+def test_the_stage_page_holds_its_link_and_the_host_reissues_it(server: Server) -> None:
+    """In Chromium: the speaker's page claims its link; the same link in another browser
+    profile is refused with the reason; the host's page lists the link as in use and
+    reissues it, which cuts the first page off."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium = "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.skip("Debian chromium is not installed")
+    space = server.create_space_sync("links in the browser")
+    space.start_sync()
+    sync_api.expect.set_options(timeout=15_000)
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=chromium,
+            headless=True,
+            args=["--no-sandbox", "--use-fake-ui-for-media-stream",
+                  "--use-fake-device-for-media-stream", "--disable-background-networking"],
+        )  # fmt: skip
+        try:
+            first = browser.new_context().new_page()
+            first.goto(space.speaker_link)
+            sync_api.expect(first.locator("body")).to_have_attribute("data-socket", "open")
+
+            second = browser.new_context().new_page()  # another profile: another holder
+            second.goto(space.speaker_link)
+            sync_api.expect(second.locator("body")).to_have_attribute("data-socket", "refused")
+            sync_api.expect(second.locator("#errors")).to_contain_text(
+                "this link is already in use; ask the host for a new one"
+            )
+            # The first page's reload is the same holder: it gets back in.
+            first.reload()
+            sync_api.expect(first.locator("body")).to_have_attribute("data-socket", "open")
+
+            host = browser.new_context().new_page()
+            host.goto(space.host_link)
+            row = host.locator("#links li", has_text="Speaker")
+            sync_api.expect(row).to_have_attribute("data-state", "in use")
+            row.get_by_role("button", name="Reissue").click()
+            sync_api.expect(host.locator("#links-new")).to_contain_text("/speak#t=")
+            sync_api.expect(first.locator("body")).to_have_attribute("data-socket", "refused")
+            sync_api.expect(first.locator("#errors")).to_contain_text("replaced")
+        finally:
+            browser.close()
+    space.end_sync()
