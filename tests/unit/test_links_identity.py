@@ -249,9 +249,13 @@ async def test_a_cohost_cannot_make_a_cohost(town: Town) -> None:
     made = await town.post(space, "/invite", host(space), json={"role": "cohost", "name": "C"})
     cohost = made.json()["token"]
     assert (await offer(town, space, cohost, "kc")).status_code == 200
-    resp = await town.post(space, "/invite", cohost, json={"role": "cohost", "name": "X"})
+    as_cohost = {**bearer(cohost), "X-Townhall-Holder": "kc"}
+    invite = f"/api/spaces/{space['id']}/invite"
+    resp = await town.client.post(invite, json={"role": "cohost", "name": "X"}, headers=as_cohost)
     assert "a cohost cannot issue a cohost link" in error_of(resp, 403)
-    speaker = await town.post(space, "/invite", cohost, json={"role": "speaker", "name": "S"})
+    speaker = await town.client.post(
+        invite, json={"role": "speaker", "name": "S"}, headers=as_cohost
+    )
     assert speaker.status_code == 201, speaker.text
 
 
@@ -263,7 +267,12 @@ async def test_demote_leave_rejoin_stays_off_stage(town: Town) -> None:
     assert (await offer(town, space, token, "k1")).status_code == 200
     await town.command(space, host(space), "move_to_audience", pid)
     await eventually(lambda: is_true(pid in stage.disconnects and pid not in stage.members))
-    await town.command(space, token, "leave")
+    left = await town.client.post(
+        f"/api/spaces/{space['id']}/commands",
+        json={"command": "leave"},
+        headers={**bearer(token), "X-Townhall-Holder": "k1"},
+    )
+    assert left.status_code == 200, left.text
     again = await offer(town, space, token, "k1")
     assert "only people on stage" in error_of(again, 403)
     room = await town.room(space)
@@ -303,7 +312,16 @@ async def test_revoke_and_reissue_over_http(town: Town) -> None:
         "generation": 1,
         "issued_at": sam["issued_at"],
     }
-    assert "cannot" in error_of(await town.get(space, "/links", token), 403)
+    links = f"/api/spaces/{space['id']}/links"
+    mine = {**bearer(token), "X-Townhall-Holder": "k"}
+    assert "cannot" in error_of(await town.client.get(links, headers=mine), 403)
+    # Anyone else with the claimed link is refused, for every call, not only the stage.
+    for other in (bearer(token), {**bearer(token), "X-Townhall-Holder": "other"}):
+        assert "already in use" in error_of(await town.client.get(links, headers=other), 409)
+        resp = await town.client.post(
+            f"/api/spaces/{space['id']}/commands", json={"command": "leave"}, headers=other
+        )
+        assert "already in use" in error_of(resp, 409)
 
     reissued = await town.post(space, f"/links/{pid}/reissue", host(space))
     assert reissued.status_code == 200, reissued.text

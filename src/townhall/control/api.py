@@ -138,8 +138,10 @@ def _spaces_router(service: SpaceService, views: SpaceViews, m: RequestModels) -
     CreateSpace, SdpOffer, Invite = m.create_space, m.sdp_offer, m.invite
     SignIn, ListenerName, Command, Reaction = m.sign_in, m.listener_name, m.command, m.reaction
 
-    async def grant_for(space_id: str, token: Annotated[str, Depends(bearer)]) -> Grant:
-        return service.authorize(space_id, token)
+    async def grant_for(
+        space_id: str, token: Annotated[str, Depends(bearer)], holder: HolderKey = None
+    ) -> Grant:
+        return service.authorize(space_id, token, holder)
 
     Auth = Annotated[Grant, Depends(grant_for)]
 

@@ -135,12 +135,15 @@ class SpaceService:
         """The Space's record; ``NotFound`` for an unknown id."""
         return self._store.space(space_id)
 
-    def authorize(self, space_id: str, token: str) -> Grant:
+    def authorize(self, space_id: str, token: str, holder: str | None = None) -> Grant:
+        """The token's grant. A link's token must be of the link's current generation
+        and, once a client claimed the link, come with that client's ``holder`` key."""
         record = self._store.space(space_id)  # 404 for an unknown space before any token
         grant = self._issuer.verify(token, space_id)
         if grant.role in (Role.SPEAKER, Role.COHOST):
-            # A link's token: the host may have revoked or replaced it since.
-            self._view(record).room.check_link(grant.participant_id, grant.link_generation)
+            room = self._view(record).room
+            room.check_link(grant.participant_id, grant.link_generation)
+            room.check_holder(grant.participant_id, _digest(holder))
         return grant
 
     def public_view(self, space_id: str) -> tuple[SpaceRecord, dict[str, object]]:
@@ -288,7 +291,7 @@ class SpaceService:
 
     def watch(self, space_id: str, token: str, holder: str | None = None) -> Watcher:
         """Open a stage WebSocket's feed; opening it joins the room, as the page is there."""
-        grant = self.authorize(space_id, token)
+        grant = self.authorize(space_id, token, holder)
         self._claim(grant, holder)
         return self._join(grant).watch(grant.participant_id)
 
@@ -357,8 +360,7 @@ class SpaceService:
         the key it keeps), refuse any other; before joining, so a refused second opener
         changes nothing in the room."""
         live = self._hold(grant.space_id)
-        digest = hashlib.sha256(holder.encode()).hexdigest()[:32] if holder else ""
-        if events := live.room.claim_link(grant.participant_id, digest, self._clock()):
+        if events := live.room.claim_link(grant.participant_id, _digest(holder), self._clock()):
             live.apply(events)
 
     def _refuse_removed_session(self, record: SpaceRecord, previous: str | None) -> None:
@@ -465,6 +467,11 @@ class SpaceService:
         ):
             return room
         return None
+
+
+def _digest(holder: str | None) -> str:
+    """What the room keeps of a holder key: enough to compare, not the key."""
+    return hashlib.sha256(holder.encode()).hexdigest()[:32] if holder else ""
 
 
 def _check_moderator(role: Role) -> None:

@@ -81,8 +81,9 @@ browser, cleared storage) is a new id, and so is a person given a new link by
 ``invite`` rather than ``reissue``.
 
 Links are single-holder: the first client that takes the stage (an offer or the stage
-WebSocket) with a link and a holder key claims it (``claim_link``); any other key is
-refused with ``LinkInUse`` (409), never swapped in. The host revokes a link (it stops
+WebSocket) with a link and a holder key claims it (``claim_link``); from then on any
+request with the link from another key, or none, is refused with ``LinkInUse`` (409),
+never swapped in (``check_holder``). The host revokes a link (it stops
 working and its person is signed out) or reissues it (a new generation for the same
 person; the old token stops working and the claim is cleared).
 
@@ -668,6 +669,12 @@ class Room:
         if generation != link.generation:
             raise Unauthorized("this link was replaced by a new one; ask the host for it")
 
+    def check_holder(self, pid: str, holder: str) -> None:
+        """Refuse a request with ``pid``'s link from any client but the one holding it."""
+        link = self._links.get(pid)
+        if link is not None and link.holder and holder != link.holder:
+            raise LinkInUse("this link is already in use; ask the host for a new one")
+
     def claim_link(self, pid: str, holder: str, now: float) -> list[RoomEvent]:
         """The client with key digest ``holder`` takes the stage with ``pid``'s link.
 
@@ -683,8 +690,7 @@ class Room:
                 return []
             self._links[pid] = replace(link, holder=holder)
             return [LinkClaimed(space_id=self.space_id, at=now, participant_id=pid)]
-        if holder != link.holder:
-            raise LinkInUse("this link is already in use; ask the host for a new one")
+        self.check_holder(pid, holder)
         return []
 
     def revoke_link(self, by: str, pid: str, now: float) -> list[RoomEvent]:
