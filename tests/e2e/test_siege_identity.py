@@ -79,9 +79,15 @@ async def on_air_with_guest(space: Space) -> tuple[Speaker, Speaker, StageLink]:
 
 
 async def post(
-    client: httpx.AsyncClient, space: Space, path: str, token: str, body: object = None
+    client: httpx.AsyncClient,
+    space: Space,
+    path: str,
+    token: str,
+    body: object = None,
+    holder: str = "",
 ) -> httpx.Response:
-    return await client.post(space.api(path), json=body, headers=bearer(token))
+    headers = {**bearer(token), **({"X-Townhall-Holder": holder} if holder else {})}
+    return await client.post(space.api(path), json=body, headers=headers)
 
 
 async def test_a_demoted_speaker_who_leaves_and_rejoins_stays_out_of_the_program(
@@ -101,7 +107,9 @@ async def test_a_demoted_speaker_who_leaves_and_rejoins_stays_out_of_the_program
         )
         assert demoted.status_code == 200, demoted.text
         await guest.leave()
-        left = await post(client, space, "/commands", link.token, {"command": "leave"})
+        left = await post(
+            client, space, "/commands", link.token, {"command": "leave"}, guest.holder
+        )
         assert left.status_code == 200, left.text
         # The same client (same holder key) runs the speaker again with the same link.
         again = Speaker(link, ToneSource(GUEST_HZ))
@@ -132,6 +140,10 @@ async def test_a_second_opener_of_a_link_is_refused_not_swapped_in(server: Serve
     await intruder.leave()
     assert refused.value.status == 409 and refused.value.code == "link_in_use"
     assert "this link is already in use; ask the host for a new one" in str(refused.value)
+    async with httpx.AsyncClient(timeout=TIMEOUT_S) as client:
+        for key in ("", "intruder"):  # nor can the intruder act as the person
+            left = await post(client, space, "/commands", link.token, {"command": "leave"}, key)
+            assert left.status_code == 409 and left.json()["error"] == "link_in_use", left.text
     await asyncio.sleep(1.5)
     heard = heard_after(host, tried_at + 0.3)
     assert amplitude_at(heard, GUEST_HZ) > PRESENT, "the first holder lost the stage"
