@@ -25,7 +25,13 @@ from typing import Any, Protocol
 from townhall.errors import BadRequest, Conflict
 from townhall.feed import FeedSink, RoomUpdate
 from townhall.room.counting import ListenerCounter
-from townhall.room.events import ParticipantRemoved, RoomEvent, SpeakerMovedToAudience
+from townhall.room.events import (
+    LinkReissued,
+    LinkRevoked,
+    ParticipantRemoved,
+    RoomEvent,
+    SpeakerMovedToAudience,
+)
 from townhall.room.roles import Role, SpaceState
 from townhall.room.state import AbandonPhase, Room, abandon_phase
 
@@ -170,6 +176,8 @@ class Watcher:
     participant_id: str
     queue: asyncio.Queue[dict[str, Any]]
     dropped: bool = False
+    # (close code, reason) once a moderation decision cut this socket off.
+    closed: tuple[int, str] | None = None
 
     def offer(self, message: dict[str, Any]) -> None:
         try:
@@ -231,8 +239,10 @@ class LiveSpace:
 
     def apply(self, events: list[RoomEvent]) -> Outcome:
         for event in events:
-            if isinstance(event, SpeakerMovedToAudience | ParticipantRemoved):
+            if isinstance(event, _CUTS_FROM_STAGE):
                 self._cut_from_stage(event.participant_id)
+            if (close := _closes_sockets(event)) is not None:
+                self._close_sockets(*close)
             self._tell_watchers(
                 {"type": "event", "event": type(event).__name__, **_event_json(event)}
             )
@@ -249,6 +259,15 @@ class LiveSpace:
         task = asyncio.get_running_loop().create_task(self.stage.disconnect(pid))
         self._cutting.add(task)
         task.add_done_callback(self._cutting.discard)
+
+    def _close_sockets(self, pid: str, code: int, reason: str) -> None:
+        """Stop telling ``pid``'s sockets anything, now, and have them closed: a person
+        moderation took off the stage or out of the Space keeps no view of the room."""
+        for watcher in [w for w in self.watchers if w.participant_id == pid]:
+            self.watchers.discard(watcher)
+            watcher.closed = (code, reason)
+            with contextlib.suppress(asyncio.QueueFull):  # a full queue wakes it anyway
+                watcher.queue.put_nowait({"type": "closed", "code": code, "reason": reason})
 
     def _tell_watchers(self, message: dict[str, Any]) -> None:
         for watcher in list(self.watchers):
@@ -493,6 +512,25 @@ def _why_unheard(status: Mapping[str, object] | None) -> str:
     if status.get("dead_mic"):
         return f"silent for {status.get('silent_s')} s"
     return ""
+
+
+# Events after which a person's stage connection must go at once.
+_CUTS_FROM_STAGE = (SpeakerMovedToAudience, ParticipantRemoved, LinkRevoked, LinkReissued)
+
+
+def _closes_sockets(event: RoomEvent) -> tuple[str, int, str] | None:
+    """Whose sockets an event closes, with the close code (4000 + HTTP status) and the
+    reason, if it takes their view of the room away; None if it does not."""
+    match event:
+        case ParticipantRemoved(participant_id=pid):
+            return pid, 4403, "you were removed from this space"
+        case SpeakerMovedToAudience(participant_id=pid, by=by) if by != pid:
+            return pid, 4403, "a moderator moved you to the audience"
+        case LinkRevoked(participant_id=pid):
+            return pid, 4401, "this link was revoked by the host"
+        case LinkReissued(participant_id=pid):
+            return pid, 4401, "this link was replaced by a new one; ask the host for it"
+    return None
 
 
 def _event_json(event: RoomEvent) -> dict[str, object]:

@@ -1,7 +1,10 @@
 """Signed, expiring grants (JWT, HS256 via PyJWT).
 
 A token carries the Space, the role, the participant id, a display name and the
-expiry, so any node (an edge included) can verify it without a database lookup.
+expiry, so any node (an edge included) can verify it without a database lookup. A token
+of an invitation link also carries the link's generation (``gen``): the room refuses a
+generation the host revoked or replaced (``Room.check_link``), which the signature alone
+cannot tell.
 """
 
 from __future__ import annotations
@@ -25,6 +28,18 @@ class Grant:
     participant_id: str
     name: str
     expires_at: float
+    # The generation of the invitation link this token belongs to; None: not a link.
+    link_generation: int | None = None
+
+
+def link_ttl_s(
+    default_ttl_s: float, now: float, scheduled_at: float | None, max_space_duration_s: float
+) -> float:
+    """How long a host or link token lives: the default, or until a Space scheduled
+    later can have ended (its start plus the longest a Space may run), if that is later."""
+    if scheduled_at is None:
+        return default_ttl_s
+    return max(default_ttl_s, scheduled_at + max_space_duration_s - now)
 
 
 @dataclass(frozen=True)
@@ -40,15 +55,18 @@ class TokenIssuer:
         participant_id: str | None = None,
         ttl_s: float | None = None,
         now: float | None = None,
+        link_generation: int | None = None,
     ) -> str:
         now = time.time() if now is None else now
-        claims = {
+        claims: dict[str, object] = {
             "space": space_id,
             "role": role.value,
             "sub": participant_id or secrets.token_urlsafe(9),
             "name": name,
             "exp": int(now + (ttl_s or self.default_ttl_s)),
         }
+        if link_generation is not None:
+            claims["gen"] = link_generation
         return jwt.encode(claims, self.secret, algorithm="HS256")
 
     def verify(self, token: str, space_id: str) -> Grant:
@@ -66,4 +84,12 @@ class TokenIssuer:
         role = _ROLES.get(raw_role) if isinstance(raw_role, str) else None
         if role is None:
             raise Unauthorized("the token carries no valid role")
-        return Grant(space_id, role, str(claims["sub"]), str(claims.get("name", "")), claims["exp"])
+        gen = claims.get("gen")
+        return Grant(
+            space_id,
+            role,
+            str(claims["sub"]),
+            str(claims.get("name", "")),
+            claims["exp"],
+            gen if isinstance(gen, int) and not isinstance(gen, bool) else None,
+        )

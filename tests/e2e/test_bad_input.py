@@ -75,7 +75,9 @@ def assert_json_error(resp: httpx.Response, status: int, *words: str) -> dict[st
 
 
 def speaker_token(space: Space) -> str:
-    return space.speaker.token
+    """A speaker link of the Space that no client holds yet: the bot on stage holds the
+    Space's own, and any other client with it is refused as a second opener (409)."""
+    return space.invite_sync("Prober").token
 
 
 # -- the control port ---------------------------------------------------------------------
@@ -155,7 +157,7 @@ def test_speaking_in_an_ended_space_is_409(server: Server) -> None:
     assert post(space, "/start", space.host_token).status_code == 200
     assert post(space, "/end", space.host_token).status_code == 200
     sdp = GOOD_SDP_HEAD + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n"
-    resp = post(space, "/stage/offer", speaker_token(space), json={"sdp": sdp, "type": "offer"})
+    resp = post(space, "/stage/offer", space.speaker.token, json={"sdp": sdp, "type": "offer"})
     assert_json_error(resp, 409, "ended")
 
 

@@ -41,6 +41,10 @@ react                 yes   yes     yes      yes       no
 publish_audio         yes   yes     yes      no        no
 leave                 yes   yes     yes      yes       no
 open_green_room       yes   no      no       no        no
+issue_speaker_link    yes   yes     no       no        no
+issue_cohost_link     yes   no      no       no        no
+list_links            yes   yes     no       no        no
+manage_links          yes   no      no       no        no
 """
 
 
@@ -83,12 +87,17 @@ PERFORM: dict[Action, Perform] = {
     Action.PUBLISH_AUDIO: lambda room, by: room.mic_check_passed(by, T),
     Action.LEAVE: lambda room, by: room.leave(by, T),
     Action.OPEN_GREEN_ROOM: lambda room, by: room.open_green_room(by, T),
+    Action.ISSUE_SPEAKER_LINK: lambda room, by: room.issue_link(by, "new", Role.SPEAKER, "N", T),
+    Action.ISSUE_COHOST_LINK: lambda room, by: room.issue_link(by, "new", Role.COHOST, "N", T),
+    Action.LIST_LINKS: lambda room, by: room.links(by),
+    Action.MANAGE_LINKS: lambda room, by: room.revoke_link(by, "tk", T),
 }
 
 
 def cast_room(state: SpaceState = SpaceState.LIVE) -> Room:
     """A Space with one participant per column and the targets, in ``state``."""
     room = Room("sp1", "h", "Town hall")
+    room.issue_link("h", "tk", Role.SPEAKER, "Tia", T)  # a link to revoke
     room.join("h", "Hana", Role.HOST, T)
     room.join("c", "Chidi", Role.COHOST, T)
     room.join("s", "Sam", Role.SPEAKER, T)

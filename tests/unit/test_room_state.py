@@ -178,6 +178,10 @@ react                 409        ok    409
 publish_audio         409        ok    409
 leave                 ok         ok    ok
 open_green_room       ok         409   409
+issue_speaker_link    ok         ok    409
+issue_cohost_link     ok         ok    409
+list_links            ok         ok    ok
+manage_links          ok         ok    409
 """
 
 
@@ -211,12 +215,18 @@ PERFORM_ALLOWED: dict[Action, Callable[[Room], object]] = {
     Action.PUBLISH_AUDIO: lambda room: room.mic_check_passed("s", T),
     Action.LEAVE: lambda room: room.leave("l", T),
     Action.OPEN_GREEN_ROOM: lambda room: room.open_green_room("h", T),
+    Action.ISSUE_SPEAKER_LINK: lambda room: room.issue_link("h", "k2", Role.SPEAKER, "Kai", T),
+    Action.ISSUE_COHOST_LINK: lambda room: room.issue_link("h", "k2", Role.COHOST, "Kai", T),
+    Action.LIST_LINKS: lambda room: room.links("h"),
+    Action.MANAGE_LINKS: lambda room: room.revoke_link("h", "k", T),
 }
 
 
 def staged_room(state: SpaceState) -> Room:
-    """Host, speaker "s", listener "l" and listener "i" (invited once live)."""
+    """Host, speaker "s", listener "l" and listener "i" (invited once live), and a
+    speaker link "k" nobody opened yet."""
     room = new_room()
+    room.issue_link("h", "k", Role.SPEAKER, "Kim", T)
     room.join("s", "Sam", Role.SPEAKER, T)
     with_listeners(room, "l", "i")
     if state is SpaceState.SCHEDULED:
@@ -745,7 +755,7 @@ def test_every_event_is_a_frozen_dataclass_with_space_and_time() -> None:
         for obj in vars(room_events).values()
         if isinstance(obj, type) and issubclass(obj, RoomEvent) and obj is not RoomEvent
     ]
-    assert len(event_classes) == 21
+    assert len(event_classes) == 25
     for event_class in event_classes:
         assert dataclasses.is_dataclass(event_class)
         assert event_class.__dataclass_params__.frozen, event_class  # type: ignore[attr-defined]

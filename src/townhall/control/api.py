@@ -104,6 +104,16 @@ def bearer(authorization: Annotated[str | None, Header()] = None) -> str:
     return authorization.removeprefix("Bearer ").strip()
 
 
+def optional_bearer(authorization: Annotated[str | None, Header()] = None) -> str | None:
+    if not authorization or not authorization.startswith("Bearer "):
+        return None
+    return authorization.removeprefix("Bearer ").strip()
+
+
+# The key a client keeps to hold an invitation link (see ``Room.claim_link``).
+HolderKey = Annotated[str | None, Header(alias="X-Townhall-Holder", max_length=128)]
+
+
 def client_address(request: Request) -> str:
     """The socket's peer, or, when that peer is a configured trusted proxy
     (``control.trusted_proxies``), the client its X-Forwarded-For names: uvicorn's
@@ -166,8 +176,10 @@ def _spaces_router(service: SpaceService, views: SpaceViews, m: RequestModels) -
     CreateSpace, SdpOffer, Invite = m.create_space, m.sdp_offer, m.invite
     SignIn, ListenerName, Command, Reaction = m.sign_in, m.listener_name, m.command, m.reaction
 
-    async def grant_for(space_id: str, token: Annotated[str, Depends(bearer)]) -> Grant:
-        return service.authorize(space_id, token)
+    async def grant_for(
+        space_id: str, token: Annotated[str, Depends(bearer)], holder: HolderKey = None
+    ) -> Grant:
+        return service.authorize(space_id, token, holder)
 
     Auth = Annotated[Grant, Depends(grant_for)]
 
@@ -234,8 +246,15 @@ def _spaces_router(service: SpaceService, views: SpaceViews, m: RequestModels) -
         return {"token": token, "link": views.link(grant.space_id, "speak", token)}
 
     @r.post("/spaces/{space_id}/listeners", status_code=201)
-    async def sign_in(space_id: str, body: SignIn, request: Request) -> dict[str, str]:
-        return asdict(service.sign_in(space_id, body.name, client_address(request)))
+    async def sign_in(
+        space_id: str,
+        body: SignIn,
+        request: Request,
+        previous: Annotated[str | None, Depends(optional_bearer)],
+    ) -> dict[str, str]:
+        """A listener session. A client that had one sends its token as Bearer: a session
+        the room removed gets 403 instead of a fresh one."""
+        return asdict(service.sign_in(space_id, body.name, client_address(request), previous))
 
     @r.post("/spaces/{space_id}/listeners/name")
     async def rename_listener(body: ListenerName, grant: Auth, request: Request) -> dict[str, str]:
@@ -265,12 +284,41 @@ def _spaces_router(service: SpaceService, views: SpaceViews, m: RequestModels) -
         return {"reaction_tallies": outcome.room["reaction_tallies"]}
 
     @r.post("/spaces/{space_id}/stage/offer")
-    async def offer(body: SdpOffer, grant: Auth) -> dict[str, str]:
-        answer = await service.connect_stage(grant, body.sdp, body.type)
+    async def offer(body: SdpOffer, grant: Auth, holder: HolderKey = None) -> dict[str, str]:
+        """Join the stage. With a link's token, send ``X-Townhall-Holder``, a key the client
+        keeps: the first key claims the link, another key gets 409."""
+        answer = await service.connect_stage(grant, body.sdp, body.type, holder)
         return {"sdp": answer.sdp, "type": answer.type}
 
     @r.get("/spaces/{space_id}/stage")
     async def stage_status(grant: Auth) -> dict[str, object]:
         return {"members": service.stage_status(grant)}
 
+    _install_link_routes(r, service, views, grant_for)
     return r
+
+
+def _install_link_routes(
+    r: APIRouter, service: SpaceService, views: SpaceViews, grant_for: Any
+) -> None:
+    Auth = Annotated[Grant, Depends(grant_for)]
+
+    @r.get("/spaces/{space_id}/links")
+    async def links(grant: Auth) -> dict[str, object]:
+        """The invitation links issued (host and co-hosts): person, role, claimed, revoked."""
+        return {"links": [views.link_info(k) for k in service.links(grant)]}
+
+    @r.post("/spaces/{space_id}/links/{participant_id}/reissue")
+    async def reissue_link(participant_id: str, grant: Auth) -> dict[str, object]:
+        """(Host) A new link for the same person; the old one stops working at once."""
+        issued = service.reissue_link(grant, participant_id)
+        return {
+            "token": issued.token,
+            "link": views.link(grant.space_id, "speak", issued.token),
+            **views.link_info(issued.link),
+        }
+
+    @r.post("/spaces/{space_id}/links/{participant_id}/revoke")
+    async def revoke_link(participant_id: str, grant: Auth) -> dict[str, object]:
+        """(Host) Stop a link for good; its holder is signed out and cut from the stage."""
+        return views.link_info(service.revoke_link(grant, participant_id))

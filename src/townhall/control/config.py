@@ -63,3 +63,6 @@ class ControlConfig:
     # "host:port" to serve /metrics on, open, instead of on the control port behind the
     # admin key (e.g. 127.0.0.1:9464, reachable only by the Prometheus next to it).
     metrics_address: str = ""
+    # The longest a Space may run: the host's and the links' tokens for a Space scheduled
+    # at T stay valid until T plus this (or the default lifetime, if that is later).
+    max_space_duration_s: float = 12 * 3600.0

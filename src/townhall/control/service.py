@@ -21,6 +21,7 @@ stage again. A crash never ends a Space; only its host does.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import secrets
 import time
@@ -29,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from townhall.control.config import ControlConfig
-from townhall.errors import Conflict, Forbidden, NotFound
+from townhall.errors import Conflict, Forbidden, NotFound, TownhallError
 from townhall.feed import FeedSink
 from townhall.live import (
     DeadMicrophones,
@@ -44,12 +45,18 @@ from townhall.live import (
 from townhall.ratelimit import RateLimiter
 from townhall.room.counting import CounterConfig, ListenerCounter
 from townhall.room.events import ReactionSent, RoomEvent
-from townhall.room.record import ParticipantRecord, RoomRecord, record_from_json, record_to_json
+from townhall.room.record import (
+    LinkRecord,
+    ParticipantRecord,
+    RoomRecord,
+    record_from_json,
+    record_to_json,
+)
 from townhall.room.roles import Role, SpaceState
 from townhall.room.state import Room, RoomConfig
 from townhall.sessions import SessionSigner
 from townhall.store import SpaceRecord, Store
-from townhall.tokens import Grant, TokenIssuer
+from townhall.tokens import Grant, TokenIssuer, link_ttl_s
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +80,14 @@ class SignedIn:
 class ListenerCounts:
     listening_now: int
     total_tuned_in: int
+
+
+@dataclass(frozen=True)
+class IssuedLink:
+    """A link's token and its record (who it is for, as what)."""
+
+    token: str
+    link: LinkRecord
 
 
 class SpaceService:
@@ -122,9 +137,13 @@ class SpaceService:
         if not secrets.compare_digest(admin_key.encode(), self._admin_key.encode()):
             raise Forbidden("a valid admin key is required to create spaces")
         space = self._store.create_space(title, description, scheduled_at, listed, host_name)
-        host = self._issuer.issue(space.id, Role.HOST, host_name, participant_id=space.host_id)
-        speaker = self._issuer.issue(space.id, Role.SPEAKER, speaker_name)
-        return CreatedSpace(space, host, speaker)
+        host = self._issuer.issue(
+            space.id, Role.HOST, host_name, participant_id=space.host_id, ttl_s=self._ttl_s(space)
+        )
+        # Registered in the room (journaled), which is then let go like any read.
+        name = speaker_name[: (self._room_config or RoomConfig()).max_name_chars]
+        speaker = self._issue_link(self._view(space), space.host_id, Role.SPEAKER, name)
+        return CreatedSpace(space, host, speaker.token)
 
     def space(self, space_id: str) -> SpaceRecord:
         """The Space's record; ``NotFound`` for an unknown id."""
@@ -138,9 +157,16 @@ class SpaceService:
             return False
         return True
 
-    def authorize(self, space_id: str, token: str) -> Grant:
-        self._store.space(space_id)  # 404 for an unknown space before any token question
-        return self._issuer.verify(token, space_id)
+    def authorize(self, space_id: str, token: str, holder: str | None = None) -> Grant:
+        """The token's grant. A link's token must be of the link's current generation
+        and, once a client claimed the link, come with that client's ``holder`` key."""
+        record = self._store.space(space_id)  # 404 for an unknown space before any token
+        grant = self._issuer.verify(token, space_id)
+        if grant.role in (Role.SPEAKER, Role.COHOST):
+            room = self._view(record).room
+            room.check_link(grant.participant_id, grant.link_generation)
+            room.check_holder(grant.participant_id, _digest(holder))
+        return grant
 
     def public_view(self, space_id: str) -> tuple[SpaceRecord, dict[str, object]]:
         """The record and what listeners may see of the room."""
@@ -290,16 +316,22 @@ class SpaceService:
         return live.react(grant.participant_id, emoji, self._clock())
 
     def invite(self, grant: Grant, role: Role, name: str) -> str:
-        """A token that brings its holder on stage in ``role`` when they join."""
-        self._moderator(grant)
-        return self._issuer.issue(grant.space_id, role, name)
+        """A link's token that brings one new person on stage in ``role`` when they join;
+        only the host makes co-hosts this way (the room's rules)."""
+        live = self._moderator(grant)
+        return self._issue_link(live, grant.participant_id, role, name).token
 
     # -- listeners ------------------------------------------------------------------
-    def sign_in(self, space_id: str, name: str, address: str) -> SignedIn:
+    def sign_in(
+        self, space_id: str, name: str, address: str, previous: str | None = None
+    ) -> SignedIn:
+        """A new listener session; ``previous``, the token of the session this client had
+        (if it sends one), must not be one the room removed."""
         record = self._store.space(space_id)
         self._signins.take(address, time.monotonic(), "sign-ins from this address")
         if self._view(record).room.state is SpaceState.ENDED:
             raise Conflict("the space has ended; the replay is available")
+        self._refuse_removed_session(record, previous)
         # The listener's participant id is their signed session id: the audience port
         # counts it only because the server issued it (townhall.sessions).
         session_id = self._sessions.issue(space_id)
@@ -316,6 +348,8 @@ class SpaceService:
             raise Forbidden("only a listener session can be renamed here")
         self._signins.take(address, time.monotonic(), "sign-ins from this address")
         live = self._view(self._store.space(grant.space_id))
+        if live.room.is_removed(grant.participant_id):
+            raise Forbidden(f"{grant.participant_id} was removed from this space")
         if live.room.role_of(grant.participant_id) is not None:
             raise Conflict("this session already joined the room under its name")
         pid = grant.participant_id
@@ -334,7 +368,11 @@ class SpaceService:
         return live.counter if live is not None else None
 
     # -- the stage ------------------------------------------------------------------
-    async def connect_stage(self, grant: Grant, sdp: str, kind: str) -> SdpAnswer:
+    async def connect_stage(
+        self, grant: Grant, sdp: str, kind: str, holder: str | None = None
+    ) -> SdpAnswer:
+        """Connect to the stage; ``holder`` is the client's key for a link's single holder."""
+        self._claim(grant, holder)
         live = self._join(grant)
         if live.stage is None:
             raise Conflict(f"the space is {live.room.state.value}; the stage is not open")
@@ -353,19 +391,20 @@ class SpaceService:
         _check_moderator(role)
         return live.stage_status()
 
-    def watch(self, space_id: str, token: str) -> Watcher:
+    def watch(self, space_id: str, token: str, holder: str | None = None) -> Watcher:
         """Open a stage WebSocket's feed; opening it joins the room, as the page is there.
 
         Only the people on stage and the moderators hold one: it carries the whole room.
         A listener (by the room's view, which wins over the token) is refused.
         """
-        grant = self.authorize(space_id, token)
+        grant = self.authorize(space_id, token, holder)
         live = self._hold(space_id)
         if (live.room.role_of(grant.participant_id) or grant.role) is Role.LISTENER:
             raise Forbidden(
                 "the stage socket is for people on stage and moderators; listeners read"
                 " GET /room and the audience port's events"
             )
+        self._claim(grant, holder)
         return self._join(grant).watch(grant.participant_id)
 
     def unwatch(self, watcher: Watcher) -> None:
@@ -379,6 +418,72 @@ class SpaceService:
     def held(self, space_id: str) -> LiveSpace | None:
         """The Space if this process holds it (news from a stage is for held Spaces)."""
         return self._held.get(space_id)
+
+    # -- links ----------------------------------------------------------------------
+    def links(self, grant: Grant) -> list[LinkRecord]:
+        """The invitation links of the Space, for the host and co-hosts."""
+        live = self._moderator(grant)
+        return live.room.links(grant.participant_id)
+
+    def revoke_link(self, grant: Grant, participant_id: str) -> LinkRecord:
+        """The host stops a link for good; whoever holds it is signed out at once."""
+        live = self._join(grant)
+        live.apply(live.room.revoke_link(grant.participant_id, participant_id, self._clock()))
+        return self._link_record(live, participant_id)
+
+    def reissue_link(self, grant: Grant, participant_id: str) -> IssuedLink:
+        """A new link for the same person; the old one stops working at once."""
+        live = self._join(grant)
+        live.apply(live.room.reissue_link(grant.participant_id, participant_id, self._clock()))
+        return self._link_token(live, self._link_record(live, participant_id))
+
+    def _issue_link(self, live: LiveSpace, by: str, role: Role, name: str) -> IssuedLink:
+        pid = secrets.token_urlsafe(9)
+        live.apply(live.room.issue_link(by, pid, role, name, self._clock()))
+        return self._link_token(live, self._link_record(live, pid))
+
+    def _link_token(self, live: LiveSpace, link: LinkRecord) -> IssuedLink:
+        token = self._issuer.issue(
+            live.space_id,
+            link.role,
+            link.name,
+            participant_id=link.participant_id,
+            ttl_s=self._ttl_s(self._store.space(live.space_id)),
+            link_generation=link.generation,
+        )
+        return IssuedLink(token, link)
+
+    @staticmethod
+    def _link_record(live: LiveSpace, pid: str) -> LinkRecord:
+        link = live.room.link_of(pid)
+        assert link is not None, "the room just issued or changed it"
+        return link
+
+    def _ttl_s(self, record: SpaceRecord) -> float:
+        return link_ttl_s(
+            self._issuer.default_ttl_s,
+            self._clock(),
+            record.scheduled_at,
+            self._config.max_space_duration_s,
+        )
+
+    def _claim(self, grant: Grant, holder: str | None) -> None:
+        """Bind a link to the first client that takes the stage with it (by a digest of
+        the key it keeps), refuse any other; before joining, so a refused second opener
+        changes nothing in the room."""
+        live = self._hold(grant.space_id)
+        if events := live.room.claim_link(grant.participant_id, _digest(holder), self._clock()):
+            live.apply(events)
+
+    def _refuse_removed_session(self, record: SpaceRecord, previous: str | None) -> None:
+        if not previous:
+            return
+        try:
+            grant = self._issuer.verify(previous, record.id)
+        except TownhallError:
+            return  # an expired or foreign session is no session of this Space
+        if self._view(record).room.is_removed(grant.participant_id):
+            raise Forbidden("you were removed from this space")
 
     # -- holding Spaces -------------------------------------------------------------
     def _join(self, grant: Grant) -> LiveSpace:
@@ -479,6 +584,11 @@ class SpaceService:
         ):
             return room
         return None
+
+
+def _digest(holder: str | None) -> str:
+    """What the room keeps of a holder key: enough to compare, not the key."""
+    return hashlib.sha256(holder.encode()).hexdigest()[:32] if holder else ""
 
 
 def _check_moderator(role: Role) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import quote
 
+from townhall.room.record import LinkRecord
 from townhall.store import SpaceRecord
 
 
@@ -107,6 +108,19 @@ class SpaceViews:
             "END:VCALENDAR",
         ]
         return "".join(fold_ical_line(line) + "\r\n" for line in lines)
+
+    @staticmethod
+    def link_info(link: LinkRecord) -> dict[str, object]:
+        """An invitation link as the host sees it: never its token or its holder's key."""
+        return {
+            "participant_id": link.participant_id,
+            "name": link.name,
+            "role": link.role.value,
+            "claimed": bool(link.holder),
+            "revoked": link.revoked,
+            "generation": link.generation,
+            "issued_at": link.issued_at,
+        }
 
     def client_config(self) -> dict[str, str]:
         """What the web pages need to know that the page's own URL does not tell them."""

@@ -20,10 +20,10 @@ CLOSE_TOO_SLOW = 4408
 
 def install_websocket(app: FastAPI, service: SpaceService) -> None:
     @app.websocket("/api/spaces/{space_id}/ws")
-    async def stage_socket(ws: WebSocket, space_id: str, token: str = "") -> None:
+    async def stage_socket(ws: WebSocket, space_id: str, token: str = "", holder: str = "") -> None:
         await ws.accept()
         try:
-            watcher = service.watch(space_id, token)
+            watcher = service.watch(space_id, token, holder[:128] or None)
         except TownhallError as err:
             await ws.close(code=4000 + err.status, reason=err.detail[:120])
             return
@@ -44,6 +44,9 @@ async def _pump(ws: WebSocket, watcher: Watcher) -> None:
                 break
             if watcher.dropped:
                 await ws.close(code=CLOSE_TOO_SLOW, reason="too slow; reconnect to resync")
+                break
+            if watcher.closed is not None:  # removed, demoted or their link revoked
+                await ws.close(code=watcher.closed[0], reason=watcher.closed[1])
                 break
             try:
                 await ws.send_json(getter.result())

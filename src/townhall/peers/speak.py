@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -83,8 +84,11 @@ class OfferVerdict(Enum):
     STOP = "stop"  # retrying cannot help: bad token, removed, no such Space
 
 
-def offer_verdict(status: int | None) -> OfferVerdict:
-    """What to do about a refused stage offer (``None``: no HTTP answer at all)."""
+def offer_verdict(status: int | None, code: str = "") -> OfferVerdict:
+    """What to do about a refused stage offer (``None``: no HTTP answer at all); ``code``
+    is the JSON error code, which tells a link another client holds from a busy stage."""
+    if code == "link_in_use":
+        return OfferVerdict.STOP
     if status is None or status in (408, 409, 425, 429) or status >= 500:
         return OfferVerdict.RETRY
     return OfferVerdict.STOP
@@ -96,10 +100,17 @@ def offer_verdict(status: int | None) -> OfferVerdict:
 class StageRefused(RuntimeError):
     """The stage would not take this speaker's offer."""
 
-    def __init__(self, status: int | None, detail: str, retry_after_s: float | None = None):
+    def __init__(
+        self,
+        status: int | None,
+        detail: str,
+        retry_after_s: float | None = None,
+        code: str = "",
+    ):
         super().__init__(f"stage refused the offer: {status} {detail}")
         self.status = status
         self.retry_after_s = retry_after_s
+        self.code = code  # the JSON error code, when the server sent one
 
 
 class Speaker:
@@ -116,6 +127,9 @@ class Speaker:
         self.watchdog = watchdog or WatchdogConfig()
         self.rng = rng or random.Random()
         self.track = PacedPcmTrack(source)
+        # This speaker's key to its link: the first offer claims the link with it and
+        # every rejoin shows it again; another client with the link is refused.
+        self.holder = secrets.token_urlsafe(16)
         self.heard = HeardAudio()
         self.pc = RTCPeerConnection(rtc_configuration())
         self.rejoins = 0  # connections replaced after a lost stage
@@ -145,7 +159,7 @@ class Speaker:
                 return
             except StageRefused as refused:
                 delay = reconnect_delay(attempt, self.rng, refused.retry_after_s)
-                retry = offer_verdict(refused.status) is OfferVerdict.RETRY
+                retry = offer_verdict(refused.status, refused.code) is OfferVerdict.RETRY
                 if not retry or time.monotonic() + delay > deadline:
                     raise
                 await asyncio.shield(self.pc.close())
@@ -169,13 +183,16 @@ class Speaker:
                 resp = await client.post(
                     f"{self.link.control_url}/api/spaces/{self.link.space_id}/stage/offer",
                     json={"sdp": offer.sdp, "type": offer.type},
-                    headers={"Authorization": f"Bearer {self.link.token}"},
+                    headers={
+                        "Authorization": f"Bearer {self.link.token}",
+                        "X-Townhall-Holder": self.holder,
+                    },
                 )
         except httpx.HTTPError as exc:
             raise StageRefused(None, f"{type(exc).__name__}: {exc}") from exc
         if resp.status_code != 200:
             retry_after = parse_retry_after(resp.headers.get("retry-after"))
-            raise StageRefused(resp.status_code, resp.text, retry_after)
+            raise StageRefused(resp.status_code, resp.text, retry_after, _error_code(resp))
         answer = resp.json()
         await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
         await self._wait_connected(timeout_s)
@@ -227,7 +244,7 @@ class Speaker:
             try:
                 await self._connect(self.watchdog.connect_timeout_s)
             except StageRefused as refused:
-                if offer_verdict(refused.status) is OfferVerdict.STOP:
+                if offer_verdict(refused.status, refused.code) is OfferVerdict.STOP:
                     await self._drop_connection()
                     self.stopped = str(refused)
                     self.gone.set()
@@ -259,3 +276,12 @@ class Speaker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
         await self._drop_connection()
+
+
+def _error_code(resp: httpx.Response) -> str:
+    try:
+        body = resp.json()
+    except ValueError:
+        return ""
+    code = body.get("error") if isinstance(body, dict) else None
+    return code if isinstance(code, str) else ""

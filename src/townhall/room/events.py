@@ -12,7 +12,8 @@ Entering the stage is always announced by :class:`SpeakerAdded`, whatever the pa
 (joining with a stage role, accepting an invitation, being made co-host from the
 audience). Leaving the stage is announced by :class:`SpeakerMovedToAudience`,
 :class:`ParticipantLeft` or :class:`ParticipantRemoved`; the last two also imply
-that any raised hand and pending invitation are gone.
+that any raised hand and pending invitation are gone. A revoked link is announced by
+:class:`LinkRevoked` followed by :class:`ParticipantLeft` when its person was present.
 """
 
 from __future__ import annotations
@@ -171,3 +172,39 @@ class GreenRoomOpened(RoomEvent):
     audience hears nothing until the Space starts."""
 
     by: str
+
+
+# -- invitation links --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkIssued(RoomEvent):
+    """A link that brings ``participant_id`` on stage as ``role`` was made by ``by``."""
+
+    participant_id: str
+    role: Role
+    by: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkClaimed(RoomEvent):
+    """The first client to take the stage with this link holds it from now on."""
+
+    participant_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkRevoked(RoomEvent):
+    """The link stopped working; whoever held it is signed out of the Space."""
+
+    participant_id: str
+    by: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkReissued(RoomEvent):
+    """A new link for the same person replaced the old one, which stopped working."""
+
+    participant_id: str
+    by: str
+    generation: int

@@ -1,10 +1,11 @@
 """A Room's state as plain values: what ``Room.record`` gives and ``Room.restore`` takes.
 
 Everything the Room's rules depend on, and nothing else: who is there in which role,
-who is muted or mic-checked, who was removed, the hand queue and the pending
+who is muted or mic-checked, who was removed or demoted, the hand queue and the pending
 invitations in their order, the reaction tallies, the lifecycle state and when it
-started. A process that keeps this (the store's room journal, as JSON) can rebuild a
-Space where it left off after a crash.
+started, and the invitation links issued (who holds each, which are revoked). A
+process that keeps this (the store's room journal, as JSON) can rebuild a Space where it
+left off after a crash.
 """
 
 from __future__ import annotations
@@ -28,6 +29,24 @@ class ParticipantRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class LinkRecord:
+    """An invitation link: one person (``participant_id``) brought on stage as ``role``.
+
+    ``generation`` counts reissues: only a token of the current generation works.
+    ``holder`` is a digest of the key of the client that claimed the link ("" while
+    unclaimed); the key itself is never kept.
+    """
+
+    participant_id: str
+    name: str
+    role: Role
+    generation: int = 1
+    holder: str = ""
+    revoked: bool = False
+    issued_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class RoomRecord:
     space_id: str
     host_id: str
@@ -42,6 +61,10 @@ class RoomRecord:
     invitations: tuple[tuple[str, str], ...] = ()  # (invitee, inviter), in invite order
     reaction_tallies: tuple[tuple[str, int], ...] = ()
     green_room: bool = False  # the stage is open before the start
+    # People a moderator took off the stage: the highest role they may hold until
+    # invited again, whatever their link says.
+    demoted: tuple[tuple[str, Role], ...] = ()
+    links: tuple[LinkRecord, ...] = ()  # in order of issue
 
 
 def record_to_json(record: RoomRecord) -> str:
@@ -64,6 +87,19 @@ def record_to_json(record: RoomRecord) -> str:
             "invitations": [list(i) for i in record.invitations],
             "reaction_tallies": [list(t) for t in record.reaction_tallies],
             "green_room": record.green_room,
+            "demoted": [[pid, role.value] for pid, role in record.demoted],
+            "links": [
+                [
+                    k.participant_id,
+                    k.name,
+                    k.role.value,
+                    k.generation,
+                    k.holder,
+                    k.revoked,
+                    k.issued_at,
+                ]
+                for k in record.links
+            ],
         },
         separators=(",", ":"),
         ensure_ascii=False,
@@ -94,6 +130,14 @@ def record_from_json(text: str) -> RoomRecord:
             reaction_tallies=tuple((str(e), int(n)) for e, n in raw["reaction_tallies"]),
             # A record without the key has no green room open.
             green_room=bool(raw.get("green_room", False)),
+            # Journals written before links and demotions existed have neither.
+            demoted=tuple((str(pid), Role(role)) for pid, role in raw.get("demoted", [])),
+            links=tuple(
+                LinkRecord(
+                    str(pid), str(name), Role(role), int(gen), str(holder), bool(rev), float(at)
+                )
+                for pid, name, role, gen, holder, rev, at in raw.get("links", [])
+            ),
         )
     except (KeyError, TypeError) as err:
         raise ValueError(f"not a room record: {err!r}") from err

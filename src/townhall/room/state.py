@@ -67,6 +67,26 @@ Time
 ``now`` is passed in (float seconds, monotonic or wall, the Room only records it),
 which keeps every test deterministic and lets the hand queue keep raise order.
 
+Identity: moderation binds the person
+-------------------------------------
+
+There are no accounts. A *person* is a participant id: the one their link carries (every
+link issued to them, reissues included, carries the same id), or the one their listener
+session carries. Moderation decisions are kept per id and outlive presence: a removed id
+is banned for good, and an id a moderator moved to the audience may hold at most the
+listener role (``_demoted``) until a moderator's invitation (accepted) or the host's
+``add_cohost`` lifts it, however often it leaves and joins again with its link. What
+this cannot catch: a person who comes back with a fresh listener session (another
+browser, cleared storage) is a new id, and so is a person given a new link by
+``invite`` rather than ``reissue``.
+
+Links are single-holder: the first client that takes the stage (an offer or the stage
+WebSocket) with a link and a holder key claims it (``claim_link``); from then on any
+request with the link from another key, or none, is refused with ``LinkInUse`` (409),
+never swapped in (``check_holder``). The host revokes a link (it stops
+working and its person is signed out) or reissues it (a new generation for the same
+person; the old token stops working and the claim is cleared).
+
 Records
 -------
 
@@ -81,10 +101,18 @@ from __future__ import annotations
 import enum
 import itertools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
-from townhall.errors import BadRequest, Conflict, Forbidden, NotFound, TownhallError, Unavailable
+from townhall.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    TownhallError,
+    Unauthorized,
+    Unavailable,
+)
 from townhall.room.events import (
     CohostAdded,
     GreenRoomOpened,
@@ -93,6 +121,10 @@ from townhall.room.events import (
     InvitationAccepted,
     InvitationDeclined,
     InvitationWithdrawn,
+    LinkClaimed,
+    LinkIssued,
+    LinkReissued,
+    LinkRevoked,
     MicCheckPassed,
     MicCheckReset,
     ParticipantJoined,
@@ -109,7 +141,7 @@ from townhall.room.events import (
     SpeakerMuted,
     SpeakerUnmuted,
 )
-from townhall.room.record import ParticipantRecord, RoomRecord
+from townhall.room.record import LinkRecord, ParticipantRecord, RoomRecord
 from townhall.room.roles import STAGE_ROLES, Role, SpaceState
 
 
@@ -136,6 +168,10 @@ class Action(enum.Enum):
     PUBLISH_AUDIO = "publish audio"
     LEAVE = "leave the space"
     OPEN_GREEN_ROOM = "open the green room"
+    ISSUE_SPEAKER_LINK = "issue a speaker link"
+    ISSUE_COHOST_LINK = "issue a cohost link"
+    LIST_LINKS = "see the links"
+    MANAGE_LINKS = "revoke or reissue a link"
 
 
 _HOSTS = frozenset({Role.HOST, Role.COHOST})
@@ -167,6 +203,11 @@ _ALLOWED_ROLES: dict[Action, frozenset[Role]] = {
     Action.PUBLISH_AUDIO: STAGE_ROLES,
     Action.LEAVE: _EVERYONE,
     Action.OPEN_GREEN_ROOM: frozenset({Role.HOST}),
+    Action.ISSUE_SPEAKER_LINK: _HOSTS,
+    # A link for a co-host makes a co-host, which only the host does (ADD_COHOST).
+    Action.ISSUE_COHOST_LINK: frozenset({Role.HOST}),
+    Action.LIST_LINKS: _HOSTS,
+    Action.MANAGE_LINKS: frozenset({Role.HOST}),
 }
 
 PERMISSIONS: Mapping[tuple[Action, Role], bool] = MappingProxyType(
@@ -183,6 +224,11 @@ _LEGAL_IN: dict[Action, frozenset[SpaceState]] = {
     Action.REMOVE: _BEFORE_END,
     Action.LEAVE: frozenset(SpaceState),
     Action.OPEN_GREEN_ROOM: frozenset({SpaceState.SCHEDULED}),
+    # Links are handed out before the start too; reading them stays possible after it.
+    Action.ISSUE_SPEAKER_LINK: _BEFORE_END,
+    Action.ISSUE_COHOST_LINK: _BEFORE_END,
+    Action.LIST_LINKS: frozenset(SpaceState),
+    Action.MANAGE_LINKS: _BEFORE_END,
     **{
         action: _WHILE_LIVE
         for action in Action
@@ -194,6 +240,10 @@ _LEGAL_IN: dict[Action, frozenset[SpaceState]] = {
             Action.REMOVE,
             Action.LEAVE,
             Action.OPEN_GREEN_ROOM,
+            Action.ISSUE_SPEAKER_LINK,
+            Action.ISSUE_COHOST_LINK,
+            Action.LIST_LINKS,
+            Action.MANAGE_LINKS,
         }
     },
 }
@@ -244,6 +294,18 @@ class RoomConfig:
     # listeners are told the host is reconnecting; this long, the Space ends by itself.
     abandon_warning_s: float = 20.0
     abandon_end_s: float = 300.0
+    # People invited by link per Space (revoked links included: they must stay refused).
+    max_invited_participants: int = 1_000
+
+
+class LinkInUse(Conflict):
+    """A second client opened a link another client already holds."""
+
+    code = "link_in_use"
+
+
+_RANK = {Role.LISTENER: 0, Role.SPEAKER: 1, Role.COHOST: 2, Role.HOST: 3}
+_LINK_ROLES = frozenset({Role.SPEAKER, Role.COHOST})
 
 
 @dataclass(slots=True)
@@ -296,6 +358,8 @@ class Room:
         self._stage_seq = itertools.count(1)
         # The stage is open before the start (the green room); the start closes it.
         self.green_room = False
+        self._demoted: dict[str, Role] = {}  # person -> the highest role they may hold
+        self._links: dict[str, LinkRecord] = {}  # person -> their link, in issue order
 
     @classmethod
     def schedule(
@@ -378,6 +442,16 @@ class Room:
             self._invitations[invitee] = inviter
         for emoji, count in record.reaction_tallies:
             self._tallies[_canonical_reaction(emoji)] = count
+        for pid, cap in record.demoted:
+            if cap is Role.HOST or pid == self.host_id:
+                raise Conflict(f"{pid} is demoted to {cap.value}")
+            self._demoted[pid] = cap
+        for link in record.links:
+            if link.participant_id in self._links or link.participant_id == self.host_id:
+                raise Conflict(f"a second link for {link.participant_id}")
+            if link.role not in _LINK_ROLES or link.generation < 1:
+                raise Conflict(f"a link for {link.participant_id} as {link.role.value}")
+            self._links[link.participant_id] = link
         seats = [p.stage_seq for p in self._participants.values()]
         self._stage_seq = itertools.count(max(seats, default=0) + 1)
         if record.green_room and self._state is not SpaceState.SCHEDULED:
@@ -403,6 +477,8 @@ class Room:
             invitations=tuple(self._invitations.items()),
             reaction_tallies=tuple(self._tallies.items()),
             green_room=self.green_room,
+            demoted=tuple(self._demoted.items()),
+            links=tuple(self._links.values()),
         )
 
     # -- lifecycle -----------------------------------------------------------
@@ -453,13 +529,16 @@ class Room:
         """Register ``pid`` with the role its signed token grants.
 
         Joining again while present is a reconnect: the Room's view of the participant
-        (who may have been promoted since the token was issued) wins.
+        (who may have been promoted since the token was issued) wins. Joining again
+        after leaving, a person a moderator took off the stage comes back no higher
+        than the moderator left them.
         """
         self._check_not_removed(pid)
         if self._state not in _JOINABLE_IN:
             raise Conflict(f"space is {self._state.value}; cannot join")
         if pid in self._participants:
             return []
+        role = self.allowed_role(pid, role)
         participant = self._admit(pid, name, role)
         joined = ParticipantJoined(
             space_id=self.space_id, at=now, participant_id=pid, name=participant.name, role=role
@@ -527,6 +606,7 @@ class Room:
         self._check_invited(by)
         self._check_stage_seat(Role.SPEAKER)  # the invitation stays pending if full
         del self._invitations[by]
+        self._demoted.pop(by, None)  # a moderator asked them back
         accepted = InvitationAccepted(space_id=self.space_id, at=now, participant_id=by)
         return [accepted, *self._lower_hand_of(by, now), self._seat(listener, Role.SPEAKER, now)]
 
@@ -547,6 +627,7 @@ class Room:
         if target.role is Role.HOST:
             raise Conflict(f"{who} is the host")
         self._check_cohost_seat()
+        self._demoted.pop(who, None)  # the host asked them back
         if target.on_stage:
             target.role = Role.COHOST
             return [CohostAdded(space_id=self.space_id, at=now, participant_id=who, by=by)]
@@ -562,9 +643,14 @@ class Room:
         actor = self._actor(by, action)
         target = self._on_stage_target(who)
         self._check_may_demote(actor, target)
+        if by != who:
+            # A moderator's decision about the person: a rejoin with the link must not
+            # undo it (stepping down is the speaker's own and binds nothing).
+            self._demoted[who] = Role.LISTENER
         target.role = Role.LISTENER
         target.muted = False
         target.live = False  # a later return to the stage needs a fresh mic check
+        target.stage_seq = 0  # no seat: the record of an audience member has none
         return [SpeakerMovedToAudience(space_id=self.space_id, at=now, participant_id=who, by=by)]
 
     def mic_check_passed(self, who: str, now: float) -> list[RoomEvent]:
@@ -606,6 +692,119 @@ class Room:
             return []
         target.muted = False
         return [SpeakerUnmuted(space_id=self.space_id, at=now, participant_id=who)]
+
+    # -- invitation links ----------------------------------------------------
+
+    def issue_link(self, by: str, pid: str, role: Role, name: str, now: float) -> list[RoomEvent]:
+        """Register a link that brings the new person ``pid`` on stage as ``role``."""
+        if role not in _LINK_ROLES:
+            raise BadRequest("a link brings someone on stage as a speaker or a cohost")
+        action = Action.ISSUE_COHOST_LINK if role is Role.COHOST else Action.ISSUE_SPEAKER_LINK
+        self._link_manager(by, action)
+        _require_id(pid, "participant id")
+        if pid in self._links or pid in self._participants or pid in self._removed:
+            raise Conflict(f"{pid} is already known in this space")
+        if pid == self.host_id:
+            raise Conflict("the host has their own link")
+        if len(self._links) >= self.config.max_invited_participants:
+            raise Conflict(f"the space already has {self.config.max_invited_participants} links")
+        clean_name = _bounded_text(name, "name", self.config.max_name_chars)
+        self._links[pid] = LinkRecord(pid, clean_name, role, issued_at=now)
+        return [LinkIssued(space_id=self.space_id, at=now, participant_id=pid, role=role, by=by)]
+
+    def check_link(self, pid: str, generation: int | None) -> None:
+        """Refuse a token of ``pid``'s link that was revoked or replaced by a reissue.
+
+        Tokens of people without a link (the host, listeners) pass: their grant is
+        the signature alone.
+        """
+        link = self._links.get(pid)
+        if link is None:
+            return
+        if link.revoked:
+            raise Unauthorized("this link was revoked by the host")
+        if generation != link.generation:
+            raise Unauthorized("this link was replaced by a new one; ask the host for it")
+
+    def check_holder(self, pid: str, holder: str) -> None:
+        """Refuse a request with ``pid``'s link from any client but the one holding it."""
+        link = self._links.get(pid)
+        if link is not None and link.holder and holder != link.holder:
+            raise LinkInUse("this link is already in use; ask the host for a new one")
+
+    def claim_link(self, pid: str, holder: str, now: float) -> list[RoomEvent]:
+        """The client with key digest ``holder`` takes the stage with ``pid``'s link.
+
+        The first key claims the link; the same key again is its reconnect; another
+        key is refused. A client sending no key ("") may use a link nobody claimed
+        yet, but cannot claim it, and is refused once somebody has.
+        """
+        link = self._links.get(pid)
+        if link is None:
+            return []
+        if not link.holder:
+            if not holder:
+                return []
+            self._links[pid] = replace(link, holder=holder)
+            return [LinkClaimed(space_id=self.space_id, at=now, participant_id=pid)]
+        self.check_holder(pid, holder)
+        return []
+
+    def revoke_link(self, by: str, pid: str, now: float) -> list[RoomEvent]:
+        """Stop ``pid``'s link for good; whoever held it leaves the Space."""
+        self._link_manager(by, Action.MANAGE_LINKS)
+        link = self._link(pid)
+        if link.revoked:
+            return []
+        self._links[pid] = replace(link, revoked=True, holder="")
+        revoked = LinkRevoked(space_id=self.space_id, at=now, participant_id=pid, by=by)
+        if pid not in self._participants:
+            return [revoked]
+        self._drop(pid)
+        return [revoked, ParticipantLeft(space_id=self.space_id, at=now, participant_id=pid)]
+
+    def reissue_link(self, by: str, pid: str, now: float) -> list[RoomEvent]:
+        """A new link for the same person: the old one stops working, the claim is
+        cleared, and the person keeps their place (and any moderation decision)."""
+        self._link_manager(by, Action.MANAGE_LINKS)
+        link = self._link(pid)
+        if pid in self._removed:
+            raise Conflict(f"{pid} was removed from this space; a new link cannot bring them back")
+        new = replace(link, generation=link.generation + 1, holder="", revoked=False, issued_at=now)
+        self._links[pid] = new
+        return [
+            LinkReissued(
+                space_id=self.space_id, at=now, participant_id=pid, by=by, generation=new.generation
+            )
+        ]
+
+    def links(self, by: str) -> list[LinkRecord]:
+        """The links issued, for the host and co-hosts."""
+        self._link_manager(by, Action.LIST_LINKS)
+        return list(self._links.values())
+
+    def link_of(self, pid: str) -> LinkRecord | None:
+        return self._links.get(pid)
+
+    def allowed_role(self, pid: str, role: Role) -> Role:
+        """``role`` as far as moderation lets ``pid`` hold it now."""
+        cap = self._demoted.get(pid)
+        return cap if cap is not None and _RANK[role] > _RANK[cap] else role
+
+    def _link_manager(self, by: str, action: Action) -> None:
+        if by == self.host_id and by not in self._participants:
+            # The host's token acts before the host ever opened the stage page (the
+            # speaker link made with the Space).
+            if self._state not in _LEGAL_IN[action]:
+                raise Conflict(f"space is {self._state.value}; cannot {action.value}")
+            return
+        self._actor(by, action)
+
+    def _link(self, pid: str) -> LinkRecord:
+        link = self._links.get(pid)
+        if link is None:
+            raise NotFound(f"no link for {pid} in this space")
+        return link
 
     # -- reactions -----------------------------------------------------------
 

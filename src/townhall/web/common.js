@@ -76,11 +76,40 @@ export function clearErrors() {
   if (box) box.replaceChildren();
 }
 
+/**
+ * The key this browser keeps for an invitation link's token ("" for other tokens): the
+ * first client to take the stage with a link claims it with its key, and the server
+ * refuses any other client (409). Kept in localStorage so reloads and tabs stay the holder.
+ */
+export function holderKey(token) {
+  let claims = {};
+  try {
+    claims = JSON.parse(atob(token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
+  } catch {
+    return "";
+  }
+  if (!Number.isInteger(claims.gen)) return "";
+  const name = `townhall-holder:${claims.space}:${claims.sub}:${claims.gen}`;
+  try {
+    let key = localStorage.getItem(name);
+    if (!key) {
+      const bytes = crypto.getRandomValues(new Uint8Array(16));
+      key = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+      localStorage.setItem(name, key);
+    }
+    return key;
+  } catch {
+    return ""; // no storage: the link works until another client claims it
+  }
+}
+
 /** Call the control API; a 4xx/5xx becomes an ApiError carrying the server's `detail`. */
 export async function api(path, { method = "GET", token, body } = {}) {
   const headers = {};
   if (body !== undefined) headers["Content-Type"] = "application/json";
   if (token) headers.Authorization = `Bearer ${token}`;
+  const holder = token ? holderKey(token) : "";
+  if (holder) headers["X-Townhall-Holder"] = holder;
   let resp;
   try {
     resp = await fetch(path, {
@@ -793,7 +822,7 @@ export function stageSocket(spaceId, token, { onMessage, onStatus = () => {} }) 
   let ping = null;
   const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/api/spaces/${encodeURIComponent(
     spaceId,
-  )}/ws?token=${encodeURIComponent(token)}`;
+  )}/ws?token=${encodeURIComponent(token)}&holder=${encodeURIComponent(holderKey(token))}`;
   const open = () => {
     if (closed) return;
     ws = new WebSocket(url);
