@@ -77,7 +77,10 @@ class TokenIssuer:
         except jwt.ExpiredSignatureError as exc:
             raise Unauthorized("the token has expired") from exc
         except jwt.PyJWTError as exc:
-            raise Unauthorized(f"invalid token: {exc}") from exc
+            # The library's words (padding, segments) mean nothing to the person holding it.
+            raise Unauthorized(
+                "invalid token: this link or key is not valid; check it was copied whole"
+            ) from exc
         if claims.get("space") != space_id:
             raise Forbidden("the token is for another space")
         raw_role = claims.get("role")
