@@ -176,6 +176,8 @@ class LiveSpace:
     _last_update: str = ""
     # Stage disconnects in flight, held so the loop does not drop them half done.
     _cutting: set[asyncio.Task[None]] = field(default_factory=set)
+    # Listeners on the audience port waiting for the start (control/waiting.py sets it).
+    waiting_now: int = 0
 
     @property
     def space_id(self) -> str:
@@ -345,6 +347,8 @@ class LiveSpace:
             "speaking": self.speaking(),
             "listening_now": self.counter.listening_now(now),
             "total_tuned_in": self.counter.total_tuned_in(),
+            "waiting_now": self.waiting_now if self.room.state is SpaceState.SCHEDULED else 0,
+            "host_name": self.room.name_of(self.room.host_id) or "",
         }
 
     def public_snapshot(self) -> dict[str, object]:
@@ -368,6 +372,10 @@ _PUBLIC_KEYS = (
     "listening_now",
     "total_tuned_in",
     "reaction_tallies",
+    "scheduled_at",
+    "late_message",
+    "waiting_now",
+    "host_name",
 )
 
 

@@ -40,6 +40,7 @@ remove                yes   yes     no       no        no
 react                 yes   yes     yes      yes       no
 publish_audio         yes   yes     yes      no        no
 leave                 yes   yes     yes      yes       no
+post_late_message     yes   yes     no       no        no
 """
 
 
@@ -81,6 +82,7 @@ PERFORM: dict[Action, Perform] = {
     Action.REACT: lambda room, by: room.react(by, "👏", T),
     Action.PUBLISH_AUDIO: lambda room, by: room.mic_check_passed(by, T),
     Action.LEAVE: lambda room, by: room.leave(by, T),
+    Action.POST_LATE_MESSAGE: lambda room, by: room.post_late_message(by, "ten minutes", T),
 }
 
 
@@ -105,8 +107,10 @@ def cast_room(state: SpaceState = SpaceState.LIVE) -> Room:
 
 
 def _room_for(action: Action) -> Room:
-    # START only makes sense before the Space is live; everything else is tried live.
-    return cast_room(SpaceState.SCHEDULED if action is Action.START else SpaceState.LIVE)
+    # START and the waiting room's message only make sense before the Space is live;
+    # everything else is tried live.
+    before = action in (Action.START, Action.POST_LATE_MESSAGE)
+    return cast_room(SpaceState.SCHEDULED if before else SpaceState.LIVE)
 
 
 # -- the matrix --------------------------------------------------------------

@@ -34,3 +34,13 @@ class ControlConfig:
     # A stage process that has not answered a request (an SDP offer) by then is taken
     # for gone: the client gets 503 and retries.
     stage_reply_timeout_s: float = 5.0
+    # Scheduled Spaces whose public snapshot goes to the audience port (their waiting
+    # rooms), soonest first; how often each is refreshed there (the waiting count).
+    max_waiting_spaces: int = 1_000
+    waiting_update_interval_s: float = 1.0
+    # A waiting room that did not change is published again this often, so a restarted
+    # audience worker or a listener's snapshot never stays stale for long.
+    waiting_refresh_s: float = 15.0
+    # Cache-Control max-age of the public ``GET /api/spaces/{id}``: a CDN in front of
+    # the control API absorbs a crowd opening the link at once.
+    space_max_age_s: int = 5

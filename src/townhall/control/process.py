@@ -178,6 +178,7 @@ async def serve_control(spec: ControlSpec, sock: socket.socket) -> None:
         )
     )
     serving = asyncio.create_task(server.serve(sockets=[spec.listen_socket]), name="control")
+    waiting = asyncio.create_task(control.waiting.run(), name="waiting-rooms")
     freeze_startup_heap()
     await asyncio.wait([serving, link.closed], return_when=asyncio.FIRST_COMPLETED)
     if link.closed.done():
@@ -186,6 +187,7 @@ async def serve_control(spec: ControlSpec, sock: socket.socket) -> None:
     with contextlib.suppress(asyncio.CancelledError, TimeoutError):
         async with asyncio.timeout(SHUTDOWN_GRACE_S):
             await serving
+    waiting.cancel()
     link.close()
 
 

@@ -163,3 +163,11 @@ class SpeakerUnmuted(RoomEvent):
 class ReactionSent(RoomEvent):
     participant_id: str
     emoji: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LateMessagePosted(RoomEvent):
+    """The host (or a co-host) told the listeners waiting for the start something."""
+
+    by: str
+    message: str

@@ -41,6 +41,7 @@ class RoomRecord:
     hands: tuple[tuple[str, float], ...] = ()  # (participant, raised at), in raise order
     invitations: tuple[tuple[str, str], ...] = ()  # (invitee, inviter), in invite order
     reaction_tallies: tuple[tuple[str, int], ...] = ()
+    late_message: str = ""  # the host's note to the listeners waiting for the start
 
 
 def record_to_json(record: RoomRecord) -> str:
@@ -62,6 +63,7 @@ def record_to_json(record: RoomRecord) -> str:
             "hands": [list(h) for h in record.hands],
             "invitations": [list(i) for i in record.invitations],
             "reaction_tallies": [list(t) for t in record.reaction_tallies],
+            "late_message": record.late_message,
         },
         separators=(",", ":"),
         ensure_ascii=False,
@@ -90,6 +92,8 @@ def record_from_json(text: str) -> RoomRecord:
             hands=tuple((str(pid), float(at)) for pid, at in raw["hands"]),
             invitations=tuple((str(a), str(b)) for a, b in raw["invitations"]),
             reaction_tallies=tuple((str(e), int(n)) for e, n in raw["reaction_tallies"]),
+            # A record without the field has no message.
+            late_message=str(raw.get("late_message", "")),
         )
     except (KeyError, TypeError) as err:
         raise ValueError(f"not a room record: {err!r}") from err

@@ -92,6 +92,7 @@ from townhall.room.events import (
     InvitationAccepted,
     InvitationDeclined,
     InvitationWithdrawn,
+    LateMessagePosted,
     MicCheckPassed,
     MicCheckReset,
     ParticipantJoined,
@@ -134,6 +135,7 @@ class Action(enum.Enum):
     REACT = "react"
     PUBLISH_AUDIO = "publish audio"
     LEAVE = "leave the space"
+    POST_LATE_MESSAGE = "post a message to those waiting"
 
 
 _HOSTS = frozenset({Role.HOST, Role.COHOST})
@@ -164,6 +166,7 @@ _ALLOWED_ROLES: dict[Action, frozenset[Role]] = {
     Action.REACT: _EVERYONE,
     Action.PUBLISH_AUDIO: STAGE_ROLES,
     Action.LEAVE: _EVERYONE,
+    Action.POST_LATE_MESSAGE: _HOSTS,
 }
 
 PERMISSIONS: Mapping[tuple[Action, Role], bool] = MappingProxyType(
@@ -184,6 +187,8 @@ _LEGAL_IN: dict[Action, frozenset[SpaceState]] = {
         for action in Action
         if action not in {Action.START, Action.END, Action.ADD_COHOST, Action.REMOVE, Action.LEAVE}
     },
+    # Only those waiting for the start read it; once live, the Space speaks for itself.
+    Action.POST_LATE_MESSAGE: frozenset({SpaceState.SCHEDULED}),
 }
 
 _NEXT_STATE: dict[Action, SpaceState] = {
@@ -213,6 +218,8 @@ class RoomConfig:
     max_title_chars: int = 100
     max_description_chars: int = 1_000
     full_retry_after_s: float = 5.0
+    # The host's note to the listeners waiting for a late start (a tweet's length).
+    max_late_message_chars: int = 280
 
 
 @dataclass(slots=True)
@@ -263,6 +270,7 @@ class Room:
         self._invitations: dict[str, str] = {}  # invitee -> inviter, in invite order
         self._tallies: dict[str, int] = {}
         self._stage_seq = itertools.count(1)
+        self.late_message = ""
 
     @classmethod
     def schedule(
@@ -347,6 +355,7 @@ class Room:
             self._tallies[_canonical_reaction(emoji)] = count
         seats = [p.stage_seq for p in self._participants.values()]
         self._stage_seq = itertools.count(max(seats, default=0) + 1)
+        self.late_message = record.late_message
 
     def record(self) -> RoomRecord:
         """The Room's state as plain values (see :mod:`townhall.room.record`)."""
@@ -366,6 +375,7 @@ class Room:
             hands=tuple(self._hands.items()),
             invitations=tuple(self._invitations.items()),
             reaction_tallies=tuple(self._tallies.items()),
+            late_message=self.late_message,
         )
 
     # -- lifecycle -----------------------------------------------------------
@@ -387,6 +397,17 @@ class Room:
         self._hands.clear()
         self._invitations.clear()
         return [SpaceEnded(space_id=self.space_id, at=now, by=by)]
+
+    def post_late_message(self, by: str, message: str, now: float) -> list[RoomEvent]:
+        """The host's word to those waiting ("ten more minutes"); empty takes it back."""
+        self._actor(by, Action.POST_LATE_MESSAGE)
+        text = _bounded_text(
+            message, "message", self.config.max_late_message_chars, allow_empty=True
+        )
+        if text == self.late_message:
+            return []
+        self.late_message = text
+        return [LateMessagePosted(space_id=self.space_id, at=now, by=by, message=text)]
 
     # -- presence ------------------------------------------------------------
 
@@ -612,6 +633,7 @@ class Room:
             "pending_invitations": self.pending_invitations(),
             "reaction_tallies": self.reaction_tallies(),
             "participant_count": self.participant_count(),
+            "late_message": self.late_message,
         }
 
     # -- checks --------------------------------------------------------------
