@@ -137,6 +137,7 @@ def _spaces_router(
     r = APIRouter(prefix="/api")
     CreateSpace, SdpOffer, Invite = m.create_space, m.sdp_offer, m.invite
     SignIn, ListenerName, Command, Reaction = m.sign_in, m.listener_name, m.command, m.reaction
+    LateMessage = m.late_message
 
     async def grant_for(space_id: str, token: Annotated[str, Depends(bearer)]) -> Grant:
         return service.authorize(space_id, token)
@@ -162,7 +163,7 @@ def _spaces_router(
         return {**views.describe(record), "room": room}
 
     @r.post("/spaces/{space_id}/late_message")
-    async def late_message(body: m.late_message, grant: Auth) -> dict[str, object]:
+    async def late_message(body: LateMessage, grant: Auth) -> dict[str, object]:
         """The host's (or a co-host's) message to the listeners waiting for the start,
         e.g. "running ten minutes late"; an empty message takes it back."""
         outcome = service.post_late_message(grant, body.message)
