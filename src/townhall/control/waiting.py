@@ -41,8 +41,7 @@ log = logging.getLogger(__name__)
 def waiting_counts(stats: AudienceStats) -> dict[str, int]:
     """Per Space, the audience port's streams: SSE, held and open Ogg streams."""
     return {
-        c.space_id: c.event_listeners + c.ogg_listeners + c.held_listeners
-        for c in stats.channels
+        c.space_id: c.event_listeners + c.ogg_listeners + c.held_listeners for c in stats.channels
     }
 
 

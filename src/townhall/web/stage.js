@@ -6,6 +6,7 @@ import {
   shareLink, formatCount, stateLabel, renderReactions, roomEvents, StageMic, stageSocket,
   meterPercent,
 } from "/static/common.js";
+import { HostWaitingControl } from "/static/waiting.js";
 
 const spaceId = spaceIdFromPath();
 const token = tokenFromFragment();
@@ -27,6 +28,11 @@ const mic = new StageMic({
   onRefused: (e) => showError(e, "Back on stage"),
 });
 let recording = null; // the last {state, detail} the server said about the recording
+// Before the start: how many wait, and the host's message to them (waiting.js).
+const hostWaiting = new HostWaitingControl({
+  post: (message) => api(`/api/spaces/${spaceId}/late_message`, { method: "POST", token, body: { message } }),
+  anchor: $("#controls"),
+});
 
 function claims(t) {
   try {
@@ -292,6 +298,10 @@ function applyRoom(snapshot) {
   room = snapshot;
   if (before !== "ended" && snapshot.state === "ended") onEnded();
   if (snapshot.state === "live") connectEvents();
+  if (snapshot.state === "scheduled" && isModerator()) {
+    connectEvents(); // the waiting count comes with the audience's snapshots
+    hostWaiting.update({ ...snapshot, waiting_now: publicRoom?.waiting_now ?? 0 });
+  } else hostWaiting.update(snapshot);
   if (mic.open && !mySeat()) {
     mic.close(); // moved to the audience or removed: the server already cut the audio
   }
@@ -327,6 +337,7 @@ function connectEvents() {
   if (events || !info) return;
   events = roomEvents(info.audience.events, (snap) => {
     publicRoom = snap;
+    if (isModerator()) hostWaiting.update({ ...(room || {}), ...snap, state: room?.state || snap.state });
     if (room) {
       room = { ...room, speaking: snap.speaking, listening_now: snap.listening_now, total_tuned_in: snap.total_tuned_in, reaction_tallies: snap.reaction_tallies };
     }
