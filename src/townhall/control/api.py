@@ -23,6 +23,7 @@ from townhall.control.errors import BodyLimit, install_error_handlers
 from townhall.control.pages import install_pages
 from townhall.control.service import SpaceService
 from townhall.control.views import SpaceViews
+from townhall.control.waiting import CountedRequests
 from townhall.control.ws import install_websocket
 from townhall.errors import Unauthorized
 from townhall.live import COMMANDS
@@ -128,6 +129,7 @@ def create_app(th: Control) -> FastAPI:
     install_pages(app, th.service)
     install_metrics(app, th)
     app.add_middleware(BodyLimit, max_bytes=th.config.control.max_body_bytes)
+    app.add_middleware(CountedRequests, rooms=th.waiting)
     return app
 
 

@@ -29,6 +29,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from starlette.types import ASGIApp, Receive, Scope, Send
+
 from townhall.audience.plane import AudienceStats
 from townhall.control.config import ControlConfig
 from townhall.control.service import SpaceService
@@ -53,6 +55,9 @@ class WaitingRooms:
     config: ControlConfig = field(default_factory=ControlConfig)
     # Per Space published: (snapshot text, when, waiting count it showed).
     _published: dict[str, tuple[str, float, int]] = field(default_factory=dict)
+    # Requests the control process answered (``CountedRequests``): the waiting room's
+    # budget is that a waiting crowd adds none.
+    control_requests: int = 0
 
     def tick(self, now: float) -> int:
         """Publish what changed; returns how many waiting rooms are open."""
@@ -96,3 +101,15 @@ class WaitingRooms:
             except Exception:
                 log.exception("waiting rooms: a tick failed")
             await asyncio.sleep(self.config.waiting_update_interval_s)
+
+
+class CountedRequests:
+    """ASGI middleware: counts the control process's HTTP requests into ``rooms``."""
+
+    def __init__(self, app: ASGIApp, rooms: WaitingRooms) -> None:
+        self.app, self.rooms = app, rooms
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            self.rooms.control_requests += 1
+        await self.app(scope, receive, send)
