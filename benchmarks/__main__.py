@@ -64,7 +64,7 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--wait", type=float, default=60.0, help="waiting before Go live (s)")
     w.add_argument("--sse-share", type=float, default=0.5, help="web pages (SSE) in the crowd")
     w.add_argument("--cpu", type=int, default=0, help="the core the server is pinned to")
-    w.add_argument("--workers", type=int, default=2, help="townhall audience processes")
+    w.add_argument("--workers", type=int, default=3, help="townhall audience processes")
     w.add_argument("--json", type=Path, help="also write the results here")
     w.set_defaults(run=_waiting)
     fa = sub.add_parser("faults", help="kill -9 each process of a live Space in turn: recovery")

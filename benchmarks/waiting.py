@@ -61,7 +61,7 @@ class WaitingPlan:
     wait_s: float = 60.0  # everyone waits at least this long before Go live
     sse_share: float = 0.5
     cpu: int = 0
-    audience_workers: int = 2
+    audience_workers: int = 3
 
     @property
     def live_after_s(self) -> float:

@@ -269,3 +269,30 @@ def test_ffmpeg_and_hlsjs_pointed_before_the_start_play_from_go_live(
     )
     assert len(signal) >= 3 * 48_000, len(signal)
     assert a440 > 0.05, f"no 440 Hz in what ffmpeg decoded ({a440:.3f})"
+
+
+def test_a_page_whose_autoplay_is_blocked_offers_tap_to_listen(server: Server) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=20_000)
+    space = scheduled_space(server, "Autoplay blocked", in_s=300.0)
+    with sync_playwright() as pw:
+        # Chromium's policy for a page that never had a user gesture.
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--autoplay-policy=document-user-activation-required"],
+        )
+        try:
+            page = browser.new_context(viewport=PHONE).new_page()
+            page.goto(space["listen_link"])
+            expect(page.locator("#waiting")).to_be_visible()
+            host_post(server, space, "/start")  # the program plays silence: enough here
+            expect(page.locator("#tap-to-listen")).to_be_visible()
+            expect(page.locator("body")).to_have_attribute("data-audience", "blocked")
+            page.screenshot(path=str(SCREENSHOTS / "tap-to-listen-390x844.png"), full_page=True)
+            page.locator("#tap-to-listen").click()
+            expect(page.locator("body")).to_have_attribute("data-audience", "playing")
+            expect(page.locator("#tap-to-listen")).to_be_hidden()
+        finally:
+            browser.close()

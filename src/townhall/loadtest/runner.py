@@ -75,7 +75,9 @@ class LoadPlan:
     def worker_count(self) -> int:
         if self.processes:
             return self.processes
-        return max(1, math.ceil(self.listeners / MAX_SOCKETS_PER_PROCESS))
+        # A web page in a waiting room holds two sockets: the SSE stream and the Ogg one.
+        sockets = self.listeners * (1.0 + self.web_share)
+        return max(1, math.ceil(sockets / MAX_SOCKETS_PER_PROCESS))
 
 
 def check_target(url: str, allow_remote: bool) -> None:

@@ -31,6 +31,7 @@ from townhall.loadtest.wire import events_url, parse_target, playlist_url, with_
 from townhall.peers.backoff import Backoff
 
 PROGRESS_INTERVAL_S = 1.0
+_GOLDEN = (5**0.5 - 1) / 2
 
 
 class Mix(StrEnum):
@@ -129,18 +130,10 @@ class Swarm:
         rng = random.Random(self.plan.seed * 1_000_003 + index)
         plan = self._listener_plan(kind, index)
         try:
-            if kind == "hls":
-                await run_hls_listener(plan, rng, rec)
-            elif kind == "web":
-                source = loopback_source(index, plan.target)
-                sid = f"lt{self.plan.seed}-{index}"
-                events = parse_target(events_url(self.plan.ogg_url))
-                events = events.with_path(with_query(events.path, sid=sid))
-                spread = self.plan.start_spread_s
-                await run_web_listener(plan, events, spread, rng, rec, self.reader, source)
-            else:
-                source = loopback_source(index, plan.target)
-                await run_ogg_listener(plan, rng, rec, self.reader, source)
+            await self._run(kind, index, plan, rng, rec)
+        except OSError as exc:
+            # Out of sockets on this side (EMFILE): this listener failed, not the run.
+            rec.failure = f"client: {exc.strerror}"
         finally:
             del self.records[index]
             if self.plan.live_at is not None:
@@ -149,10 +142,27 @@ class Swarm:
                 rec, self.plan.stall_gap_s, self.plan.steady_from
             )
 
+    async def _run(
+        self, kind: str, index: int, plan: ListenerPlan, rng: random.Random, rec: ListenerRecord
+    ) -> None:
+        if kind == "hls":
+            await run_hls_listener(plan, rng, rec)
+        elif kind == "web":
+            source = loopback_source(index, plan.target)
+            sid = f"lt{self.plan.seed}-{index}"
+            events = parse_target(events_url(self.plan.ogg_url))
+            events = events.with_path(with_query(events.path, sid=sid))
+            spread = self.plan.start_spread_s
+            await run_web_listener(plan, events, spread, rng, rec, self.reader, source)
+        else:
+            source = loopback_source(index, plan.target)
+            await run_ogg_listener(plan, rng, rec, self.reader, source)
+
     def _kind_of(self, index: int) -> str:
-        share = self.plan.web_share
-        # Spread evenly through the crowd (and its arrival order), the same every run.
-        if share > 0 and int((index + 1) * share) > int(index * share):
+        # A low-discrepancy sequence (the golden ratio's multiples): the web pages are
+        # spread evenly through the arrival order, and not in step with how listeners
+        # are dealt to the workers (round robin), so each worker gets its share.
+        if (index * _GOLDEN) % 1.0 < self.plan.web_share:
             return "web"
         return self.plan.mix.kind_of(index)
 
