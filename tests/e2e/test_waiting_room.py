@@ -271,20 +271,33 @@ def test_ffmpeg_and_hlsjs_pointed_before_the_start_play_from_go_live(
     assert a440 > 0.05, f"no 440 Hz in what ffmpeg decoded ({a440:.3f})"
 
 
+# A browser's autoplay policy, as the page meets it: play() before the user touched the
+# page is refused with NotAllowedError. Headless Chromium under Playwright lets the page
+# play whatever --autoplay-policy says (and reports a user activation it never had), so
+# the refusal is made here, until a real pointer event.
+BLOCK_AUTOPLAY = """
+const play = HTMLMediaElement.prototype.play;
+let touched = false;
+addEventListener("pointerdown", () => { touched = true; }, true);
+HTMLMediaElement.prototype.play = function () {
+  if (!touched) {
+    return Promise.reject(new DOMException("play() needs a user gesture", "NotAllowedError"));
+  }
+  return play.call(this);
+};
+"""
+
+
 def test_a_page_whose_autoplay_is_blocked_offers_tap_to_listen(server: Server) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=20_000)
     space = scheduled_space(server, "Autoplay blocked", in_s=300.0)
     with sync_playwright() as pw:
-        # Chromium's policy for a page that never had a user gesture.
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--no-sandbox", "--autoplay-policy=document-user-activation-required"],
-        )
+        browser = chromium(pw)
         try:
             page = browser.new_context(viewport=PHONE).new_page()
+            page.add_init_script(BLOCK_AUTOPLAY)
             page.goto(space["listen_link"])
             expect(page.locator("#waiting")).to_be_visible()
             host_post(server, space, "/start")  # the program plays silence: enough here
