@@ -427,7 +427,8 @@ class AudienceServer:
             channel.space_id, req.peer, req.headers.get("user-agent", ""), req.query.get("sid")
         )
         msn, part = _int_param(req, "_HLS_msn"), _int_param(req, "_HLS_part")
-        if not channel.hls_on_air:
+        if channel.hls.init_segment is None and not channel.ended:
+            # Asked before the program began: held until a player can start from it.
             self._check_room_to_hold(channel)
             return self._playlist_when_on_air(channel, req)
         channel.hls.check_blocking_request(msn, part)
