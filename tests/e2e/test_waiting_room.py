@@ -309,3 +309,31 @@ def test_a_page_whose_autoplay_is_blocked_offers_tap_to_listen(server: Server) -
             expect(page.locator("#tap-to-listen")).to_be_hidden()
         finally:
             browser.close()
+
+
+def test_the_host_sees_the_waiting_room_and_posts_a_message_to_it(server: Server) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=20_000)
+    space = scheduled_space(server, "Host view", in_s=-120.0)  # already late
+    with sync_playwright() as pw:
+        browser = chromium(pw)
+        try:
+            host = browser.new_context(viewport=PHONE).new_page()
+            host.goto(space["host_link"])
+            expect(host.locator("#host-waiting")).to_be_visible()
+            expect(host.locator("#host-waiting-when")).to_contain_text("You're running late")
+            listener = browser.new_context(viewport=DESKTOP).new_page()
+            listener.goto(space["listen_link"])
+            expect(host.locator("#host-waiting-count")).to_have_text("1 person is waiting")
+            host.locator("#late-message").fill("Five more minutes, we're fixing the mic")
+            host.locator("#late-form button").click()
+            expect(host.locator("#late-status")).to_contain_text("Posted")
+            expect(listener.locator("#waiting-message")).to_contain_text("Five more minutes")
+            expect(listener.locator("#waiting-host")).to_have_text("Hosted by Host")
+            expect(listener.locator("#waiting-when")).to_contain_text("Running late")
+            host.screenshot(path=str(SCREENSHOTS / "host-waiting-390x844.png"), full_page=True)
+            width = host.evaluate("document.documentElement.scrollWidth")
+            assert width <= PHONE["width"], f"horizontal scroll on a phone: {width} px"
+        finally:
+            browser.close()
