@@ -176,8 +176,10 @@ class LiveSpace:
     _last_update: str = ""
     # Stage disconnects in flight, held so the loop does not drop them half done.
     _cutting: set[asyncio.Task[None]] = field(default_factory=set)
-    # Listeners on the audience port waiting for the start (control/waiting.py sets it).
+    # Listeners on the audience port waiting for the start, and the window over which
+    # the waiting pages start playing at Go live (control/waiting.py sets both).
     waiting_now: int = 0
+    start_spread_s: float = 0.0
 
     @property
     def space_id(self) -> str:
@@ -349,6 +351,7 @@ class LiveSpace:
             "total_tuned_in": self.counter.total_tuned_in(),
             "waiting_now": self.waiting_now if self.room.state is SpaceState.SCHEDULED else 0,
             "host_name": self.room.name_of(self.room.host_id) or "",
+            "start_spread_s": self.start_spread_s,
         }
 
     def public_snapshot(self) -> dict[str, object]:
@@ -376,6 +379,7 @@ _PUBLIC_KEYS = (
     "late_message",
     "waiting_now",
     "host_name",
+    "start_spread_s",
 )
 
 

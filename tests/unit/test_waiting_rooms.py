@@ -23,6 +23,8 @@ from tests.unit.test_control_app import Town, bearer, host, open_town, town_conf
 from townhall.audience.channel import Channel, ChannelConfig
 from townhall.audience.plane import AudienceStats, ChannelStats
 from townhall.audience.server import AudienceConfig, AudienceServer
+from townhall.control.config import ControlConfig
+from townhall.control.waiting import start_spread_s
 from townhall.feed import ChannelEnded, HlsInit, HlsPart, OggHeader, OggPages, RoomUpdate
 from townhall.loadtest.wire import events_url
 from townhall.loadtest.worker import Mix, Swarm, WorkerPlan
@@ -256,3 +258,20 @@ def test_the_web_share_of_a_waiting_crowd_is_spread_through_it() -> None:
     # Dealt round robin to two workers, each gets its share.
     assert 115 <= kinds[0::2].count("web") <= 135
     assert events_url("http://h:9/live/abc.ogg") == "http://h:9/events/abc"
+
+
+def test_a_bigger_crowd_starts_over_a_wider_window() -> None:
+    config = ControlConfig()  # 2,000 joins a second, 1.5 s at least, 15 s at most
+    assert start_spread_s(10, config) == 1.5
+    assert start_spread_s(10_000, config) == 5.0
+    assert start_spread_s(1_000_000, config) == 15.0
+
+
+async def test_the_start_window_is_in_the_waiting_rooms_snapshot(town: Town) -> None:
+    space = await scheduled(town, 600.0)
+    town.th.waiting.audience = lambda: AudienceStats(
+        (ChannelStats(str(space["id"]), 0, 8_000, 0.2, 0.0, 100),)
+    )
+    town.th.waiting.tick(time.monotonic())
+    snapshot = rooms(town, space["id"])[-1]
+    assert snapshot["waiting_now"] == 8_100 and snapshot["start_spread_s"] == 4.0

@@ -44,3 +44,10 @@ class ControlConfig:
     # Cache-Control max-age of the public ``GET /api/spaces/{id}``: a CDN in front of
     # the control API absorbs a crowd opening the link at once.
     space_max_age_s: int = 5
+    # The waiting pages start their players spread over a window this wide at least,
+    # wider for a bigger crowd: its web pages divided by the joins a second the audience
+    # port takes (measured: 2,000 a second on one core, python -m benchmarks flash),
+    # so a start is a ramp the audience port keeps up with; capped.
+    start_joins_per_s: float = 2_000.0
+    min_start_spread_s: float = 1.5
+    max_start_spread_s: float = 15.0

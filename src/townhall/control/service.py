@@ -209,10 +209,12 @@ class SpaceService:
         """The scheduled Spaces whose listeners may be waiting, soonest first."""
         return self._store.scheduled_spaces(limit)
 
-    def waiting_snapshot(self, record: SpaceRecord, waiting_now: int) -> dict[str, object]:
+    def waiting_snapshot(
+        self, record: SpaceRecord, waiting_now: int, start_spread_s: float
+    ) -> dict[str, object]:
         """A scheduled Space's public snapshot with its waiting count; holds nobody."""
         live = self._view(record)
-        live.waiting_now = waiting_now
+        live.waiting_now, live.start_spread_s = waiting_now, start_spread_s
         return live.public_snapshot()
 
     # -- listeners ------------------------------------------------------------------

@@ -6,7 +6,9 @@ a player pointed at the live URLs is held there until the program begins (see
 before its stage exists. So the control plane publishes each scheduled Space's public
 snapshot on the feed, exactly as a live Space's monitor does (a ``RoomUpdate``: control
 → hub → audience workers): the title, the host, the scheduled time, the host's message
-(``late_message``) and how many are waiting (``waiting_now``).
+(``late_message``), how many are waiting (``waiting_now``), and over how long the
+waiting pages start playing at Go live (``start_spread_s``: at least
+``min_start_spread_s``, more for a bigger crowd).
 
 ``waiting_now`` is what the audience port serves for the Space before the start: its
 SSE streams plus its held and open Ogg streams, summed over the workers, as their last
@@ -40,11 +42,19 @@ from townhall.store import SpaceRecord
 log = logging.getLogger(__name__)
 
 
-def waiting_counts(stats: AudienceStats) -> dict[str, int]:
-    """Per Space, the audience port's streams: SSE, held and open Ogg streams."""
+def waiting_counts(stats: AudienceStats) -> dict[str, tuple[int, int]]:
+    """Per Space, the audience port's streams (SSE, held and open Ogg) and, of them, the
+    web pages (SSE): the ones that open a stream at Go live."""
     return {
-        c.space_id: c.event_listeners + c.ogg_listeners + c.held_listeners for c in stats.channels
+        c.space_id: (c.event_listeners + c.ogg_listeners + c.held_listeners, c.event_listeners)
+        for c in stats.channels
     }
+
+
+def start_spread_s(pages: int, config: ControlConfig) -> float:
+    """The window over which ``pages`` waiting pages start: a ramp the port keeps up with."""
+    wanted = pages / config.start_joins_per_s
+    return round(min(config.max_start_spread_s, max(config.min_start_spread_s, wanted)), 1)
 
 
 @dataclass
@@ -66,20 +76,21 @@ class WaitingRooms:
         open_ids = set()
         for record in records:
             open_ids.add(record.id)
-            self._publish(record, counts.get(record.id, 0), now)
+            waiting, pages = counts.get(record.id, (0, 0))
+            self._publish(record, waiting, start_spread_s(pages, self.config), now)
         for space_id in [s for s in self._published if s not in open_ids]:
             del self._published[space_id]
             self._closed(space_id)
         return len(records)
 
-    def _publish(self, record: SpaceRecord, waiting: int, now: float) -> None:
+    def _publish(self, record: SpaceRecord, waiting: int, spread_s: float, now: float) -> None:
         last = self._published.get(record.id)
         held = self.service.held(record.id) is not None
         due = last is None or now - last[1] >= self.config.waiting_refresh_s
         if not (held or due or last is None or last[2] != waiting):
             return  # a room not held does not change but by its count
         text = json.dumps(
-            self.service.waiting_snapshot(record, waiting),
+            self.service.waiting_snapshot(record, waiting, spread_s),
             separators=(",", ":"),
             ensure_ascii=False,
         )

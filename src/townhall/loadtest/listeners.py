@@ -22,6 +22,7 @@ import asyncio
 import functools
 import itertools
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -223,6 +224,7 @@ def _reason(exc: Exception) -> str:
 
 # -- the web page in its waiting room ------------------------------------------------------
 LIVE_STATE = b'"state":"live"'
+SPREAD = re.compile(rb'"start_spread_s":([0-9.]+)')
 ENDED_STATE = b'"state":"ended"'
 
 
@@ -236,13 +238,17 @@ async def run_web_listener(
     source_ip: str | None = None,
 ) -> None:
     """What the listen page does before the start (web/waiting.js): one SSE stream and
-    nothing else; when a room snapshot says live, a random 0..``spread_s`` wait, then
-    the Ogg stream. The SSE stream stays open, as the page keeps it."""
+    nothing else; when a room snapshot says live, a random wait within the window the
+    waiting room's snapshots gave (``spread_s`` if none), then the Ogg stream. The SSE
+    stream stays open, as the page keeps it."""
     loop = asyncio.get_running_loop()
     live: asyncio.Future[bool] = loop.create_future()
+    spread = [spread_s]  # the server's window, from the waiting room's snapshots
 
     def snapshot(data: bytes | bytearray, size: int, _now: float) -> None:
         chunk = bytes(data[:size])
+        if (m := SPREAD.search(chunk)) is not None and float(m.group(1)) > 0:
+            spread[0] = float(m.group(1))
         if not live.done() and (LIVE_STATE in chunk or ENDED_STATE in chunk):
             live.set_result(LIVE_STATE in chunk)
 
@@ -265,7 +271,7 @@ async def run_web_listener(
             rec.failure = "ended before going live"
             rec.ended_at = time.monotonic()
             return
-        await asyncio.sleep(rng.uniform(0.0, spread_s))
+        await asyncio.sleep(rng.uniform(0.0, spread[0]))
     except TimeoutError:
         rec.failure = "never went live"
         rec.ended_at = plan.end_at

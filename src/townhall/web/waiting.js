@@ -7,10 +7,12 @@
 // a crowd told at the same instant does not open its streams at the same instant.
 import { $, h, note } from "/static/common.js";
 
-// Every waiting page starts within this many seconds of learning of the start. A crowd
-// spread over 1.5 s arrives at each audience worker as a ramp, not a wall, and the
-// listener still hears the first audio well inside 3 s (the event ≤ 0.25 s, the
-// stream's first page ≈ 0.2 s, the browser's start-up buffer after that).
+// Every waiting page starts within this many seconds of learning of the start, unless
+// the server says a wider window (`start_spread_s`, wider for a bigger crowd: its pages
+// divided by the joins a second the audience port takes). A crowd spread over 1.5 s
+// arrives at each audience worker as a ramp, not a wall, and the listener still hears
+// the first audio well inside 3 s (the event ≤ 0.25 s, the stream's first page ≈ 0.2 s,
+// the browser's start-up buffer after that).
 export const START_SPREAD_S = 1.5;
 
 /** "in 3 min 20 s", "in 2 h 5 min", "in 12 s": the time left, coarse when far. */
@@ -52,6 +54,7 @@ export class WaitingRoom {
     this.room = room;
     if (room.state === "scheduled") {
       this.sawWaiting = true;
+      if (room.start_spread_s > 0) this.spreadS = room.start_spread_s;
       this._render();
       if (!this.clock) this.clock = setInterval(() => this._render(), 1000);
       return;
