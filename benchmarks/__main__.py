@@ -62,6 +62,15 @@ def parser() -> argparse.ArgumentParser:
     fl.add_argument("--mix", choices=["ogg", "hls", "mixed"], default="ogg")
     fl.add_argument("--json", type=Path, help="also write the results here")
     fl.set_defaults(run=_flash)
+    w = sub.add_parser("waiting", help="a waiting crowd, then Go live: origin cost, start storm")
+    w.add_argument("--listeners", type=int, default=20_000)
+    w.add_argument("--over", type=float, default=10.0, help="arrivals spread over (s)")
+    w.add_argument("--wait", type=float, default=60.0, help="waiting before Go live (s)")
+    w.add_argument("--sse-share", type=float, default=0.5, help="web pages (SSE) in the crowd")
+    w.add_argument("--cpu", type=int, default=0, help="the core the server is pinned to")
+    w.add_argument("--workers", type=int, default=3, help="townhall audience processes")
+    w.add_argument("--json", type=Path, help="also write the results here")
+    w.set_defaults(run=_waiting)
     fa = sub.add_parser("faults", help="kill -9 each process of a live Space in turn: recovery")
     fa.add_argument("--kills", type=int, default=10, help="kills of each role")
     fa.add_argument(
@@ -135,6 +144,22 @@ def _flash(args: argparse.Namespace) -> int:
         mix=Mix(args.mix),
     )
     result = run_flash_bench(plan)
+    _report(result, args.json)
+    return 0 if result.passed else 1
+
+
+def _waiting(args: argparse.Namespace) -> int:
+    from benchmarks.waiting import WaitingPlan, run_waiting_bench
+
+    plan = WaitingPlan(
+        listeners=args.listeners,
+        over_s=args.over,
+        wait_s=args.wait,
+        sse_share=args.sse_share,
+        cpu=args.cpu,
+        audience_workers=args.workers,
+    )
+    result = run_waiting_bench(plan)
     _report(result, args.json)
     return 0 if result.passed else 1
 

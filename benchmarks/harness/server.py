@@ -149,8 +149,8 @@ class Space:
         return await asyncio.to_thread(self.invite_sync, name)
 
     def wait_program_sync(self, timeout_s: float = PROGRAM_TIMEOUT_S) -> None:
-        """Until the audience port serves this Space's program: the playlist answers 503
-        until the first fMP4 part exists; from then both feeds flow."""
+        """Until the audience port serves this Space's program: the playlist request is
+        held (or answered 503) until the first segment exists; from then both feeds flow."""
         deadline = time.monotonic() + timeout_s
         last = "no answer"
         while time.monotonic() < deadline:

@@ -23,6 +23,7 @@ from townhall.control.presence import CountedPresence
 from townhall.control.reports import Reports
 from townhall.control.service import SpaceService
 from townhall.control.views import SpaceViews
+from townhall.control.waiting import WaitingRooms
 from townhall.feed import FeedSink, FeedSinks
 from townhall.live import RoomChanged, Stage, StageFactory
 from townhall.recording.recorder import Recorder
@@ -67,6 +68,8 @@ class Control:
         )
         self.views = SpaceViews(config.control_url, config.audience_url)
         self.reports = Reports()
+        # Scheduled Spaces' snapshots to the audience port (``waiting.run`` publishes them).
+        self.waiting = WaitingRooms(self.service, feed, self.audience_stats, config.control)
 
     def audience_stats(self) -> AudienceStats:
         return self.reports.audience

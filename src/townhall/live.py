@@ -214,6 +214,10 @@ class LiveSpace:
     # stands still meanwhile, since nobody can be connected to a stage that is not there.
     _stage_away_since: float | None = None
     _abandoned: bool = False
+    # Listeners on the audience port waiting for the start, and the window over which
+    # the waiting pages start playing at Go live (control/waiting.py sets both).
+    waiting_now: int = 0
+    start_spread_s: float = 0.0
 
     @property
     def space_id(self) -> str:
@@ -470,6 +474,9 @@ class LiveSpace:
             "speaking": self.speaking(),
             "listening_now": self.counter.listening_now(now),
             "total_tuned_in": self.counter.total_tuned_in(),
+            "waiting_now": self.waiting_now if self.room.state is SpaceState.SCHEDULED else 0,
+            "host_name": self.room.name_of(self.room.host_id) or "",
+            "start_spread_s": self.start_spread_s,
         }
 
     def public_snapshot(self) -> dict[str, object]:
@@ -495,6 +502,11 @@ _PUBLIC_KEYS = (
     "reaction_tallies",
     "green_room",
     "reconnecting",
+    "scheduled_at",
+    "late_message",
+    "waiting_now",
+    "host_name",
+    "start_spread_s",
 )
 
 

@@ -26,6 +26,23 @@ class TownhallCollector(Collector):
         yield from self._audience()
         yield from self._feed()
         yield from self._stage()
+        yield from self._waiting()
+
+    def _waiting(self) -> Iterator[Metric]:
+        # What listeners cost the origin: a waiting crowd should add nothing here.
+        yield CounterMetricFamily(
+            "townhall_control_requests",
+            "HTTP requests the control process answered (API, pages, /metrics)",
+            self.th.waiting.control_requests,
+        )
+        held = GaugeMetricFamily(
+            "townhall_held_listeners",
+            "Ogg streams held open before the program begins (waiting rooms)",
+            labels=["space"],
+        )
+        for c in self.th.audience_stats().channels:
+            held.add_metric([c.space_id], c.held_listeners)
+        yield held
 
     def _audience(self) -> Iterator[Metric]:
         streams = GaugeMetricFamily(

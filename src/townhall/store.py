@@ -122,6 +122,15 @@ class Store:
         rows = self._db.execute("SELECT * FROM spaces WHERE state = 'live' ORDER BY started_at")
         return [_record(r) for r in rows]
 
+    def scheduled_spaces(self, limit: int) -> list[SpaceRecord]:
+        """Spaces not started yet, soonest first ("starting soon", no time, last)."""
+        rows = self._db.execute(
+            "SELECT * FROM spaces WHERE state = 'scheduled'"
+            " ORDER BY scheduled_at IS NULL, scheduled_at, created_at LIMIT ?",
+            (limit,),
+        )
+        return [SpaceRecord(*r) for r in rows]
+
     def journal_room(self, space_id: str, record_json: str, at: float) -> None:
         """Keep the latest state of a Space's room (``room.record.record_to_json``).
 

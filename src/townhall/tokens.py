@@ -76,6 +76,8 @@ class TokenIssuer:
             )
         except jwt.ExpiredSignatureError as exc:
             raise Unauthorized("the token has expired") from exc
+        except jwt.MissingRequiredClaimError as exc:
+            raise Unauthorized(f"invalid token: it carries no {exc.claim!r} (expiry)") from exc
         except jwt.PyJWTError as exc:
             # The library's words (padding, segments) mean nothing to the person holding it.
             raise Unauthorized(

@@ -45,6 +45,7 @@ issue_speaker_link    yes   yes     no       no        no
 issue_cohost_link     yes   no      no       no        no
 list_links            yes   yes     no       no        no
 manage_links          yes   no      no       no        no
+post_late_message     yes   yes     no       no        no
 """
 
 
@@ -91,6 +92,7 @@ PERFORM: dict[Action, Perform] = {
     Action.ISSUE_COHOST_LINK: lambda room, by: room.issue_link(by, "new", Role.COHOST, "N", T),
     Action.LIST_LINKS: lambda room, by: room.links(by),
     Action.MANAGE_LINKS: lambda room, by: room.revoke_link(by, "tk", T),
+    Action.POST_LATE_MESSAGE: lambda room, by: room.post_late_message(by, "ten minutes", T),
 }
 
 
@@ -116,8 +118,9 @@ def cast_room(state: SpaceState = SpaceState.LIVE) -> Room:
 
 
 def _room_for(action: Action) -> Room:
-    # START only makes sense before the Space is live; everything else is tried live.
-    before = action in (Action.START, Action.OPEN_GREEN_ROOM)
+    # START, the green room and the waiting room's message only make sense before the
+    # Space is live; everything else is tried live.
+    before = action in (Action.START, Action.OPEN_GREEN_ROOM, Action.POST_LATE_MESSAGE)
     return cast_room(SpaceState.SCHEDULED if before else SpaceState.LIVE)
 
 

@@ -17,6 +17,7 @@ from townhall.room.events import (
     InvitationAccepted,
     InvitationDeclined,
     InvitationWithdrawn,
+    LateMessagePosted,
     MicCheckPassed,
     ParticipantJoined,
     ParticipantLeft,
@@ -32,6 +33,7 @@ from townhall.room.events import (
     SpeakerMuted,
     SpeakerUnmuted,
 )
+from townhall.room.record import record_from_json, record_to_json
 from townhall.room.roles import Role, SpaceState
 from townhall.room.state import Action, Room, RoomConfig
 
@@ -182,6 +184,7 @@ issue_speaker_link    ok         ok    409
 issue_cohost_link     ok         ok    409
 list_links            ok         ok    ok
 manage_links          ok         ok    409
+post_late_message     ok         409   409
 """
 
 
@@ -219,6 +222,7 @@ PERFORM_ALLOWED: dict[Action, Callable[[Room], object]] = {
     Action.ISSUE_COHOST_LINK: lambda room: room.issue_link("h", "k2", Role.COHOST, "Kai", T),
     Action.LIST_LINKS: lambda room: room.links("h"),
     Action.MANAGE_LINKS: lambda room: room.revoke_link("h", "k", T),
+    Action.POST_LATE_MESSAGE: lambda room: room.post_late_message("h", "ten minutes", T),
 }
 
 
@@ -746,6 +750,7 @@ def test_snapshot_is_json_and_complete() -> None:
         "reaction_tallies": {"💯": 1},
         "participant_count": 5,
         "green_room": False,
+        "late_message": "",
     }
 
 
@@ -755,9 +760,28 @@ def test_every_event_is_a_frozen_dataclass_with_space_and_time() -> None:
         for obj in vars(room_events).values()
         if isinstance(obj, type) and issubclass(obj, RoomEvent) and obj is not RoomEvent
     ]
-    assert len(event_classes) == 25
+    assert len(event_classes) == 26
     for event_class in event_classes:
         assert dataclasses.is_dataclass(event_class)
         assert event_class.__dataclass_params__.frozen, event_class  # type: ignore[attr-defined]
         names = {f.name for f in dataclasses.fields(event_class)}
         assert {"space_id", "at"} <= names, event_class
+
+
+def test_the_host_posts_a_bounded_message_to_those_waiting() -> None:
+    room = Room("sp1", "h", "Town hall")
+    room.join("h", "Hana", Role.HOST, T)
+    room.join("l", "Lee", Role.LISTENER, T)
+    [posted] = room.post_late_message("h", "  Ten more minutes  ", T)
+    assert posted == LateMessagePosted(space_id="sp1", at=T, by="h", message="Ten more minutes")
+    assert room.snapshot()["late_message"] == "Ten more minutes"
+    assert room.post_late_message("h", "Ten more minutes", T) == []  # a retry changes nothing
+    with pytest.raises(BadRequest):
+        room.post_late_message("h", "x" * 281, T)
+    with pytest.raises(Forbidden):
+        room.post_late_message("l", "hi", T)
+    restored = Room.restore(record_from_json(record_to_json(room.record())))
+    assert restored.late_message == "Ten more minutes"
+    room.start("h", T)
+    with pytest.raises(Conflict):
+        room.post_late_message("h", "we are live", T)

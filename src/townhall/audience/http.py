@@ -82,13 +82,15 @@ def error_bytes(err: TownhallError) -> bytes:
     return response_bytes(err.status, body, "application/json", NO_STORE, extra)
 
 
-def stream_head(content_type: str, extra: tuple[tuple[str, str], ...] = ()) -> bytes:
+def stream_head(
+    content_type: str, extra: tuple[tuple[str, str], ...] = (), cache: str = NO_STORE
+) -> bytes:
     """Head of an endless response. No length and no chunking: like Icecast, the
     body runs until the connection closes, so every chunk is the same shared bytes."""
     head = [
         "HTTP/1.1 200 OK",
         f"Content-Type: {content_type}",
-        "Cache-Control: no-store",
+        f"Cache-Control: {cache}",
         "Connection: close",
         *(f"{k}: {v}" for k, v in extra),
     ]

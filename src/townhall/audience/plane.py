@@ -23,6 +23,8 @@ class ChannelStats:
     event_listeners: int
     interval_s: float  # the flush interval: above the configured one, it is coalescing
     pass_s: float  # the last full round's cost
+    # Ogg streams held open before the program begins (the waiting room).
+    held_listeners: int = 0
 
     def merged(self, other: ChannelStats) -> ChannelStats:
         return ChannelStats(
@@ -31,6 +33,7 @@ class ChannelStats:
             self.event_listeners + other.event_listeners,
             max(self.interval_s, other.interval_s),
             max(self.pass_s, other.pass_s),
+            self.held_listeners + other.held_listeners,
         )
 
 

@@ -19,6 +19,21 @@ Every cacheable response (init, part, segment, playlist version) is built once a
 complete bytes and written as-is to every client asking for it, including all the
 blocking requests one part wakes up. ``builds`` counts those builds.
 
+Before the program begins (a scheduled Space: the control plane publishes its room
+snapshots, so its channel exists) every listener surface works: ``/events`` streams the
+waiting room; ``/live/{space}.ogg`` is held (200 and the head at once, then nothing
+until the stream's header arrives: the stream begins at Go live, which players such as
+ffmpeg and VLC read as a slow start, not an error); the playlist request is held until
+a segment is complete, at most ``max_playlist_hold_s``, then 503 with a Retry-After
+that follows the schedule. Held requests cost no audio bytes and are bounded per
+process by ``max_held_listeners``.
+
+The SSE stream is cacheable for a streaming CDN: ``s-maxage=1`` lets an edge collapse
+the requests of one second onto one origin stream and stream it to all of them (every
+event is a whole snapshot, so a joiner who gets the stream from its start ends at the
+current state); ``max-age=0`` keeps browsers from reusing it; ``X-Accel-Buffering: no``
+tells nginx to pass events through unbuffered.
+
 Channels that ended are kept ``ended_grace_s`` (players fetch the final playlist with
 ENDLIST and the last parts), then dropped with their cached responses.
 """
@@ -39,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from townhall.audience.channel import Channel, ChannelConfig
-from townhall.audience.fanout import Fanout
+from townhall.audience.fanout import Fanout, Sink
 from townhall.audience.http import (
     HttpConnection,
     Reply,
@@ -160,6 +175,13 @@ class AudienceConfig:
     # Proxies (addresses or CIDR networks) whose X-Forwarded-For names the client; their
     # own connections count only against max_connections. Default: trust nobody.
     trusted_proxies: tuple[str, ...] = ()
+    # Listeners held before the program begins, per process: Ogg streams waiting for
+    # the header and playlist requests waiting for the first segment. Past it, 503 with
+    # a Retry-After that follows the schedule.
+    max_held_listeners: int = 50_000
+    # A playlist request is held this long at most: hls.js gives up on a manifest after
+    # 20 s and retries (twice, by default), so it is still waiting when answered.
+    max_playlist_hold_s: float = 30.0
 
 
 @dataclass
@@ -187,6 +209,9 @@ class AudienceServer:
 
     ledger: ConnectionLedger | None = None
     proxies: TrustedProxies | None = None
+    held_playlists: int = 0  # playlist requests waiting for the program (all channels)
+    # Channels whose held Ogg listeners are released into the fan-out, slice by slice.
+    _releasing: set[Channel] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.proxies = TrustedProxies(self.config.trusted_proxies)
@@ -237,6 +262,7 @@ class AudienceServer:
                 len(c.events.subscribers),
                 c.ogg.interval_s,
                 c.ogg.last_pass_s,
+                len(c.held),
             )
             for space_id, c in self.channels.items()
         ]
@@ -247,6 +273,8 @@ class AudienceServer:
         if channel is None:
             channel = self.channels[msg.space_id] = Channel(msg.space_id, self.config.channel)
         channel.apply(msg)
+        if channel.held and channel.ogg.header:
+            self._releasing.add(channel)
         if isinstance(msg, HlsPart | ChannelEnded):
             self._playlists.pop(_playlist_target(msg.space_id), None)
         if channel.ended:
@@ -257,6 +285,9 @@ class AudienceServer:
             channel.ended_at = time.monotonic()
             channel.ogg.close_all()
             channel.events.close_all()
+            for transport in list(channel.held.values()):
+                transport.close()  # a cancelled Space: its stream never began
+            channel.held.clear()
 
     def drop_ended(self, now: float) -> None:
         """Bounded memory: forget channels that ended more than ``ended_grace_s`` ago."""
@@ -342,12 +373,15 @@ class AudienceServer:
             replay = f"/replay/{channel.space_id}.ogg"
             raise NotFound(f"space {channel.space_id!r} has ended; see {replay}")
         if not channel.ogg.header:
-            raise Unavailable("the program has not started yet", 1.0 + self.rng.random())
+            self._check_room_to_hold(channel)
         channel.ogg.admit(self.rng, self.loop_lag_s)
         key = self._key()
         transport = self._take_over(conn, _OGG_HEAD)
-        channel.ogg.subscribe(key, transport, time.monotonic())
-        conn.on_lost = self._unsubscriber(channel.ogg, key)
+        if channel.ogg.header:
+            channel.ogg.subscribe(key, transport, time.monotonic())
+        else:
+            channel.held[key] = transport  # joins the fan-out with the header
+        conn.on_lost = self._unsubscriber(channel.ogg, key, channel.held)
         if self.presence is not None:
             signed = self._signed_session(conn, channel.space_id, req.query.get("sid"))
             # The pid keeps unnamed streams apart across the workers on one port.
@@ -368,10 +402,16 @@ class AudienceServer:
 
         conn.on_lost = closed
 
+    def _check_room_to_hold(self, channel: Channel) -> None:
+        held = self.held_playlists + sum(len(c.held) for c in self.channels.values())
+        if held >= self.config.max_held_listeners:
+            retry = channel.retry_after_s(time.time(), self.rng)
+            raise Unavailable("too many listeners are waiting for the start here", retry)
+
     def _events(self, conn: HttpConnection, channel: Channel) -> None:
         channel.events.admit(self.rng, self.loop_lag_s)
         key = self._key()
-        transport = self._take_over(conn, stream_head("text/event-stream"))
+        transport = self._take_over(conn, _EVENTS_HEAD)
         channel.events.subscribe(key, transport, time.monotonic())
         transport.write(f"event: room\ndata: {channel.last_room_json}\n\n".encode())
         conn.on_lost = self._unsubscriber(channel.events, key)
@@ -393,12 +433,26 @@ class AudienceServer:
                     socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.stream_sndbuf_bytes
                 )
 
-    def _unsubscriber(self, fanout: Fanout, key: int) -> Callable[[HttpConnection], None]:
+    def _unsubscriber(
+        self, fanout: Fanout, key: int, held: dict[int, Sink] | None = None
+    ) -> Callable[[HttpConnection], None]:
         def lost(conn: HttpConnection) -> None:
             self.streams.discard(conn)
             fanout.unsubscribe(key)
+            if held is not None:
+                held.pop(key, None)
 
         return lost
+
+    async def release_held(self, channel: Channel) -> None:
+        """The stream began: every held Ogg listener joins the fan-out (header first),
+        a slice at a time so the loop keeps answering in between."""
+        step = self.config.pass_slice_listeners
+        while channel.held and not channel.ended:
+            now = time.monotonic()
+            for key in list(channel.held)[:step]:
+                channel.ogg.subscribe(key, channel.held.pop(key), now)
+            await asyncio.sleep(0)
 
     def _key(self) -> int:
         self._next_key += 1
@@ -408,9 +462,11 @@ class AudienceServer:
     def _playlist(self, conn: HttpConnection, channel: Channel, req: Request) -> Reply:
         self._seen(conn, channel.space_id, req.query.get("sid"))
         msn, part = _int_param(req, "_HLS_msn"), _int_param(req, "_HLS_part")
-        channel.hls.check_blocking_request(msn, part)
         if channel.hls.init_segment is None and not channel.ended:
-            raise Unavailable("the program has not started yet", 1.0 + self.rng.random())
+            # Asked before the program began: held until a player can start from it.
+            self._check_room_to_hold(channel)
+            return self._playlist_when_on_air(conn, channel, req)
+        channel.hls.check_blocking_request(msn, part)
         if msn is None:
             max_age = f"public, max-age={max(1, int(channel.hls.config.part_target_s))}"
             reply = self._playlist_bytes(channel, max_age)
@@ -421,6 +477,25 @@ class AudienceServer:
         if channel.hls.ready(msn, part):
             return self._playlist_bytes(channel, cache)
         return self._blocking(channel, msn, part, lambda: self._playlist_bytes(channel, cache))
+
+    async def _playlist_when_on_air(
+        self, conn: HttpConnection, channel: Channel, req: Request
+    ) -> bytes:
+        """Hold a playlist request until the program has a segment (bounded)."""
+        self.held_playlists += 1
+        try:
+            async with asyncio.timeout(self.config.max_playlist_hold_s):
+                await asyncio.shield(channel.on_air())
+        except TimeoutError as exc:
+            retry = channel.retry_after_s(time.time(), self.rng)
+            raise Unavailable("the Space has not started yet", retry) from exc
+        finally:
+            self.held_playlists -= 1
+        reply = self._playlist(conn, channel, req)
+        if isinstance(reply, bytes):
+            return reply
+        assert isinstance(reply, Awaitable), "a playlist is bytes or a blocking request"
+        return await reply
 
     def _seen(self, conn: HttpConnection, space_id: str, sid: str | None) -> None:
         """An HLS player polled: count its signed session, or it by address and agent."""
@@ -562,6 +637,9 @@ class AudienceServer:
         """Play every due fan-out turn, yielding to the loop between slices of a turn so
         it still accepts and answers while a big crowd is written."""
         step = self.config.pass_slice_listeners
+        for channel in list(self._releasing):
+            self._releasing.discard(channel)
+            await self.release_held(channel)
         for channel in list(self.channels.values()):
             for fanout in (channel.ogg, channel.events):
                 while (turn := fanout.next_turn(time.monotonic())) is not None:
@@ -570,6 +648,12 @@ class AudienceServer:
 
 
 _OGG_HEAD = stream_head("audio/ogg", (("X-Content-Type-Options", "nosniff"),))
+# See the module docstring: what a streaming CDN may do with the room events.
+_EVENTS_HEAD = stream_head(
+    "text/event-stream",
+    (("X-Accel-Buffering", "no"),),
+    cache="public, max-age=0, s-maxage=1, no-transform",
+)
 
 
 def _playlist_target(space_id: str) -> bytes:

@@ -24,6 +24,7 @@ from townhall.control.errors import BodyLimit, install_error_handlers
 from townhall.control.pages import install_pages
 from townhall.control.service import SpaceService
 from townhall.control.views import SpaceViews
+from townhall.control.waiting import CountedRequests
 from townhall.control.ws import install_websocket
 from townhall.errors import Unauthorized
 from townhall.live import COMMANDS
@@ -52,6 +53,7 @@ class RequestModels:
     listener_name: type[BaseModel]
     command: type[BaseModel]
     reaction: type[BaseModel]
+    late_message: type[BaseModel]
 
 
 def _text(max_chars: int, default: str | None = None, min_chars: int = 1) -> Any:
@@ -95,6 +97,9 @@ def request_models(config: ServerConfig) -> RequestModels:
             target=(str | None, Field(default=None, max_length=control.max_target_chars)),
         ),
         reaction=create_model("Reaction", emoji=_text(control.max_emoji_chars)),
+        late_message=create_model(
+            "LateMessage", message=_text(room.max_late_message_chars, default="", min_chars=0)
+        ),
     )
 
 
@@ -162,19 +167,27 @@ def create_app(th: Control) -> FastAPI:
     app = FastAPI(title="townhall control API", version="0.1.0")
     install_error_handlers(app)
     install_health(app, th)
-    app.include_router(_spaces_router(th.service, th.views, request_models(th.config)))
+    app.include_router(
+        _spaces_router(
+            th.service, th.views, request_models(th.config), th.config.control.space_max_age_s
+        )
+    )
     install_websocket(app, th.service)
     install_pages(app, th.service, th.views)
     if not th.config.control.metrics_address:
         install_metrics(app, th)
     app.add_middleware(BodyLimit, max_bytes=th.config.control.max_body_bytes)
+    app.add_middleware(CountedRequests, rooms=th.waiting)
     return app
 
 
-def _spaces_router(service: SpaceService, views: SpaceViews, m: RequestModels) -> APIRouter:
+def _spaces_router(
+    service: SpaceService, views: SpaceViews, m: RequestModels, space_max_age_s: int = 5
+) -> APIRouter:
     r = APIRouter(prefix="/api")
     CreateSpace, SdpOffer, Invite = m.create_space, m.sdp_offer, m.invite
     SignIn, ListenerName, Command, Reaction = m.sign_in, m.listener_name, m.command, m.reaction
+    LateMessage = m.late_message
 
     async def grant_for(
         space_id: str, token: Annotated[str, Depends(bearer)], holder: HolderKey = None
@@ -220,9 +233,18 @@ def _spaces_router(service: SpaceService, views: SpaceViews, m: RequestModels) -
         return {"listeners": service.listeners(grant)}
 
     @r.get("/spaces/{space_id}")
-    async def get_space(space_id: str) -> dict[str, object]:
+    async def get_space(space_id: str, response: Response) -> dict[str, object]:
         record, room = service.public_view(space_id)
+        # Public and the same for everyone: a CDN may answer a crowd from one copy.
+        response.headers["Cache-Control"] = f"public, max-age={space_max_age_s}"
         return {**views.describe(record), "room": room}
+
+    @r.post("/spaces/{space_id}/late_message")
+    async def late_message(body: LateMessage, grant: Auth) -> dict[str, object]:
+        """The host's (or a co-host's) message to the listeners waiting for the start,
+        e.g. "running ten minutes late"; an empty message takes it back."""
+        outcome = service.post_late_message(grant, body.message)
+        return {"late_message": outcome.room["late_message"]}
 
     @r.post("/spaces/{space_id}/start")
     async def start(grant: Auth, body: GoLive | None = None) -> dict[str, object]:

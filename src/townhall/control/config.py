@@ -66,3 +66,21 @@ class ControlConfig:
     # The longest a Space may run: the host's and the links' tokens for a Space scheduled
     # at T stay valid until T plus this (or the default lifetime, if that is later).
     max_space_duration_s: float = 12 * 3600.0
+    # Scheduled Spaces whose public snapshot goes to the audience port (their waiting
+    # rooms), soonest first; how often each is refreshed there (the waiting count).
+    max_waiting_spaces: int = 1_000
+    waiting_update_interval_s: float = 1.0
+    # A waiting room that did not change is published again this often, so a restarted
+    # audience worker or a listener's snapshot never stays stale for long.
+    waiting_refresh_s: float = 15.0
+    # Cache-Control max-age of the public ``GET /api/spaces/{id}``: a CDN in front of
+    # the control API absorbs a crowd opening the link at once.
+    space_max_age_s: int = 5
+    # The waiting pages start their players spread over a window this wide at least,
+    # wider for a bigger crowd: its web pages divided by the joins a second the audience
+    # port takes while the rest of the crowd already streams (at 2,000 a second on one
+    # core, with 10,000 streams flowing, 3,752 of 10,000 pages got no answer within
+    # 10 s: benchmarks/results/waiting.txt), so a start is a ramp it keeps up with.
+    start_joins_per_s: float = 1_000.0
+    min_start_spread_s: float = 1.5
+    max_start_spread_s: float = 15.0

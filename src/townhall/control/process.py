@@ -215,6 +215,7 @@ async def serve_control(spec: ControlSpec, sock: socket.socket) -> None:
         app = await _route_through_cluster(app, control, spec.config)
     server = uvicorn.Server(uvicorn_config(app, spec.config.control))
     serving = asyncio.create_task(server.serve(sockets=[spec.listen_socket]), name="control")
+    waiting = asyncio.create_task(control.waiting.run(), name="waiting-rooms")
     metrics = serve_metrics(control)
     freeze_startup_heap()
     await asyncio.wait([serving, link.closed], return_when=asyncio.FIRST_COMPLETED)
@@ -226,6 +227,7 @@ async def serve_control(spec: ControlSpec, sock: socket.socket) -> None:
     with contextlib.suppress(asyncio.CancelledError, TimeoutError):
         async with asyncio.timeout(SHUTDOWN_GRACE_S):
             await serving
+    waiting.cancel()
     link.close()
 
 

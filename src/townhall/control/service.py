@@ -321,6 +321,28 @@ class SpaceService:
         live = self._moderator(grant)
         return self._issue_link(live, grant.participant_id, role, name).token
 
+    def post_late_message(self, grant: Grant, message: str) -> Outcome:
+        """The host's (or a co-host's) word to the listeners waiting for the start; it
+        reaches them with the next snapshot, published at once."""
+        self._actions.take(grant.participant_id, time.monotonic(), "room actions")
+        live = self._moderator(grant)
+        posted = live.room.post_late_message(grant.participant_id, message, self._clock())
+        outcome = live.apply(posted)
+        live.publish_update()
+        return outcome
+
+    def waiting_rooms(self, limit: int) -> list[SpaceRecord]:
+        """The scheduled Spaces whose listeners may be waiting, soonest first."""
+        return self._store.scheduled_spaces(limit)
+
+    def waiting_snapshot(
+        self, record: SpaceRecord, waiting_now: int, start_spread_s: float
+    ) -> dict[str, object]:
+        """A scheduled Space's public snapshot with its waiting count; holds nobody."""
+        live = self._view(record)
+        live.waiting_now, live.start_spread_s = waiting_now, start_spread_s
+        return live.public_snapshot()
+
     # -- listeners ------------------------------------------------------------------
     def sign_in(
         self, space_id: str, name: str, address: str, previous: str | None = None

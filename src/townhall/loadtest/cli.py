@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from townhall.loadtest.arrivals import Arrival
 from townhall.loadtest.runner import LoadPlan, run_loadtest
+from townhall.loadtest.wire import parse_target
 from townhall.loadtest.worker import Mix
 
 HELP = "load-test a Space with real Ogg and LL-HLS listeners"
@@ -43,6 +46,25 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--stall-gap", type=float, default=1.5, metavar="SECONDS")
     s.add_argument("--server-pid", type=int, help="default: the process listening on the port")
     s.add_argument("--json", type=Path, help="also write the report here")
+    w = s.add_argument_group("waiting room", "the crowd arrives before the start")
+    w.add_argument(
+        "--start-before-live",
+        type=float,
+        metavar="SECONDS",
+        dest="live_after",
+        help="go live this many seconds after the first arrival (needs --host-token); "
+        "first audio then counts from Go live",
+    )
+    w.add_argument(
+        "--sse-share",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="this share of the crowd are web pages: the SSE stream while waiting, then "
+        "the Ogg stream after a random wait (as web/waiting.js); the rest hold Ogg streams",
+    )
+    w.add_argument("--host-token", help="the host's token, to go live")
+    w.add_argument("--control-url", help="the control API (default: the audience host, port 8000)")
     s.add_argument(
         "--allow-remote",
         action="store_true",
@@ -68,12 +90,40 @@ def plan_from(args: argparse.Namespace) -> LoadPlan:
         stall_gap_s=args.stall_gap,
         server_pid=args.server_pid,
         allow_remote=args.allow_remote,
+        live_after_s=args.live_after,
+        web_share=args.sse_share,
     )
 
 
+def go_live_with(url: str, token: str, control_url: str | None) -> Callable[[], object]:
+    """POST /start for the Space of ``url`` with the host's token."""
+    target = parse_target(url)
+    space = target.path.rsplit("/", 1)[-1].removesuffix(".ogg")
+    control = control_url or f"http://{target.host}:8000"
+
+    def start() -> object:
+        with urllib.request.urlopen(
+            urllib.request.Request(
+                f"{control}/api/spaces/{space}/start",
+                method="POST",
+                headers={"Authorization": f"Bearer {token}"},
+            ),
+            timeout=30,
+        ) as resp:
+            return resp.status
+
+    return start
+
+
 def _run(args: argparse.Namespace) -> int:
+    go_live = None
+    if args.live_after is not None:
+        if not args.host_token:
+            print("townhall loadtest: --start-before-live needs --host-token", file=sys.stderr)
+            return 2
+        go_live = go_live_with(args.url, args.host_token, args.control_url)
     try:
-        report = run_loadtest(plan_from(args))
+        report = run_loadtest(plan_from(args), go_live=go_live)
     except ValueError as exc:
         print(f"townhall loadtest: {exc}", file=sys.stderr)
         return 2

@@ -22,6 +22,7 @@ import asyncio
 import functools
 import itertools
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -221,6 +222,71 @@ def _reason(exc: Exception) -> str:
     if isinstance(exc, ValueError):
         return "bad media"  # lost Ogg sync, or an fMP4 part without a decode time
     return "dropped" if "lost" in str(exc) or "closed" in str(exc) else str(exc)[:60]
+
+
+# -- the web page in its waiting room ------------------------------------------------------
+LIVE_STATE = b'"state":"live"'
+SPREAD = re.compile(rb'"start_spread_s":([0-9.]+)')
+ENDED_STATE = b'"state":"ended"'
+
+
+async def run_web_listener(
+    plan: ListenerPlan,
+    events: Target,
+    spread_s: float,
+    rng: random.Random,
+    rec: ListenerRecord,
+    reader: StreamReader,
+    source_ip: str | None = None,
+) -> None:
+    """What the listen page does before the start (web/waiting.js): one SSE stream and
+    nothing else; when a room snapshot says live, a random wait within the window the
+    waiting room's snapshots gave (``spread_s`` if none), then the Ogg stream. The SSE
+    stream stays open, as the page keeps it."""
+    loop = asyncio.get_running_loop()
+    live: asyncio.Future[bool] = loop.create_future()
+    spread = [spread_s]  # the server's window, from the waiting room's snapshots
+
+    def snapshot(data: bytes | bytearray, size: int, _now: float) -> None:
+        chunk = bytes(data[:size])
+        if (m := SPREAD.search(chunk)) is not None and float(m.group(1)) > 0:
+            spread[0] = float(m.group(1))
+        if not live.done() and (LIVE_STATE in chunk or ENDED_STATE in chunk):
+            live.set_result(LIVE_STATE in chunk)
+
+    async def attempt() -> Stream:
+        stream = reader.open(events, snapshot, source_ip)
+        try:
+            async with asyncio.timeout(min(plan.request_timeout_s, max(0.0, _left(plan)))):
+                await stream.opened
+        except TimeoutError as exc:
+            stream.close()
+            raise ConnectionDropped("no response head in time") from exc
+        return stream
+
+    stream: Stream | None = None
+    try:
+        stream = await with_backoff(plan, rng, rec, attempt)
+        async with asyncio.timeout(_left(plan)):
+            went_live = await live
+        if not went_live:
+            rec.failure = "ended before going live"
+            rec.ended_at = time.monotonic()
+            return
+        await asyncio.sleep(rng.uniform(0.0, spread[0]))
+    except TimeoutError:
+        rec.failure = "never went live"
+        rec.ended_at = plan.end_at
+        return
+    except (ClientError, GaveUp) as exc:
+        rec.failure = "events: " + _reason(exc)
+        rec.ended_at = time.monotonic()
+        return
+    try:
+        await run_ogg_listener(plan, rng, rec, reader, source_ip)
+    finally:
+        if stream is not None:
+            stream.close()
 
 
 # -- LL-HLS -------------------------------------------------------------------------------

@@ -43,6 +43,8 @@ class Report:
     by_kind: dict[str, Tally]
     server: ServerUsage | None = None
     watchdog_fired: bool = False
+    # A waiting-room run: what the crowd had received by Go live (no audio byte).
+    received_before_live_bytes: int | None = None
 
     @property
     def total(self) -> Tally:
@@ -73,6 +75,7 @@ class Report:
             "watchdog_fired": self.watchdog_fired,
             "results": self.rows(),
             "server": server,
+            "received_before_live_bytes": self.received_before_live_bytes,
         }
 
     def table(self) -> str:
@@ -82,6 +85,8 @@ class Report:
         for metric in TABLE_METRICS:
             lines.append(f"{metric:<22}" + "".join(f"{_cell(rows[k][metric]):>12}" for k in kinds))
         lines.append(self._server_line())
+        if self.received_before_live_bytes is not None:
+            lines.append(f"received before go live: {self.received_before_live_bytes} bytes")
         failures = self.total.failures
         if failures:
             lines.append("failures: " + ", ".join(f"{k}: {n}" for k, n in failures.most_common()))

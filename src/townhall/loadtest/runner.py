@@ -14,7 +14,7 @@ import queue
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -64,11 +64,20 @@ class LoadPlan:
     stall_gap_s: float = 1.5
     server_pid: int | None = None
     allow_remote: bool = False
+    # A waiting room: the crowd arrives before the start and the Space goes live this
+    # long after the first arrival (``go_live`` is called then); ``web_share`` of the
+    # crowd are web pages (SSE, then Ogg after up to ``start_spread_s``), the rest hold
+    # Ogg streams. First audio then counts from Go live.
+    live_after_s: float | None = None
+    web_share: float = 0.0
+    start_spread_s: float = 1.5
 
     def worker_count(self) -> int:
         if self.processes:
             return self.processes
-        return max(1, math.ceil(self.listeners / MAX_SOCKETS_PER_PROCESS))
+        # A web page in a waiting room holds two sockets: the SSE stream and the Ogg one.
+        sockets = self.listeners * (1.0 + self.web_share)
+        return max(1, math.ceil(sockets / MAX_SOCKETS_PER_PROCESS))
 
 
 def check_target(url: str, allow_remote: bool) -> None:
@@ -82,13 +91,31 @@ def check_target(url: str, allow_remote: bool) -> None:
         )
 
 
-def run_loadtest(plan: LoadPlan, progress: TextIO | None = sys.stderr) -> Report:
+@dataclass
+class GoLive:
+    """When and how the Space goes live in a waiting-room run, and what the crowd had
+    received by then (Ogg bytes: it should be none)."""
+
+    at: float  # monotonic
+    start: Callable[[], object]
+    done: bool = False
+    received_before_bytes: int = 0
+
+
+def run_loadtest(
+    plan: LoadPlan,
+    progress: TextIO | None = sys.stderr,
+    go_live: Callable[[], object] | None = None,
+) -> Report:
     if plan.duration_s <= plan.over_s:
         raise ValueError("--duration must be longer than --over, or late arrivals hear nothing")
+    if plan.live_after_s is not None and not plan.over_s < plan.live_after_s < plan.duration_s:
+        raise ValueError("the Space must go live after the arrivals and before the end")
     check_target(plan.url, plan.allow_remote)
     raise_open_files_limit()
     sampler = _sampler(plan)
-    tallies, fired = _run_workers(plan, sampler, progress)
+    waiting: list[GoLive] = []
+    tallies, fired = _run_workers(plan, sampler, progress, go_live, waiting)
     return Report(
         url=plan.url,
         listeners=plan.listeners,
@@ -100,6 +127,7 @@ def run_loadtest(plan: LoadPlan, progress: TextIO | None = sys.stderr) -> Report
         by_kind=tallies,
         server=sampler.usage if sampler else None,
         watchdog_fired=fired,
+        received_before_live_bytes=waiting[0].received_before_bytes if waiting else None,
     )
 
 
@@ -113,22 +141,42 @@ def _worker_plans(plan: LoadPlan, start_at: float) -> list[WorkerPlan]:
     hands = deal(offsets, plan.worker_count())
     end_at = start_at + plan.duration_s
     steady_from = start_at + plan.over_s + STEADY_SETTLE_S
+    live_at = None if plan.live_after_s is None else start_at + plan.live_after_s
+    if live_at is not None:
+        steady_from = live_at + STEADY_SETTLE_S
     return [
         WorkerPlan(
-            i, plan.url, hand, plan.mix, start_at, end_at, plan.seed, plan.stall_gap_s, steady_from
+            i,
+            plan.url,
+            hand,
+            plan.mix,
+            start_at,
+            end_at,
+            plan.seed,
+            plan.stall_gap_s,
+            steady_from,
+            live_at=live_at,
+            web_share=plan.web_share,
+            start_spread_s=plan.start_spread_s,
         )
         for i, hand in enumerate(hands)
     ]
 
 
 def _run_workers(
-    plan: LoadPlan, sampler: ServerSampler | None, progress: TextIO | None
+    plan: LoadPlan,
+    sampler: ServerSampler | None,
+    progress: TextIO | None,
+    go_live: Callable[[], object] | None = None,
+    waiting: list[GoLive] | None = None,
 ) -> tuple[dict[str, Tally], bool]:
     # spawn, not fork: a caller may have threads running (aiortc decoders, executors,
     # a test runner), and a forked child can deadlock on a lock one of them held.
     ctx = mp.get_context("spawn")
     inbox = ctx.Queue()
     start_at = time.monotonic() + START_DELAY_S
+    if plan.live_after_s is not None and go_live is not None and waiting is not None:
+        waiting.append(GoLive(start_at + plan.live_after_s, go_live))
     procs = [
         ctx.Process(target=swarm_main, args=(wp, inbox), name=f"loadtest-{wp.worker}", daemon=True)
         for wp in _worker_plans(plan, start_at)
@@ -136,7 +184,7 @@ def _run_workers(
     for p in procs:
         p.start()
     try:
-        return _collect(plan, procs, inbox, sampler, progress, start_at)
+        return _collect(plan, procs, inbox, sampler, progress, start_at, waiting)
     finally:
         for p in procs:
             if p.is_alive():
@@ -151,6 +199,7 @@ def _collect(
     sampler: ServerSampler | None,
     progress: TextIO | None,
     start_at: float,
+    waiting: list[GoLive] | None = None,
 ) -> tuple[dict[str, Tally], bool]:
     latest: dict[int, Progress] = {}
     finished: dict[int, dict[str, Tally]] = {}
@@ -158,7 +207,13 @@ def _collect(
     deadline = start_at + plan.duration_s + grace
     next_tick = time.monotonic() + 1.0
     while len(finished) < len(procs) and time.monotonic() < deadline:
-        _drain(inbox, latest, finished, timeout_s=max(0.0, next_tick - time.monotonic()))
+        wake = min([next_tick, *(g.at for g in waiting or () if not g.done)])
+        _drain(inbox, latest, finished, timeout_s=max(0.0, wake - time.monotonic()))
+        for g in waiting or ():
+            if not g.done and time.monotonic() >= g.at:
+                g.done = True
+                g.received_before_bytes = sum(p.bytes_received for p in latest.values())
+                g.start()
         if time.monotonic() >= next_tick:
             next_tick += 1.0
             if sampler is not None:

@@ -55,6 +55,12 @@ def playlist_url(ogg_url: str) -> str:
     return ogg_url.removesuffix(".ogg") + "/index.m3u8"
 
 
+def events_url(ogg_url: str) -> str:
+    """The room events (SSE) of the Space whose Ogg URL is given."""
+    base, _, name = playlist_url(ogg_url).removesuffix("/index.m3u8").rpartition("/live/")
+    return f"{base}/events/{name}"
+
+
 def get_request(target: Target, path: str) -> bytes:
     return (
         f"GET {path} HTTP/1.1\r\nHost: {target.host_header}\r\n"

@@ -19,13 +19,19 @@ from typing import Protocol
 
 import uvloop
 
-from townhall.loadtest.listeners import ListenerPlan, run_hls_listener, run_ogg_listener
+from townhall.loadtest.listeners import (
+    ListenerPlan,
+    run_hls_listener,
+    run_ogg_listener,
+    run_web_listener,
+)
 from townhall.loadtest.stats import ListenerRecord, Tally
 from townhall.loadtest.streams import StreamReader, loopback_source
-from townhall.loadtest.wire import parse_target, playlist_url, with_query
+from townhall.loadtest.wire import events_url, parse_target, playlist_url, with_query
 from townhall.peers.backoff import Backoff
 
 PROGRESS_INTERVAL_S = 1.0
+_GOLDEN = (5**0.5 - 1) / 2
 
 
 class Mix(StrEnum):
@@ -51,6 +57,12 @@ class WorkerPlan:
     stall_gap_s: float = 1.5
     steady_from: float | None = None  # monotonic; lateness after it is also kept apart
     backoff: Backoff = field(default_factory=Backoff)
+    # A waiting room: the Space goes live at this monotonic time (after the arrivals);
+    # first audio counts from it. ``web_share`` of the crowd are web pages (SSE, then the
+    # Ogg stream after a random wait up to ``start_spread_s``); the rest hold Ogg streams.
+    live_at: float | None = None
+    web_share: float = 0.0
+    start_spread_s: float = 1.5
 
 
 @dataclass(frozen=True)
@@ -113,20 +125,45 @@ class Swarm:
 
     async def _listener(self, index: int, offset_s: float) -> None:
         await asyncio.sleep(max(0.0, self.plan.start_at + offset_s - time.monotonic()))
-        kind = self.plan.mix.kind_of(index)
+        kind = self._kind_of(index)
         rec = self.records[index] = ListenerRecord(kind, started_at=time.monotonic())
         rng = random.Random(self.plan.seed * 1_000_003 + index)
         plan = self._listener_plan(kind, index)
         try:
-            if kind == "hls":
-                await run_hls_listener(plan, rng, rec)
-            else:
-                await run_ogg_listener(plan, rng, rec, self.reader, plan.source_ip)
+            await self._run(kind, index, plan, rng, rec)
+        except OSError as exc:
+            # Out of sockets on this side (EMFILE): this listener failed, not the run.
+            rec.failure = f"client: {exc.strerror}"
         finally:
             del self.records[index]
+            if self.plan.live_at is not None:
+                rec.started_at = self.plan.live_at  # first audio counts from Go live
             self.tallies.setdefault(kind, Tally()).add(
                 rec, self.plan.stall_gap_s, self.plan.steady_from
             )
+
+    async def _run(
+        self, kind: str, index: int, plan: ListenerPlan, rng: random.Random, rec: ListenerRecord
+    ) -> None:
+        if kind == "hls":
+            await run_hls_listener(plan, rng, rec)
+        elif kind == "web":
+            source = plan.source_ip
+            sid = f"lt{self.plan.seed}-{index}"
+            events = parse_target(events_url(self.plan.ogg_url))
+            events = events.with_path(with_query(events.path, sid=sid))
+            spread = self.plan.start_spread_s
+            await run_web_listener(plan, events, spread, rng, rec, self.reader, source)
+        else:
+            await run_ogg_listener(plan, rng, rec, self.reader, plan.source_ip)
+
+    def _kind_of(self, index: int) -> str:
+        # A low-discrepancy sequence (the golden ratio's multiples): the web pages are
+        # spread evenly through the arrival order, and not in step with how listeners
+        # are dealt to the workers (round robin), so each worker gets its share.
+        if (index * _GOLDEN) % 1.0 < self.plan.web_share:
+            return "web"
+        return self.plan.mix.kind_of(index)
 
     def _listener_plan(self, kind: str, index: int) -> ListenerPlan:
         url = playlist_url(self.plan.ogg_url) if kind == "hls" else self.plan.ogg_url

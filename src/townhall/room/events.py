@@ -208,3 +208,11 @@ class LinkReissued(RoomEvent):
     participant_id: str
     by: str
     generation: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LateMessagePosted(RoomEvent):
+    """The host (or a co-host) told the listeners waiting for the start something."""
+
+    by: str
+    message: str

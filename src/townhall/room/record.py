@@ -65,6 +65,7 @@ class RoomRecord:
     # invited again, whatever their link says.
     demoted: tuple[tuple[str, Role], ...] = ()
     links: tuple[LinkRecord, ...] = ()  # in order of issue
+    late_message: str = ""  # the host's note to the listeners waiting for the start
 
 
 def record_to_json(record: RoomRecord) -> str:
@@ -100,6 +101,7 @@ def record_to_json(record: RoomRecord) -> str:
                 ]
                 for k in record.links
             ],
+            "late_message": record.late_message,
         },
         separators=(",", ":"),
         ensure_ascii=False,
@@ -138,6 +140,8 @@ def record_from_json(text: str) -> RoomRecord:
                 )
                 for pid, name, role, gen, holder, rev, at in raw.get("links", [])
             ),
+            # A record without the field has no message.
+            late_message=str(raw.get("late_message", "")),
         )
     except (KeyError, TypeError) as err:
         raise ValueError(f"not a room record: {err!r}") from err

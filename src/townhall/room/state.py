@@ -121,6 +121,7 @@ from townhall.room.events import (
     InvitationAccepted,
     InvitationDeclined,
     InvitationWithdrawn,
+    LateMessagePosted,
     LinkClaimed,
     LinkIssued,
     LinkReissued,
@@ -172,6 +173,7 @@ class Action(enum.Enum):
     ISSUE_COHOST_LINK = "issue a cohost link"
     LIST_LINKS = "see the links"
     MANAGE_LINKS = "revoke or reissue a link"
+    POST_LATE_MESSAGE = "post a message to those waiting"
 
 
 _HOSTS = frozenset({Role.HOST, Role.COHOST})
@@ -208,6 +210,7 @@ _ALLOWED_ROLES: dict[Action, frozenset[Role]] = {
     Action.ISSUE_COHOST_LINK: frozenset({Role.HOST}),
     Action.LIST_LINKS: _HOSTS,
     Action.MANAGE_LINKS: frozenset({Role.HOST}),
+    Action.POST_LATE_MESSAGE: _HOSTS,
 }
 
 PERMISSIONS: Mapping[tuple[Action, Role], bool] = MappingProxyType(
@@ -246,6 +249,8 @@ _LEGAL_IN: dict[Action, frozenset[SpaceState]] = {
             Action.MANAGE_LINKS,
         }
     },
+    # Only those waiting for the start read it; once live, the Space speaks for itself.
+    Action.POST_LATE_MESSAGE: frozenset({SpaceState.SCHEDULED}),
 }
 
 # The green room: the stage is open before the start (the state stays SCHEDULED, so
@@ -296,6 +301,8 @@ class RoomConfig:
     abandon_end_s: float = 300.0
     # People invited by link per Space (revoked links included: they must stay refused).
     max_invited_participants: int = 1_000
+    # The host's note to the listeners waiting for a late start (a tweet's length).
+    max_late_message_chars: int = 280
 
 
 class LinkInUse(Conflict):
@@ -360,6 +367,7 @@ class Room:
         self.green_room = False
         self._demoted: dict[str, Role] = {}  # person -> the highest role they may hold
         self._links: dict[str, LinkRecord] = {}  # person -> their link, in issue order
+        self.late_message = ""
 
     @classmethod
     def schedule(
@@ -457,6 +465,7 @@ class Room:
         if record.green_room and self._state is not SpaceState.SCHEDULED:
             raise Conflict(f"a green room in a {self._state.value} space")
         self.green_room = record.green_room
+        self.late_message = record.late_message
 
     def record(self) -> RoomRecord:
         """The Room's state as plain values (see :mod:`townhall.room.record`)."""
@@ -479,6 +488,7 @@ class Room:
             green_room=self.green_room,
             demoted=tuple(self._demoted.items()),
             links=tuple(self._links.values()),
+            late_message=self.late_message,
         )
 
     # -- lifecycle -----------------------------------------------------------
@@ -522,6 +532,17 @@ class Room:
         self._hands.clear()
         self._invitations.clear()
         return [SpaceEnded(space_id=self.space_id, at=now, by=by)]
+
+    def post_late_message(self, by: str, message: str, now: float) -> list[RoomEvent]:
+        """The host's word to those waiting ("ten more minutes"); empty takes it back."""
+        self._actor(by, Action.POST_LATE_MESSAGE)
+        text = _bounded_text(
+            message, "message", self.config.max_late_message_chars, allow_empty=True
+        )
+        if text == self.late_message:
+            return []
+        self.late_message = text
+        return [LateMessagePosted(space_id=self.space_id, at=now, by=by, message=text)]
 
     # -- presence ------------------------------------------------------------
 
@@ -881,6 +902,7 @@ class Room:
             "reaction_tallies": self.reaction_tallies(),
             "participant_count": self.participant_count(),
             "green_room": self.green_room,
+            "late_message": self.late_message,
         }
 
     # -- checks --------------------------------------------------------------

@@ -148,6 +148,10 @@ class Hub:
                 return [Delivery(SUPERVISOR, msg)]
             case RoomUpdate():
                 return self._feed(msg)
+            case ChannelEnded(space_id=space_id) if space_id not in self.running:
+                # A waiting room closed without a stage (a cancelled Space): its waiters
+                # are released. A running stage ends its own channel.
+                return self._feed(msg)
         log.warning("dropped a %s from control: not routable", type(msg).__name__)
         return []
 

@@ -6,6 +6,7 @@ import {
   shareLink, formatCount, stateLabel, renderReactions, roomEvents, AudiencePlayer, StageMic,
   stageSocket, behindLive, linkProblem, showProblem,
 } from "/static/common.js";
+import { WaitingRoom } from "/static/waiting.js";
 
 const spaceId = spaceIdFromPath();
 const storeKey = `townhall:listener:${spaceId}`;
@@ -35,7 +36,13 @@ const player = new AudiencePlayer($("#player"), {
     $("#player-status").textContent = text;
     $("#play").textContent = player.playing ? "■ Stop" : "▶ Play";
     $("#play").setAttribute("aria-label", player.playing ? "Stop listening" : "Play the live audio");
+    waiting.playerStatus(state);
   },
+});
+// Before the start: the countdown, the host's message; at the start, play by itself.
+const waiting = new WaitingRoom({
+  onLive: () => player.playing || togglePlay(),
+  onTap: () => player.audio.play().catch((e) => showError(e, "Play")),
 });
 const mic = new StageMic({
   spaceId,
@@ -402,6 +409,7 @@ function pickPublic(s) {
 
 function applyPublic(snapshot) {
   room = { ...(room || {}), ...snapshot };
+  waiting.update(snapshot);
   if (snapshot.state === "ended") onEnded();
   render();
 }
@@ -618,21 +626,13 @@ async function load() {
     }
     if (handRaised || invited) engage();
   }
-  // Wait for the start: the audience endpoints exist only while the Space is live.
-  while (info.state === "scheduled") {
-    $("#player-status").textContent = info.scheduled_at
-      ? `Starts ${new Date(info.scheduled_at * 1000).toLocaleString()}`
-      : "Waiting for the host to start…";
-    await sleep(5000 + Math.random() * 2000);
-    try {
-      info = await api(`/api/spaces/${spaceId}`);
-      room = info.room;
-      render();
-    } catch (e) {
-      showError(e, "Checking the Space");
-    }
+  // Before the start the audience port's SSE stream carries the waiting room: one push
+  // connection, no polling; the start comes on it too.
+  waiting.update(info.room);
+  if (info.state === "scheduled") {
+    $("#player-status").textContent = "Waiting for the host to start…";
+    ensureSession().catch(() => {}); // signed in while waiting, not in the start's rush
   }
-  if (info.state === "ended") return onEnded();
   connectEvents();
 }
 

@@ -7,6 +7,7 @@ import {
   meterPercent, confirmAction, copyableLink, linkProblem, showProblem, keepFocus,
 } from "/static/common.js";
 import { GreenRoom } from "/static/greenroom.js";
+import { HostWaitingControl } from "/static/waiting.js";
 
 // How often the host's list of named listeners is refreshed while the Space is live.
 const LISTENERS_REFRESH_MS = 10000;
@@ -47,6 +48,11 @@ const greenRoom = new GreenRoom({
     connectEvents();
     render();
   },
+});
+// Before the start: how many wait, and the host's message to them (waiting.js).
+const hostWaiting = new HostWaitingControl({
+  post: (message) => api(`/api/spaces/${spaceId}/late_message`, { method: "POST", token, body: { message } }),
+  anchor: $("#controls"),
 });
 
 function claims(t) {
@@ -405,6 +411,10 @@ function applyRoom(snapshot) {
     connectEvents();
     if (isModerator()) listenersLoop();
   }
+  if (snapshot.state === "scheduled" && isModerator()) {
+    connectEvents(); // the waiting count comes with the audience's snapshots
+    hostWaiting.update({ ...snapshot, waiting_now: publicRoom?.waiting_now ?? 0 });
+  } else hostWaiting.update(snapshot);
   if (mic.open && !mySeat()) {
     mic.close(); // moved to the audience or removed: the server already cut the audio
   }
@@ -440,6 +450,7 @@ function connectEvents() {
   if (events || !info) return;
   events = roomEvents(info.audience.events, (snap) => {
     publicRoom = snap;
+    if (isModerator()) hostWaiting.update({ ...(room || {}), ...snap, state: room?.state || snap.state });
     if (room) {
       room = { ...room, speaking: snap.speaking, listening_now: snap.listening_now, total_tuned_in: snap.total_tuned_in, reaction_tallies: snap.reaction_tallies };
     }
