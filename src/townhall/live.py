@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import itertools
 import json
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
@@ -25,7 +27,12 @@ from typing import Any, Protocol
 from townhall.errors import BadRequest
 from townhall.feed import FeedSink, RoomUpdate
 from townhall.room.counting import ListenerCounter
-from townhall.room.events import ParticipantRemoved, RoomEvent, SpeakerMovedToAudience
+from townhall.room.events import (
+    ParticipantRemoved,
+    ReactionSent,
+    RoomEvent,
+    SpeakerMovedToAudience,
+)
 from townhall.room.roles import Role, SpaceState
 from townhall.room.state import Room
 
@@ -143,20 +150,93 @@ class Outcome:
 
 
 # -- the people on stage -------------------------------------------------------------
+# Messages where only the newest matters (the whole room, the meters): a socket holds
+# one of each and sends it at most every ``push_interval_s``, however many changes a
+# flood makes meanwhile.
+COALESCED_MESSAGES = frozenset({"room", "levels"})
+
+
+class WatcherEnd(enum.Enum):
+    """Why the server closes a stage WebSocket."""
+
+    TOO_SLOW = "too slow; reconnect to resync"
+    SUPERSEDED = "a newer connection of yours took over"
+
+
+_watcher_seq = itertools.count()
+
+
 @dataclass(eq=False)  # identity: each socket is its own watcher in a set
 class Watcher:
-    """A stage participant's WebSocket: a bounded queue of messages to send."""
+    """A stage participant's WebSocket: what is waiting to be sent to it, bounded.
+
+    Discrete messages (events, news of the stage) queue in order up to ``max_messages``;
+    a client that lets them pile up past that is stuck and is closed (it resyncs from the
+    snapshot it gets on reconnect). Snapshots and meters are coalesced: only the newest
+    of each waits, so a flood of changes costs a socket one message per interval.
+    """
 
     space_id: str
     participant_id: str
-    queue: asyncio.Queue[dict[str, Any]]
-    dropped: bool = False
+    max_messages: int = 64
+    push_interval_s: float = 0.1
+    ending: WatcherEnd | None = None
+    seq: int = field(default_factory=lambda: next(_watcher_seq))
+    _messages: deque[dict[str, Any]] = field(default_factory=deque)
+    _latest: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _next_latest_at: float = 0.0
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def dropped(self) -> bool:
+        return self.ending is WatcherEnd.TOO_SLOW
 
     def offer(self, message: dict[str, Any]) -> None:
-        try:
-            self.queue.put_nowait(message)
-        except asyncio.QueueFull:
-            self.dropped = True  # too slow to keep up: the socket is closed and resyncs
+        if self.ending is not None:
+            return
+        if message.get("type") in COALESCED_MESSAGES:
+            self._latest[message["type"]] = message
+        elif len(self._messages) >= self.max_messages:
+            self.end(WatcherEnd.TOO_SLOW)
+            return
+        else:
+            self._messages.append(message)
+        self._wake.set()
+
+    def end(self, why: WatcherEnd) -> None:
+        if self.ending is None:
+            self.ending = why
+            self._messages.clear()
+            self._latest.clear()
+        self._wake.set()
+
+    def drain(self) -> list[dict[str, Any]]:
+        """Everything waiting, the coalesced ones last, regardless of the interval."""
+        out = [*self._messages, *self._latest.values()]
+        self._messages.clear()
+        self._latest.clear()
+        return out
+
+    def _ready(self, now: float) -> list[dict[str, Any]]:
+        out = list(self._messages)
+        self._messages.clear()
+        if self._latest and now >= self._next_latest_at:
+            out += self._latest.values()
+            self._latest.clear()
+            self._next_latest_at = now + self.push_interval_s
+        return out
+
+    async def next_batch(self) -> list[dict[str, Any]]:
+        """The messages to send now, in order; empty once the socket is to be closed."""
+        loop = asyncio.get_running_loop()
+        while self.ending is None:
+            if batch := self._ready(loop.time()):
+                return batch
+            self._wake.clear()
+            wait = self._next_latest_at - loop.time() if self._latest else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+        return []
 
 
 @dataclass
@@ -169,6 +249,8 @@ class LiveSpace:
     update_interval_s: float = 0.25
     watcher_queue_messages: int = 64
     on_change: RoomChanged | None = None
+    watcher_push_interval_s: float = 0.1
+    max_watcher_connections: int = 3  # per participant
     # The recording's last news for the host and co-hosts (a paused one), re-sent to a
     # moderator's socket when it opens.
     recording: dict[str, Any] | None = None
@@ -197,12 +279,16 @@ class LiveSpace:
         return self.apply(check_command(name, target).run(self.room, by, target, now))
 
     def react(self, by: str, emoji: str, now: float) -> Outcome:
+        if self.room.role_of(by) is None:
+            return self.apply(self.room.react_from_audience(by, emoji, now))
         return self.apply(self.room.react(by, emoji, now))
 
     def apply(self, events: list[RoomEvent]) -> Outcome:
         for event in events:
             if isinstance(event, SpeakerMovedToAudience | ParticipantRemoved):
                 self._cut_from_stage(event.participant_id)
+            if isinstance(event, ReactionSent):
+                continue  # the tallies travel in the (coalesced) room snapshot
             self._tell_watchers(
                 {"type": "event", "event": type(event).__name__, **_event_json(event)}
             )
@@ -253,9 +339,20 @@ class LiveSpace:
 
     # -- watchers -------------------------------------------------------------------
     def watch(self, pid: str) -> Watcher:
-        """A new socket for ``pid``; it starts with the whole room, to sync from."""
-        watcher = Watcher(self.space_id, pid, asyncio.Queue(maxsize=self.watcher_queue_messages))
+        """A new socket for ``pid``; it starts with the whole room, to sync from.
+
+        Past ``max_watcher_connections`` of theirs the oldest is closed, not the new one:
+        a reloaded page or a changed network leaves a dead socket the server has not
+        noticed yet, and the person must get back in at once.
+        """
+        watcher = Watcher(
+            self.space_id, pid, self.watcher_queue_messages, self.watcher_push_interval_s
+        )
         self.watchers.add(watcher)
+        theirs = sorted((w for w in self.watchers if w.participant_id == pid), key=_seq)
+        for old in theirs[: max(0, len(theirs) - self.max_watcher_connections)]:
+            old.end(WatcherEnd.SUPERSEDED)
+            self.watchers.discard(old)
         watcher.offer({"type": "hello", "you": pid, "room": self.snapshot()})
         if self.recording is not None and self._is_moderator(pid):
             watcher.offer(self.recording)
@@ -338,7 +435,9 @@ class LiveSpace:
         snap = self.room.snapshot()
         now = time.monotonic()
         self.counter.expire(now)
-        hands = [{"id": pid, "name": self.room.name_of(pid)} for pid in self.room.hand_queue()]
+        listed = snap["hand_queue"]
+        assert isinstance(listed, list)
+        hands = [{"id": pid, "name": self.room.name_of(pid)} for pid in listed]
         return {
             **snap,
             "hand_queue": hands,
@@ -369,6 +468,10 @@ _PUBLIC_KEYS = (
     "total_tuned_in",
     "reaction_tallies",
 )
+
+
+def _seq(watcher: Watcher) -> int:
+    return watcher.seq
 
 
 def _event_json(event: RoomEvent) -> dict[str, object]:

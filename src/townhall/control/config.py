@@ -34,3 +34,28 @@ class ControlConfig:
     # A stage process that has not answered a request (an SDP offer) by then is taken
     # for gone: the client gets 503 and retries.
     stage_reply_timeout_s: float = 5.0
+    # Listener actions per client address (the address ``client_address`` resolves, so
+    # one NAT shares one allowance: the defaults leave room for a few hundred people
+    # behind one address). Each kind has its own bucket so a reaction flood cannot use up
+    # the hands or the heartbeats of the people sharing an address.
+    address_reactions_limit: RateLimitConfig = field(
+        default_factory=lambda: RateLimitConfig(20.0, 60)
+    )
+    # Commands from listeners (raise or lower a hand, answer an invitation).
+    address_hands_limit: RateLimitConfig = field(default_factory=lambda: RateLimitConfig(2.0, 30))
+    address_heartbeats_limit: RateLimitConfig = field(
+        default_factory=lambda: RateLimitConfig(30.0, 300)
+    )
+    # Heartbeats per listener session: the web page sends one every 10 s.
+    heartbeat_limit: RateLimitConfig = field(default_factory=lambda: RateLimitConfig(0.5, 5))
+    # SDP offers per participant: a reconnecting speaker sends a few; every offer costs
+    # the stage a peer connection and its sockets.
+    offer_limit: RateLimitConfig = field(default_factory=lambda: RateLimitConfig(1.0, 6))
+    # Stage WebSockets open at once per participant; a new one closes the oldest (4409).
+    max_stage_socket_connections: int = 3
+    # Room snapshots and meters go to a stage WebSocket at most this often (the newest
+    # one wins); discrete events are sent at once.
+    watcher_push_interval_s: float = 0.1
+    # A WebSocket message from a client over this is refused with close code 1009; the
+    # page sends only short pings. The control server's ``ws_max_size`` is set from it.
+    max_ws_message_bytes: int = 4 * 1024
