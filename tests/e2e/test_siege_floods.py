@@ -97,6 +97,16 @@ def assert_json_error(resp: httpx.Response, status: int) -> dict[str, str]:
     return body
 
 
+async def until_closed(ws: websockets.ClientConnection, timeout_s: float = 5.0) -> None:
+    """Read until the server closes the socket; fail if it is still open after a while
+    (meters arrive four times a second, so a quiet moment never comes)."""
+    until = time.monotonic() + timeout_s
+    with contextlib.suppress(websockets.ConnectionClosed):
+        while time.monotonic() < until:
+            await asyncio.wait_for(ws.recv(), timeout_s)
+        pytest.fail(f"the socket is still open after {timeout_s} s")
+
+
 def log_mark(server: Server) -> int:
     return len(server.log)
 
@@ -193,10 +203,12 @@ class HostSocket:
     messages: int = 0
     last_tallies: dict[str, int] = field(default_factory=dict)
     closed: str = ""
+    opened: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 async def watch_host(space: Space, seen: HostSocket, stop: asyncio.Event) -> None:
     async with websockets.connect(ws_url(space, space.host_token), max_size=None) as ws:
+        seen.opened.set()
         while not stop.is_set():
             try:
                 raw = await asyncio.wait_for(ws.recv(), 0.5)
@@ -217,7 +229,7 @@ async def test_the_host_socket_survives_200_listeners_reacting_for_5_s(server: S
     tokens = listeners(server, space, 200)
     seen, stop = HostSocket(), asyncio.Event()
     host = asyncio.create_task(watch_host(space, seen, stop))
-    await asyncio.sleep(0.5)
+    await asyncio.wait_for(seen.opened.wait(), 10)
     accepted = 0
     highest = 0
 
@@ -344,8 +356,10 @@ async def test_stage_sockets_per_token_are_capped_oldest_closed(server: Server) 
             await asyncio.sleep(0.05)
         closed = []
         for ws in sockets:
-            with contextlib.suppress(TimeoutError):
-                while True:
+            # Meters arrive four times a second: read for a bounded while, not until quiet.
+            until = time.monotonic() + 1.0
+            with contextlib.suppress(TimeoutError, websockets.ConnectionClosed):
+                while time.monotonic() < until:
                     await asyncio.wait_for(ws.recv(), 1.0)
         for ws in sockets:
             if ws.close_code is not None:
@@ -367,25 +381,27 @@ async def test_a_binary_frame_closes_the_socket_1003_without_a_traceback(
     async with websockets.connect(ws_url(space, space.host_token)) as ws:
         await ws.recv()  # hello
         await ws.send(b"\x00\x01binary")
-        with pytest.raises(websockets.ConnectionClosed):
-            while True:
-                await asyncio.wait_for(ws.recv(), 5)
+        await until_closed(ws)
         assert ws.close_code == 1003, ws.close_code
     await asyncio.sleep(0.5)
     assert not tracebacks_since(server, mark), server.output()
 
 
-async def test_a_10_mb_text_frame_closes_the_socket_1009(server: Server) -> None:
+@pytest.mark.parametrize("size", [64 * 1024, 10_000_000])
+async def test_an_oversize_text_frame_closes_the_socket_1009(server: Server, size: int) -> None:
     space = live_space(server, "huge frame")
     mark = log_mark(server)
     async with websockets.connect(ws_url(space, space.host_token), max_size=None) as ws:
         await ws.recv()  # hello
         with contextlib.suppress(websockets.ConnectionClosed):
-            await ws.send("x" * 10_000_000)
-        with pytest.raises(websockets.ConnectionClosed):
-            while True:
-                await asyncio.wait_for(ws.recv(), 5)
-        assert ws.close_code == 1009, ws.close_code
+            await ws.send("x" * size)
+        await until_closed(ws)
+        if size < 1_000_000:
+            assert ws.close_code == 1009, ws.close_code
+        else:
+            # The server closes while the client is still writing 10 MB: its close frame
+            # can be lost to the reset that closing on unread data sends (1006).
+            assert ws.close_code in (1009, 1006), ws.close_code
     await asyncio.sleep(0.5)
     assert not tracebacks_since(server, mark), server.output()
 
