@@ -37,6 +37,7 @@ REACTION = "👏"
 def server() -> Iterator[Server]:
     with running_server() as srv:
         yield srv
+        assert not srv.tracebacks(), "the server logged tracebacks:\n" + srv.output()
 
 
 def live_space(server: Server, title: str) -> Space:
@@ -255,6 +256,7 @@ async def test_the_host_socket_survives_200_listeners_reacting_for_5_s(server: S
         await asyncio.sleep(0.05)
     stop.set()
     await asyncio.wait_for(host, 5)
+    print(f"reactions accepted {accepted}; host socket messages {seen.messages}")
     assert not seen.closed, f"the host's socket was closed: {seen.closed}"
     assert accepted > 200, accepted
     assert seen.last_tallies.get(REACTION, 0) == highest == accepted, (seen, highest, accepted)
