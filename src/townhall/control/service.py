@@ -225,7 +225,7 @@ class SpaceService:
     def rename_listener(self, grant: Grant, name: str, address: str) -> SignedIn:
         """Give a listener session a name, keeping its id: one person stays one count.
 
-        Until a listener has joined the room (a hand, a reaction) their name is only in
+        Until a listener has joined the room (a raised hand) their name is only in
         their token, so a token re-issued with the same id is the rename.
         """
         if grant.role is not Role.LISTENER:

@@ -75,7 +75,8 @@ async def _pump(ws: WebSocket, watcher: Watcher, max_bytes: int) -> None:
     finally:
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect):
-            await reader
+            ended_by_client = await reader
+            closing = closing or ended_by_client
     if closing is not None:
         await _close(ws, closing)
 
