@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import itertools
 import json
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
@@ -29,6 +31,7 @@ from townhall.room.events import (
     LinkReissued,
     LinkRevoked,
     ParticipantRemoved,
+    ReactionSent,
     RoomEvent,
     SpeakerMovedToAudience,
 )
@@ -168,22 +171,104 @@ class Outcome:
 
 
 # -- the people on stage -------------------------------------------------------------
+# Messages where only the newest matters (the whole room, the meters): a socket holds
+# one of each and sends it at most every ``push_interval_s``, however many changes a
+# flood makes meanwhile.
+COALESCED_MESSAGES = frozenset({"room", "levels"})
+
+
+class WatcherEnd(enum.Enum):
+    """Why the server closes a stage WebSocket."""
+
+    TOO_SLOW = "too slow; reconnect to resync"
+    SUPERSEDED = "a newer connection of yours took over"
+
+
+_watcher_seq = itertools.count()
+
+
 @dataclass(eq=False)  # identity: each socket is its own watcher in a set
 class Watcher:
-    """A stage participant's WebSocket: a bounded queue of messages to send."""
+    """A stage participant's WebSocket: what is waiting to be sent to it, bounded.
+
+    Discrete messages (events, news of the stage) queue in order up to ``max_messages``;
+    a client that lets them pile up past that is stuck and is closed (it resyncs from the
+    snapshot it gets on reconnect). Snapshots and meters are coalesced: only the newest
+    of each waits, so a flood of changes costs a socket one message per interval.
+    """
 
     space_id: str
     participant_id: str
-    queue: asyncio.Queue[dict[str, Any]]
-    dropped: bool = False
+    max_messages: int = 64
+    push_interval_s: float = 0.1
+    ending: WatcherEnd | None = None
+    seq: int = field(default_factory=lambda: next(_watcher_seq))
+    _messages: deque[dict[str, Any]] = field(default_factory=deque)
+    _latest: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _next_latest_at: float = 0.0
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def dropped(self) -> bool:
+        return self.ending is WatcherEnd.TOO_SLOW
+
     # (close code, reason) once a moderation decision cut this socket off.
     closed: tuple[int, str] | None = None
 
     def offer(self, message: dict[str, Any]) -> None:
-        try:
-            self.queue.put_nowait(message)
-        except asyncio.QueueFull:
-            self.dropped = True  # too slow to keep up: the socket is closed and resyncs
+        if self.ending is not None or self.closed is not None:
+            return
+        if message.get("type") in COALESCED_MESSAGES:
+            self._latest[message["type"]] = message
+        elif len(self._messages) >= self.max_messages:
+            self.end(WatcherEnd.TOO_SLOW)
+            return
+        else:
+            self._messages.append(message)
+        self._wake.set()
+
+    def cut_off(self, code: int, reason: str) -> None:
+        """A moderation decision took this socket's view of the room away: nothing more
+        is sent, and the socket is closed with ``code``."""
+        self.closed = (code, reason)
+        self._messages.clear()
+        self._latest.clear()
+        self._wake.set()
+
+    def end(self, why: WatcherEnd) -> None:
+        if self.ending is None:
+            self.ending = why
+            self._messages.clear()
+            self._latest.clear()
+        self._wake.set()
+
+    def drain(self) -> list[dict[str, Any]]:
+        """Everything waiting, the coalesced ones last, regardless of the interval."""
+        out = [*self._messages, *self._latest.values()]
+        self._messages.clear()
+        self._latest.clear()
+        return out
+
+    def _ready(self, now: float) -> list[dict[str, Any]]:
+        out = list(self._messages)
+        self._messages.clear()
+        if self._latest and now >= self._next_latest_at:
+            out += self._latest.values()
+            self._latest.clear()
+            self._next_latest_at = now + self.push_interval_s
+        return out
+
+    async def next_batch(self) -> list[dict[str, Any]]:
+        """The messages to send now, in order; empty once the socket is to be closed."""
+        loop = asyncio.get_running_loop()
+        while self.ending is None and self.closed is None:
+            if batch := self._ready(loop.time()):
+                return batch
+            self._wake.clear()
+            wait = self._next_latest_at - loop.time() if self._latest else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+        return []
 
 
 @dataclass
@@ -196,6 +281,8 @@ class LiveSpace:
     update_interval_s: float = 0.25
     watcher_queue_messages: int = 64
     on_change: RoomChanged | None = None
+    watcher_push_interval_s: float = 0.1
+    max_watcher_connections: int = 3  # per participant
     # The recording's last news for the host and co-hosts (a paused one), re-sent to a
     # moderator's socket when it opens.
     recording: dict[str, Any] | None = None
@@ -239,6 +326,8 @@ class LiveSpace:
         return self.apply(check_command(name, target).run(self.room, by, target, now))
 
     def react(self, by: str, emoji: str, now: float) -> Outcome:
+        if self.room.role_of(by) is None:
+            return self.apply(self.room.react_from_audience(by, emoji, now))
         return self.apply(self.room.react(by, emoji, now))
 
     def apply(self, events: list[RoomEvent]) -> Outcome:
@@ -247,6 +336,8 @@ class LiveSpace:
                 self._cut_from_stage(event.participant_id)
             if (close := _closes_sockets(event)) is not None:
                 self._close_sockets(*close)
+            if isinstance(event, ReactionSent):
+                continue  # the tallies travel in the (coalesced) room snapshot
             self._tell_watchers(
                 {"type": "event", "event": type(event).__name__, **_event_json(event)}
             )
@@ -269,9 +360,7 @@ class LiveSpace:
         moderation took off the stage or out of the Space keeps no view of the room."""
         for watcher in [w for w in self.watchers if w.participant_id == pid]:
             self.watchers.discard(watcher)
-            watcher.closed = (code, reason)
-            with contextlib.suppress(asyncio.QueueFull):  # a full queue wakes it anyway
-                watcher.queue.put_nowait({"type": "closed", "code": code, "reason": reason})
+            watcher.cut_off(code, reason)
 
     def _tell_watchers(self, message: dict[str, Any]) -> None:
         for watcher in list(self.watchers):
@@ -309,9 +398,20 @@ class LiveSpace:
 
     # -- watchers -------------------------------------------------------------------
     def watch(self, pid: str) -> Watcher:
-        """A new socket for ``pid``; it starts with the whole room, to sync from."""
-        watcher = Watcher(self.space_id, pid, asyncio.Queue(maxsize=self.watcher_queue_messages))
+        """A new socket for ``pid``; it starts with the whole room, to sync from.
+
+        Past ``max_watcher_connections`` of theirs the oldest is closed, not the new one:
+        a reloaded page or a changed network leaves a dead socket the server has not
+        noticed yet, and the person must get back in at once.
+        """
+        watcher = Watcher(
+            self.space_id, pid, self.watcher_queue_messages, self.watcher_push_interval_s
+        )
         self.watchers.add(watcher)
+        theirs = sorted((w for w in self.watchers if w.participant_id == pid), key=_seq)
+        for old in theirs[: max(0, len(theirs) - self.max_watcher_connections)]:
+            old.end(WatcherEnd.SUPERSEDED)
+            self.watchers.discard(old)
         watcher.offer({"type": "hello", "you": pid, "room": self.snapshot()})
         if self.recording is not None and self._is_moderator(pid):
             watcher.offer(self.recording)
@@ -461,7 +561,9 @@ class LiveSpace:
         snap = self.room.snapshot()
         now = time.monotonic()
         self.counter.expire(now)
-        hands = [{"id": pid, "name": self.room.name_of(pid)} for pid in self.room.hand_queue()]
+        listed = snap["hand_queue"]
+        assert isinstance(listed, list)
+        hands = [{"id": pid, "name": self.room.name_of(pid)} for pid in listed]
         connected = {str(s["id"]) for s in self.stage_status() if _connected(s)}
         seats = snap["stage"]
         assert isinstance(seats, list)
@@ -543,6 +645,10 @@ def _closes_sockets(event: RoomEvent) -> tuple[str, int, str] | None:
         case LinkReissued(participant_id=pid):
             return pid, 4401, "this link was replaced by a new one; ask the host for it"
     return None
+
+
+def _seq(watcher: Watcher) -> int:
+    return watcher.seq
 
 
 def _event_json(event: RoomEvent) -> dict[str, object]:

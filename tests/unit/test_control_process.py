@@ -173,10 +173,7 @@ async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout_s: flo
 
 
 def drain(watcher: Watcher) -> list[dict[str, Any]]:
-    out = []
-    while not watcher.queue.empty():
-        out.append(watcher.queue.get_nowait())
-    return out
+    return watcher.drain()
 
 
 @dataclass

@@ -746,6 +746,7 @@ def test_snapshot_is_json_and_complete() -> None:
             {"id": "s", "name": "S", "role": "speaker", "muted": True, "live": True},
         ],
         "hand_queue": ["a"],
+        "hand_count": 1,
         "pending_invitations": ["b"],
         "reaction_tallies": {"💯": 1},
         "participant_count": 5,

@@ -288,21 +288,21 @@ def _spaces_router(
         return asdict(service.rename_listener(grant, body.name, client_address(request)))
 
     @r.post("/spaces/{space_id}/heartbeat")
-    async def heartbeat(grant: Auth) -> dict[str, int]:
-        return asdict(service.heartbeat(grant))
+    async def heartbeat(grant: Auth, request: Request) -> dict[str, int]:
+        return asdict(service.heartbeat(grant, client_address(request)))
 
     @r.get("/spaces/{space_id}/room")
     async def room(grant: Auth) -> dict[str, object]:
         return service.room(grant)
 
     @r.post("/spaces/{space_id}/commands")
-    async def command(body: Command, grant: Auth) -> dict[str, object]:
-        outcome = service.command(grant, body.command, body.target)
+    async def command(body: Command, grant: Auth, request: Request) -> dict[str, object]:
+        outcome = service.command(grant, body.command, body.target, client_address(request))
         return {"events": [type(e).__name__ for e in outcome.events], "room": outcome.room}
 
     @r.post("/spaces/{space_id}/reactions")
-    async def react(body: Reaction, grant: Auth) -> dict[str, object]:
-        outcome = service.react(grant, body.emoji)
+    async def react(body: Reaction, grant: Auth, request: Request) -> dict[str, object]:
+        outcome = service.react(grant, body.emoji, client_address(request))
         return {"reaction_tallies": outcome.room["reaction_tallies"]}
 
     @r.post("/spaces/{space_id}/stage/offer")

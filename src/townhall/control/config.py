@@ -54,8 +54,10 @@ class ControlConfig:
     idle_timeout_s: float = 10.0
     # A request head past this gets 431 and the connection is closed.
     max_head_bytes: int = 16 * 1024
-    # A stage WebSocket message past this closes the socket (1009); pings find the dead.
-    max_ws_message_bytes: int = 64 * 1024
+    # A WebSocket message from a client over this is refused with close code 1009 (the
+    # page sends only short pings); uvicorn's ``ws_max_size`` is set from it too.
+    max_ws_message_bytes: int = 4 * 1024
+    # Pings find the dead stage sockets.
     ws_ping_interval_s: float = 20.0
     # Peers (addresses or CIDR networks) whose X-Forwarded-For names the client; the
     # default trusts nobody, so the header cannot dodge a per-address limit.
@@ -84,3 +86,25 @@ class ControlConfig:
     start_joins_per_s: float = 1_000.0
     min_start_spread_s: float = 1.5
     max_start_spread_s: float = 15.0
+    # Listener actions per client address (the address ``client_address`` resolves, so
+    # one NAT shares one allowance: the defaults leave room for a few hundred people
+    # behind one address). Each kind has its own bucket so a reaction flood cannot use up
+    # the hands or the heartbeats of the people sharing an address.
+    address_reactions_limit: RateLimitConfig = field(
+        default_factory=lambda: RateLimitConfig(20.0, 60)
+    )
+    # Commands from listeners (raise or lower a hand, answer an invitation).
+    address_hands_limit: RateLimitConfig = field(default_factory=lambda: RateLimitConfig(2.0, 30))
+    address_heartbeats_limit: RateLimitConfig = field(
+        default_factory=lambda: RateLimitConfig(30.0, 300)
+    )
+    # Heartbeats per listener session: the web page sends one every 10 s.
+    heartbeat_limit: RateLimitConfig = field(default_factory=lambda: RateLimitConfig(0.5, 5))
+    # SDP offers per participant: a reconnecting speaker sends a few; every offer costs
+    # the stage a peer connection and its sockets.
+    offer_limit: RateLimitConfig = field(default_factory=lambda: RateLimitConfig(1.0, 6))
+    # Stage WebSockets open at once per participant; a new one closes the oldest (4409).
+    max_stage_socket_connections: int = 3
+    # Room snapshots and meters go to a stage WebSocket at most this often (the newest
+    # one wins); discrete events are sent at once.
+    watcher_push_interval_s: float = 0.1

@@ -117,11 +117,22 @@ class SpaceService:
         self._on_change = on_change  # after the journal: what else follows a room
         self._actions = RateLimiter.of(self._config.actions_limit)
         self._signins = RateLimiter.of(self._config.signin_limit)
+        self._address_reactions = RateLimiter.of(self._config.address_reactions_limit)
+        self._address_hands = RateLimiter.of(self._config.address_hands_limit)
+        self._address_heartbeats = RateLimiter.of(self._config.address_heartbeats_limit)
+        self._heartbeats = RateLimiter.of(self._config.heartbeat_limit)
+        self._offers = RateLimiter.of(self._config.offer_limit)
+        # (space, participant) with an SDP offer being answered: one at a time each.
+        self._offering: set[tuple[str, str]] = set()
         self._held: OrderedDict[str, LiveSpace] = OrderedDict()
         # Ends of abandoned Spaces in flight, held so the loop does not drop them.
         self._ending: set[asyncio.Task[None]] = set()
         # Signs listener session ids (a random one per test service if none is given).
         self._sessions = sessions or SessionSigner(secrets.token_bytes(32))
+
+    @property
+    def config(self) -> ControlConfig:
+        return self._config
 
     # -- spaces ---------------------------------------------------------------------
     def create_space(
@@ -302,17 +313,24 @@ class SpaceService:
             self._store.set_state(live.space_id, "ended", self._clock())
 
     # -- the room -------------------------------------------------------------------
-    def command(self, grant: Grant, name: str, target: str | None) -> Outcome:
+    def command(self, grant: Grant, name: str, target: str | None, address: str = "") -> Outcome:
         check_command(name, target)  # a malformed command costs no rate-limit token
-        self._actions.take(grant.participant_id, time.monotonic(), "room actions")
+        now = time.monotonic()
+        if self._in_audience(grant):
+            self._address_hands.take(address, now, "hand commands from this address")
+        self._actions.take(grant.participant_id, now, "room actions")
         live = self._join(grant)
         outcome = live.command(grant.participant_id, name, target, self._clock())
         # The answer shows the room as the caller may see it (a listener: the public one).
         return replace(outcome, room=self._room_for(live, grant, outcome.room))
 
-    def react(self, grant: Grant, emoji: str) -> Outcome:
-        self._actions.take(grant.participant_id, time.monotonic(), "reactions")
-        live = self._join(grant)
+    def react(self, grant: Grant, emoji: str, address: str = "") -> Outcome:
+        """Tally a reaction. A listener's reaction does not join them to the room (it
+        asks for nothing): a crowd of reacting tokens takes no seats."""
+        now = time.monotonic()
+        self._address_reactions.take(address, now, "reactions from this address")
+        self._actions.take(grant.participant_id, now, "reactions")
+        live = self._hold(grant.space_id) if self._in_audience(grant) else self._join(grant)
         return live.react(grant.participant_id, emoji, self._clock())
 
     def invite(self, grant: Grant, role: Role, name: str) -> str:
@@ -363,7 +381,7 @@ class SpaceService:
     def rename_listener(self, grant: Grant, name: str, address: str) -> SignedIn:
         """Give a listener session a name, keeping its id: one person stays one count.
 
-        Until a listener has joined the room (a hand, a reaction) their name is only in
+        Until a listener has joined the room (a raised hand) their name is only in
         their token, so a token re-issued with the same id is the rename.
         """
         if grant.role is not Role.LISTENER:
@@ -378,9 +396,11 @@ class SpaceService:
         token = self._issuer.issue(grant.space_id, Role.LISTENER, name, participant_id=pid)
         return SignedIn(token, pid)
 
-    def heartbeat(self, grant: Grant) -> ListenerCounts:
-        counter = self._hold(grant.space_id).counter
+    def heartbeat(self, grant: Grant, address: str = "") -> ListenerCounts:
         now = time.monotonic()
+        self._address_heartbeats.take(address, now, "heartbeats from this address")
+        self._heartbeats.take(grant.participant_id, now, "heartbeats")
+        counter = self._hold(grant.space_id).counter
         counter.heartbeat(grant.participant_id, now)
         return ListenerCounts(counter.listening_now(now), counter.total_tuned_in())
 
@@ -400,7 +420,17 @@ class SpaceService:
             raise Conflict(f"the space is {live.room.state.value}; the stage is not open")
         if not live.room.may_publish(grant.participant_id):
             raise Forbidden("only people on stage can send audio; raise a hand to be brought up")
-        return await live.stage.connect(grant.participant_id, grant.name, sdp, kind)
+        # Every offer costs the stage a peer connection and its sockets: one at a time
+        # per participant, and a bounded rate of them.
+        key = (grant.space_id, grant.participant_id)
+        if key in self._offering:
+            raise Conflict("an SDP offer of yours is still being answered; wait for its answer")
+        self._offers.take(grant.participant_id, time.monotonic(), "SDP offers")
+        self._offering.add(key)
+        try:
+            return await live.stage.connect(grant.participant_id, grant.name, sdp, kind)
+        finally:
+            self._offering.discard(key)
 
     def stage_status(self, grant: Grant) -> list[dict[str, object]]:
         """The stage's meters, for the host and co-hosts; reading them joins nobody."""
@@ -513,6 +543,12 @@ class SpaceService:
         live.join(grant.participant_id, grant.name, grant.role, self._clock())
         return live
 
+    def _in_audience(self, grant: Grant) -> bool:
+        """A listener (by the room's view when the Space is held, else by their token)."""
+        live = self._held.get(grant.space_id)
+        role = live.room.role_of(grant.participant_id) if live is not None else None
+        return (role or grant.role) is Role.LISTENER
+
     def _moderator(self, grant: Grant) -> LiveSpace:
         live = self._join(grant)
         _check_moderator(live.room.role_of(grant.participant_id) or grant.role)
@@ -553,6 +589,8 @@ class SpaceService:
             watcher_queue_messages=self._config.watcher_queue_messages,
             on_change=self._changed,
             on_abandoned=self._abandoned,
+            watcher_push_interval_s=self._config.watcher_push_interval_s,
+            max_watcher_connections=self._config.max_stage_socket_connections,
         )
 
     def _changed(self, live: LiveSpace, events: list[RoomEvent]) -> None:

@@ -304,6 +304,12 @@ class RoomConfig:
     # The host's note to the listeners waiting for a late start (a tweet's length).
     max_late_message_chars: int = 280
 
+    # Hands raised at once; past it a raise is refused (409) until hands are lowered or
+    # answered, so the queue (and the journal that keeps it) stays bounded.
+    max_raised_hands: int = 500
+    # Hands listed in a snapshot (the first in raise order); ``hand_count`` has the total.
+    max_listed_hands: int = 50
+
 
 class LinkInUse(Conflict):
     """A second client opened a link another client already holds."""
@@ -590,6 +596,11 @@ class Room:
         self._actor(by, Action.RAISE_HAND)
         if by in self._hands:
             return []  # keep the original place in the queue
+        if len(self._hands) >= self.config.max_raised_hands:
+            raise Conflict(
+                f"the hand queue is full ({self.config.max_raised_hands} hands raised); "
+                "try again once the host has answered some"
+            )
         self._hands[by] = now
         return [HandRaised(space_id=self.space_id, at=now, participant_id=by)]
 
@@ -835,6 +846,16 @@ class Room:
         self._tallies[reaction] = self._tallies.get(reaction, 0) + 1
         return [ReactionSent(space_id=self.space_id, at=now, participant_id=by, emoji=reaction)]
 
+    def react_from_audience(self, by: str, emoji: str, now: float) -> list[RoomEvent]:
+        """A reaction from a listener who has not joined: tallied without admitting them,
+        as a reaction asks nothing of the room (a hand does, and joins)."""
+        self._check_not_removed(by)
+        if self._state not in _LEGAL_IN[Action.REACT]:
+            raise Conflict(f"space is {self._state.value}; cannot {Action.REACT.value}")
+        reaction = _canonical_reaction(emoji)
+        self._tallies[reaction] = self._tallies.get(reaction, 0) + 1
+        return [ReactionSent(space_id=self.space_id, at=now, participant_id=by, emoji=reaction)]
+
     # -- queries -------------------------------------------------------------
 
     def role_of(self, pid: str) -> Role | None:
@@ -897,7 +918,8 @@ class Room:
             "scheduled_at": self.scheduled_at,
             "host_id": self.host_id,
             "stage": [_seat_json(p) for p in self._stage()],
-            "hand_queue": self.hand_queue(),
+            "hand_queue": self.hand_queue()[: self.config.max_listed_hands],
+            "hand_count": len(self._hands),
             "pending_invitations": self.pending_invitations(),
             "reaction_tallies": self.reaction_tallies(),
             "participant_count": self.participant_count(),

@@ -53,6 +53,7 @@ class StageMember:
     last_signal_at: float | None = None
     level: float = -120.0
     reader: asyncio.Task[None] | None = None
+    closed: bool = False
     _window_min: int = 1 << 30
     _window_ticks: int = 0
 
@@ -102,6 +103,9 @@ class StageMember:
         await read_pcm(track, self.accept)
 
     async def close(self) -> None:
+        if self.closed:
+            return  # closing fires the connection's "closed" event, which closes again
+        self.closed = True
         if self.reader is not None:
             self.reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):

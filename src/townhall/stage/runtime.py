@@ -87,6 +87,8 @@ class StageRuntime:
     # mix-minus, but nothing is encoded or published, so the audience and the recorder
     # see nothing until ``go_on_air``.
     on_air: bool = True
+    # Members whose SDP offer is being answered.
+    _connecting: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.recent_tick_gaps = RecentMaximum(self.config.tick_gap_window_s)
@@ -197,10 +199,31 @@ class StageRuntime:
         self, participant_id: str, name: str, sdp: str, kind: str
     ) -> RTCSessionDescription:
         """Answer a member's SDP offer. A reconnect replaces the old connection, but only
-        once the new offer is accepted: a bad offer must not cut off a live speaker."""
+        once the new offer is accepted: a bad offer must not cut off a live speaker.
+
+        One offer per member at a time (409 for a second): each holds a peer connection
+        and its sockets until answered. Every connection that does not end up seated is
+        closed, also when the request is cancelled half-way.
+        """
         if self.ended:
             raise Conflict("the space has ended; the stage is closed")
         _validate_offer(sdp, kind, self.config.max_offer_bytes)
+        if participant_id in self._connecting:
+            raise Conflict("an SDP offer of yours is still being answered; wait for its answer")
+        self._connecting.add(participant_id)
+        try:
+            member = await self._answer(participant_id, name, sdp, kind)
+        finally:
+            self._connecting.discard(participant_id)
+        # Swapped with no await in between, so a concurrent swap cannot slip a
+        # connection in that nobody will close.
+        old = self.members.pop(participant_id, None)
+        self.members[participant_id] = member
+        if old is not None:
+            await old.close()
+        return member.pc.localDescription
+
+    async def _answer(self, participant_id: str, name: str, sdp: str, kind: str) -> StageMember:
         pc = RTCPeerConnection(rtc_configuration())
         member = StageMember(participant_id, name, pc, self.config.member)
         self._wire(member)
@@ -211,16 +234,18 @@ class StageRuntime:
             pc.addTrack(member.outbound)
             await pc.setLocalDescription(await pc.createAnswer())
         except BadRequest:
-            await pc.close()
+            await member.close()
             raise
         except Exception as exc:  # aiortc raises ValueError and friends on a bad offer
-            await pc.close()
+            await member.close()
             raise BadRequest(f"could not accept the SDP offer: {exc}") from exc
-        old = self.members.pop(participant_id, None)
-        if old is not None:
-            await old.close()
-        self.members[participant_id] = member
-        return pc.localDescription
+        except asyncio.CancelledError:
+            await member.close()
+            raise
+        if self.ended:
+            await member.close()
+            raise Conflict("the space has ended; the stage is closed")
+        return member
 
     def _wire(self, member: StageMember) -> None:
         @member.pc.on("track")
@@ -231,7 +256,10 @@ class StageRuntime:
         @member.pc.on("connectionstatechange")
         async def on_state() -> None:
             if member.pc.connectionState in ("failed", "closed"):
-                await self.disconnect(member.participant_id, member)
+                if self.members.get(member.participant_id) is member:
+                    await self.disconnect(member.participant_id, member)
+                else:
+                    await member.close()  # replaced or never seated: still holds sockets
 
     async def disconnect(self, participant_id: str, only: StageMember | None = None) -> None:
         member = self.members.get(participant_id)
