@@ -293,7 +293,7 @@ def fuzz_operation(
             return
         if resp.status_code >= 500:
             findings.add(f"{what}: {resp.status_code} {resp.text[:100]}", example)
-        elif resp.status_code >= 400:
+        elif resp.status_code >= 400 and not _is_page(path, resp):
             try:
                 resp.json()
                 is_json = resp.headers.get("content-type", "").startswith("application/json")
@@ -305,6 +305,12 @@ def fuzz_operation(
                 findings.add(said, f"{what}: {example}")
 
     one()
+
+
+def _is_page(path: str, resp: httpx.Response) -> bool:
+    """A page for people (not the API): its errors are human HTML pages, by design."""
+    page = not path.startswith("/api/")
+    return page and resp.headers.get("content-type", "").startswith("text/html")
 
 
 # -- the stage WebSocket ----------------------------------------------------------------------

@@ -174,6 +174,13 @@ def guarded_protocol(guard: PortGuard) -> type[asyncio.Protocol]:
             guard.closed_slow += 1
             self.transport.close()
 
+        def send_400_response(self, msg: str) -> None:
+            # uvicorn answers a request it cannot parse in plain text; every error of
+            # this API is JSON saying what was wrong.
+            detail = f"malformed HTTP request: {msg}" if msg else "malformed HTTP request"
+            self.transport.write(refusal_bytes(400, detail))
+            self.transport.close()
+
         def _too_large(self) -> None:
             self._disarm()
             self._reading_head = False

@@ -145,11 +145,15 @@ def install_pages(app: FastAPI, service: SpaceService, views: SpaceViews) -> Non
             },
         )
 
+    # The files there at start-up: a request names one of them or gets 404, so no name
+    # a client makes up ever reaches the filesystem.
+    shipped = {p.name for p in WEB.iterdir() if p.is_file()}
+
     @app.get("/static/{name}", include_in_schema=False)
     async def static(name: str) -> FileResponse:
         if name == "hls.min.js" and (path := hls_js_path()) is not None:
             return FileResponse(path, media_type="text/javascript")
-        path = WEB / name
-        if "/" in name or not path.is_file():
-            return JSONResponse({"error": "not_found", "detail": f"no static file {name!r}"}, 404)  # type: ignore[return-value]
-        return FileResponse(path)
+        if name not in shipped:
+            detail = f"no static file {name[:80]!r}"
+            return JSONResponse({"error": "not_found", "detail": detail}, 404)  # type: ignore[return-value]
+        return FileResponse(WEB / name)
