@@ -39,11 +39,7 @@ async def run(
     key = admin_key(config)
     level = logging.getLogger().getEffectiveLevel()
     supervisor = Supervisor(config, entry_points or {}, log_level=level)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = stop_signals()
     try:
         await supervisor.start()
         _announce(supervisor.config, key)
@@ -53,6 +49,16 @@ async def run(
         await stop.wait()
     finally:
         await supervisor.stop()
+
+
+def stop_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM: a server stops cleanly on either."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    return stop
 
 
 def _announce(c: ServerConfig, key: str) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from benchmarks.harness.page_audio import TONE_ANALYSER_JS
 from benchmarks.harness.processes import kill9, process_table, wait_replaced
 from benchmarks.harness.server import on_air
 
@@ -25,34 +26,6 @@ AFTER_KILL_S = 16.0
 playwright_sync = pytest.importorskip("playwright.sync_api")
 if not Path(CHROMIUM).exists() or not HLS_JS.exists():
     pytest.skip("needs Debian chromium and hls.js", allow_module_level=True)
-
-# An analyser on the player: the amplitude of one frequency in the newest 8192 samples,
-# by a Hann-windowed DFT at exactly that frequency (full-scale units, as audio.py's).
-ANALYSER = """(hz) => {
-  const player = document.querySelector('#player');
-  const ctx = new AudioContext();
-  let source;
-  try { source = ctx.createMediaElementSource(player); }
-  catch (e) { source = ctx.createMediaStreamSource(player.captureStream()); }
-  const analyser = ctx.createAnalyser();
-  analyser.fftSize = 8192;
-  const mute = ctx.createGain();
-  mute.gain.value = 0;
-  source.connect(analyser); analyser.connect(mute); mute.connect(ctx.destination);
-  ctx.resume();
-  const buf = new Float32Array(analyser.fftSize);
-  window.toneLevel = () => {
-    analyser.getFloatTimeDomainData(buf);
-    let re = 0, im = 0, wsum = 0;
-    const n = buf.length, w0 = 2 * Math.PI * hz / ctx.sampleRate;
-    for (let k = 0; k < n; k++) {
-      const w = 0.5 - 0.5 * Math.cos(2 * Math.PI * k / (n - 1));
-      re += w * buf[k] * Math.cos(w0 * k); im -= w * buf[k] * Math.sin(w0 * k);
-      wsum += w;
-    }
-    return 2 * Math.hypot(re, im) / wsum;
-  };
-}"""
 
 
 def test_the_listen_page_plays_on_across_a_stage_restart() -> None:
@@ -74,7 +47,7 @@ def test_the_listen_page_plays_on_across_a_stage_restart() -> None:
             page.locator("#play").click()
             expect(page.locator("body")).to_have_attribute("data-audience", "playing")
             assert page.locator("#player").get_attribute("data-mode") == "hls"
-            page.evaluate(ANALYSER, TONE_HZ)
+            page.evaluate(TONE_ANALYSER_JS, ["#player", TONE_HZ])
             page.wait_for_function(
                 "window.toneLevel() > 0.02 && document.querySelector('#player').currentTime > 2",
                 timeout=20_000,

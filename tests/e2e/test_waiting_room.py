@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from benchmarks.harness.audio import amplitude_at, decode
+from benchmarks.harness.page_audio import TONE_ANALYSER_JS
 from benchmarks.harness.server import Server, stop, townhall_command
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
@@ -37,33 +38,6 @@ playwright_sync = pytest.importorskip("playwright.sync_api")
 if not Path(CHROMIUM).exists() or not HLS_JS.exists():
     pytest.skip("needs Debian chromium and hls.js", allow_module_level=True)
 
-# The amplitude of one frequency in what an <audio> element plays (a WebAudio analyser
-# on it, a Hann-windowed DFT at exactly that frequency, full-scale units).
-ANALYSER = """([selector, hz]) => {
-  const player = document.querySelector(selector);
-  const ctx = new AudioContext();
-  let source;
-  try { source = ctx.createMediaElementSource(player); }
-  catch (e) { source = ctx.createMediaStreamSource(player.captureStream()); }
-  const analyser = ctx.createAnalyser();
-  analyser.fftSize = 8192;
-  const mute = ctx.createGain();
-  mute.gain.value = 0;
-  source.connect(analyser); analyser.connect(mute); mute.connect(ctx.destination);
-  ctx.resume();
-  const buf = new Float32Array(analyser.fftSize);
-  window.toneLevel = () => {
-    analyser.getFloatTimeDomainData(buf);
-    let re = 0, im = 0, wsum = 0;
-    const n = buf.length, w0 = 2 * Math.PI * hz / ctx.sampleRate;
-    for (let k = 0; k < n; k++) {
-      const w = 0.5 - 0.5 * Math.cos(2 * Math.PI * k / (n - 1));
-      re += w * buf[k] * Math.cos(w0 * k); im -= w * buf[k] * Math.sin(w0 * k);
-      wsum += w;
-    }
-    return 2 * Math.hypot(re, im) / wsum;
-  };
-}"""
 
 # hls.js with its default configuration, as a third-party page would embed it.
 HLS_PLAYER = """(url) => {
@@ -191,7 +165,7 @@ def test_a_waiting_page_costs_nothing_and_plays_by_itself_at_go_live(server: Ser
             expect(page.locator("body")).to_have_attribute("data-audience", "playing")
             started_s = time.monotonic() - live_at
             expect(page.locator("#waiting")).to_be_hidden()
-            page.evaluate(ANALYSER, ["#player", TONE_HZ])
+            page.evaluate(TONE_ANALYSER_JS, ["#player", TONE_HZ])
             page.wait_for_function(f"window.toneLevel() > {PRESENT}", timeout=30_000)
             heard_s = time.monotonic() - live_at
             level = float(page.evaluate("window.toneLevel()"))
@@ -245,7 +219,7 @@ def test_ffmpeg_and_hlsjs_pointed_before_the_start_play_from_go_live(
             _out, err = ffmpeg.communicate(timeout=60)
             ffmpeg_done_s = time.monotonic() - live_at
             assert ffmpeg.returncode == 0, err.decode()
-            page.evaluate(ANALYSER, ["#hls-player", TONE_HZ])
+            page.evaluate(TONE_ANALYSER_JS, ["#hls-player", TONE_HZ])
             page.wait_for_function(
                 f"window.toneLevel() > {PRESENT}"
                 " && document.querySelector('#hls-player').currentTime > 1",

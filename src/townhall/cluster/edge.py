@@ -11,9 +11,7 @@ parts carry their number from the origin).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 
 import uvloop
 
@@ -21,6 +19,7 @@ from townhall.audience.pool import WorkerPool
 from townhall.audience.worker import WorkerSpec
 from townhall.cluster.jetstream import ProgramFollower
 from townhall.config import ServerConfig
+from townhall.serve import stop_signals
 from townhall.supervise.child import LOG_FORMAT
 
 log = logging.getLogger("townhall.edge")
@@ -34,11 +33,7 @@ async def run_edge(config: ServerConfig, ready: asyncio.Event | None = None) -> 
     # Until the workers run, what arrives is kept in the pool's feed log and replayed
     # to each worker when it starts.
     follower = ProgramFollower(config.cluster, pool.publish)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = stop_signals()
     try:
         await follower.start()
         await pool.start()
