@@ -425,6 +425,10 @@ def _with_sid(url: str, sid: str | None) -> str:
     return f"{url}?sid={sid}" if sid else url
 
 
+# The guest bot's key to its link (``townhall speak --holder``): its own commands show it.
+GUEST_HOLDER = "siege-guest-holder"
+
+
 class HostCommands:
     """The host mutes the speaker, and the speaker unmutes (only a speaker may unmute
     themselves), one each per ``every_s`` from a thread, under the room's per-person
@@ -469,7 +473,7 @@ class HostCommands:
             resp = client.post(
                 self.space.api("/commands"),
                 json={"command": name, "target": self.target},
-                headers={"Authorization": f"Bearer {token}"},
+                headers={"Authorization": f"Bearer {token}", "X-Townhall-Holder": GUEST_HOLDER},
             )
             ok = resp.status_code == 200
             why = "" if ok else f"{name}: {resp.status_code} {resp.text[:120]}"
@@ -705,10 +709,15 @@ def _rig_up(plan: SiegePlan, stack: contextlib.ExitStack, log: Callable[[str], N
     procs: list[subprocess.Popen[bytes]] = []
     stack.callback(_stop_all, procs)
     guest = _invite(space, "speaker", "guest")
-    for link, tone in ((space.host_link, HOST_TONE_HZ), (guest["link"], GUEST_TONE_HZ)):
+    bots: tuple[tuple[str, float, list[str]], ...] = (
+        (space.host_link, HOST_TONE_HZ, []),
+        # The guest's link is theirs alone: their unmutes show the same holder key.
+        (guest["link"], GUEST_TONE_HZ, ["--holder", GUEST_HOLDER]),
+    )
+    for link, tone, extra in bots:
         procs.append(
             subprocess.Popen(
-                townhall_command("speak", link, "--tone", f"{tone:g}"),
+                townhall_command("speak", link, "--tone", f"{tone:g}", *extra),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )

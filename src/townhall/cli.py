@@ -235,6 +235,12 @@ def _speak_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     s.add_argument("--start", action="store_true", help="start the space first (host link)")
     s.add_argument("--out", type=Path, help="save the mix-minus this speaker hears (WAV)")
     s.add_argument(
+        "--holder",
+        metavar="KEY",
+        help="the key this client holds its link with (default: a new random one); a "
+        "script that also sends the link's own commands sends it as X-Townhall-Holder",
+    )
+    s.add_argument(
         "--join-timeout",
         type=float,
         default=30.0,
@@ -258,7 +264,7 @@ def _speak(args: argparse.Namespace) -> int:
                 f"{link.control_url}/api/spaces/{link.space_id}/start",
                 headers={"Authorization": f"Bearer {link.token}"},
             ).raise_for_status()
-        speaker = Speaker(link, source)
+        speaker = Speaker(link, source, holder=args.holder)
         try:
             await speaker.join_patiently(args.join_timeout)
         except StageRefused as refused:

@@ -39,10 +39,12 @@ class ControlConfig:
     # Named listeners the moderators' audience list answers with.
     max_listed_listeners: int = 500
     # The port's bounds (docs/operations.md, "Bounded ports"). Connections at once, in
-    # all and from one client address; 0: derived from the process's descriptor budget
-    # (fdbudget.py), which a configured value can only lower. Past a cap a newcomer gets
-    # 503 with Retry-After and is closed at once.
-    max_connections: int = 0
+    # all and from one client address; the process's descriptor budget (fdbudget.py)
+    # lowers them further, and 0 leaves only the budget. Past a cap a newcomer gets 503
+    # with Retry-After and is closed at once. Pages hold a control connection for a
+    # moment (the crowd waits on the audience port), so 8,192 is room for a storm of
+    # sign-ins while idle connections cost at most about 55 MiB (6.7 KiB each, measured).
+    max_connections: int = 8_192
     # Web pages behind one NAT (a campus, an office, a carrier) share an address; each
     # holds a keep-alive connection for at most ``idle_timeout_s`` between requests.
     max_address_connections: int = 512

@@ -120,6 +120,7 @@ class Speaker:
         source: PcmSource,
         watchdog: WatchdogConfig | None = None,
         rng: random.Random | None = None,
+        holder: str | None = None,
     ) -> None:
         allow_loopback_candidates()
         self.link = link
@@ -129,7 +130,7 @@ class Speaker:
         self.track = PacedPcmTrack(source)
         # This speaker's key to its link: the first offer claims the link with it and
         # every rejoin shows it again; another client with the link is refused.
-        self.holder = secrets.token_urlsafe(16)
+        self.holder = holder or secrets.token_urlsafe(16)
         self.heard = HeardAudio()
         self.pc = RTCPeerConnection(rtc_configuration())
         self.rejoins = 0  # connections replaced after a lost stage
