@@ -84,7 +84,7 @@ class JetStreamPublisher:
     ``publish`` (on the stage's clock) only encodes and queues; one task sends the queue
     in order and waits for each acknowledgement, retrying a message until the cluster
     takes it. The queue is bounded: while the cluster is unreachable the oldest messages
-    are dropped and counted, and the listeners of this machine hear nothing of it.
+    are dropped and counted, and the origin's own listeners hear nothing of it.
     """
 
     def __init__(self, config: ClusterConfig, parts_per_segment: int) -> None:
