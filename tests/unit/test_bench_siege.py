@@ -13,6 +13,7 @@ from benchmarks.siege import (
     SiegePlan,
     SiegeReport,
     Targets,
+    anonymous_clients,
     attack_orders,
     count_holds,
     idle_target,
@@ -187,3 +188,14 @@ def test_the_json_carries_each_phases_figures_and_verdicts() -> None:
     (phase,) = body["phases"]
     assert phase["attack"] == "baseline" and phase["verdicts"]["count"] is True
     assert phase["join_p99_s"] == 0.3 and body["passed"] is True
+
+
+def test_forged_ids_may_add_one_anonymous_listener_per_attacking_address_and_no_more() -> None:
+    plan = SiegePlan()
+    assert anonymous_clients(plan, "forged-sids") == plan.forged_sid_connections
+    assert anonymous_clients(plan, "reactions") == 0
+    # Honest listeners plus one per attacking address holds; one more (a forged id
+    # counted) does not.
+    hi = 16 + anonymous_clients(plan, "forged-sids")
+    assert count_holds(hi, 16, hi, 0.0)
+    assert not count_holds(hi + 1, 16, hi, 0.0)
