@@ -253,50 +253,42 @@ async def _keep_alive_loop(
             writer.transport.abort()
 
 
-async def get_flood(o: AttackOrder, deadline: float) -> Outcome:
-    """``count`` keep-alive connections hammering the control API's public GET."""
+async def _keep_alive_flood(
+    o: AttackOrder, port: int, target: Callable[[], str], deadline: float
+) -> Outcome:
+    """``count`` keep-alive connections, each from its own address, asking for ``target()``
+    again and again until the deadline."""
     out = Outcome(o.attack)
-    block = BLOCKS["get-flood"]
-    path = f"/api/spaces/{o.space_id}"
+    block = BLOCKS[o.attack]
     await asyncio.gather(
         *(
-            _keep_alive_loop(out, o.control_port, source_address(block, i), lambda: path, deadline)
+            _keep_alive_loop(out, port, source_address(block, i), target, deadline)
             for i in range(o.count)
         )
     )
     return out
+
+
+async def get_flood(o: AttackOrder, deadline: float) -> Outcome:
+    """``count`` keep-alive connections hammering the control API's public GET."""
+    path = f"/api/spaces/{o.space_id}"
+    return await _keep_alive_flood(o, o.control_port, lambda: path, deadline)
 
 
 async def replay_flood(o: AttackOrder, deadline: float) -> Outcome:
     """``count`` connections downloading the live Space's growing replay, again and again."""
-    out = Outcome(o.attack)
-    block = BLOCKS["replay-flood"]
     path = f"/replay/{o.space_id}.ogg"
-    await asyncio.gather(
-        *(
-            _keep_alive_loop(out, o.audience_port, source_address(block, i), lambda: path, deadline)
-            for i in range(o.count)
-        )
-    )
-    return out
+    return await _keep_alive_flood(o, o.audience_port, lambda: path, deadline)
 
 
 async def forged_sids(o: AttackOrder, deadline: float) -> Outcome:
     """Playlist polls each with a fresh random ``?sid=``: sessions the server never issued."""
-    out = Outcome(o.attack)
-    block = BLOCKS["forged-sids"]
     rng = random.Random(o.shard)
 
     def target() -> str:
         return f"{o.hls_path}?sid={rng.getrandbits(64):016x}"
 
-    await asyncio.gather(
-        *(
-            _keep_alive_loop(out, o.audience_port, source_address(block, i), target, deadline)
-            for i in range(o.count)
-        )
-    )
-    return out
+    return await _keep_alive_flood(o, o.audience_port, target, deadline)
 
 
 # -- the stage WebSocket ------------------------------------------------------------------
