@@ -57,15 +57,20 @@ class Server:
     def pid(self) -> int:
         return self.proc.pid
 
-    def create_space_sync(self, title: str) -> Space:
+    def new_space(self, title: str, **fields: object) -> dict[str, Any]:
+        """Create a Space as the admin; the API's answer (links, tokens, URLs)."""
         resp = httpx.post(
             f"{self.control_url}/api/spaces",
-            json={"title": title},
+            json={"title": title, **fields},
             headers={"Authorization": f"Bearer {self.admin_key}"},
             timeout=REQUEST_TIMEOUT_S,
         )
         assert resp.status_code == 201, resp.text
-        body = resp.json()
+        body: dict[str, Any] = resp.json()
+        return body
+
+    def create_space_sync(self, title: str) -> Space:
+        body = self.new_space(title)
         return Space(
             id=body["id"],
             host_token=body["host_token"],

@@ -167,12 +167,7 @@ def test_in_chromium_a_host_who_closes_the_tab_is_reconnecting_then_the_space_en
 
     from tests.e2e.test_browser import ARTIFACTS, CHROMIUM, PHONE, chromium_args, tone_wav
 
-    space = httpx.post(
-        f"{short_server.control_url}/api/spaces",
-        json={"title": "Left alone", "description": "The host closes the tab."},
-        headers={"Authorization": f"Bearer {short_server.admin_key}"},
-        timeout=30,
-    ).json()
+    space = short_server.new_space("Left alone", description="The host closes the tab.")
     ARTIFACTS.mkdir(exist_ok=True)
     expect.set_options(timeout=15_000)
     with sync_playwright() as pw:

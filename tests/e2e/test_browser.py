@@ -106,11 +106,7 @@ def test_host_and_listener_in_chromium(server: Server) -> None:
     t0 = time.monotonic()
     marks: dict[str, float] = {}
     ARTIFACTS.mkdir(exist_ok=True)
-    space = httpx.post(
-        f"{server.control_url}/api/spaces",
-        json={"title": "Browser town hall", "description": "Real Chromium, fake microphones."},
-        headers={"Authorization": f"Bearer {server.admin_key}"},
-    ).json()
+    space = server.new_space("Browser town hall", description="Real Chromium, fake microphones.")
     ogg_url = space["audience"]["ogg"]
 
     from playwright.sync_api import expect, sync_playwright
@@ -249,11 +245,7 @@ def test_the_stage_page_rejoins_a_lost_stage_with_the_same_microphone(server: Se
     """The host page replaces its connection when the socket says the stage restarts,
     and when its watchdog hears nothing; the microphone is opened once; the host sees
     a paused recording. (The stage really restarting is tested with the supervisor.)"""
-    space = httpx.post(
-        f"{server.control_url}/api/spaces",
-        json={"title": "Rejoin", "description": ""},
-        headers={"Authorization": f"Bearer {server.admin_key}"},
-    ).json()
+    space = server.new_space("Rejoin")
 
     from playwright.sync_api import expect, sync_playwright
 

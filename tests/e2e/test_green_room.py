@@ -265,12 +265,7 @@ def test_green_room_in_chromium_mic_checks_then_go_live_confirms_a_dead_mic(
 
     from tests.e2e.test_browser import ARTIFACTS, CHROMIUM, PHONE, Capture, chromium_args, tone_wav
 
-    space = httpx.post(
-        f"{server.control_url}/api/spaces",
-        json={"title": "Green room in Chromium", "description": "Mic checks before the start."},
-        headers={"Authorization": f"Bearer {server.admin_key}"},
-        timeout=30,
-    ).json()
+    space = server.new_space("Green room in Chromium", description="Mic checks before the start.")
     ARTIFACTS.mkdir(exist_ok=True)
     expect.set_options(timeout=15_000)
     with sync_playwright() as pw:
