@@ -278,6 +278,11 @@ class LeaseFollower:
         self._nc: Client | None = None
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def connection(self) -> Client:
+        assert self._nc is not None, "start() first"
+        return self._nc
+
     async def start(self) -> None:
         self._nc = await connect(self.config, "townhall-control")
         kv = await lease_bucket(self._nc, self.config)

@@ -72,3 +72,9 @@ class LeaseTable:
         if lease is None or now_unix_s - lease.at_unix_s <= self.lease_s:
             return None
         return lease
+
+    def lapsed_leases(self, now_unix_s: float) -> list[Lease]:
+        """Every lease seen that was not renewed in time, oldest renewal first."""
+        return [
+            lease for lease in self._leases.values() if now_unix_s - lease.at_unix_s > self.lease_s
+        ]

@@ -34,6 +34,7 @@ class RouteToHolder:
         node: str,
         max_body_bytes: int,
         timeout_s: float = 10.0,
+        unavailable_retry_after_s: int = 5,
     ) -> None:
         self.app = app
         self.knows = knows
@@ -41,6 +42,8 @@ class RouteToHolder:
         self.node = node
         self.max_body_bytes = max_body_bytes
         self.client = httpx.AsyncClient(timeout=timeout_s)
+        # When to ask again after a lapsed lease: about when another node takes over.
+        self.unavailable_retry_after_s = unavailable_retry_after_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         space_id = self._elsewhere(scope)
@@ -52,7 +55,9 @@ class RouteToHolder:
             if self.leases.lapsed(space_id, now) is None:
                 return await self.app(scope, receive, send)  # unknown anywhere: a 404
             gone = "the node holding this Space stopped answering"
-            return await _json(send, 503, "unavailable", gone, retry_after_s=5)
+            return await _json(
+                send, 503, "unavailable", gone, retry_after_s=self.unavailable_retry_after_s
+            )
         body = await _body(receive, self.max_body_bytes)
         if body is None:
             return await _json(send, 413, "payload_too_large", "the request body is too large")
