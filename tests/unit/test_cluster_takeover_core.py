@@ -10,7 +10,8 @@ import pytest
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from townhall.cluster.config import ClusterConfig
-from townhall.cluster.leases import Lease, LeaseTable
+from townhall.cluster.jetstream import LeaseKeeper
+from townhall.cluster.leases import Lease, LeaseTable, encode_lease
 from townhall.cluster.rooms import RoomCopier, TakeoverWatch
 from townhall.cluster.takeover import (
     SpaceCopy,
@@ -134,43 +135,57 @@ def test_lapsed_leases_are_listed() -> None:
 
 
 class FakeEntry:
-    def __init__(self, value: bytes) -> None:
+    def __init__(self, value: bytes, revision: int) -> None:
         self.value = value
+        self.revision = revision
 
 
 class FakeBucket:
     """A key-value bucket as JetStream keeps one: ``create`` is atomic (only while the
-    key is absent), and ``fail`` makes the next puts raise as an unreachable cluster."""
+    key is absent), ``update`` and ``delete`` are conditional on the key's revision,
+    and ``fail`` makes the next puts raise as an unreachable cluster does."""
 
     def __init__(self) -> None:
         self.values: dict[str, bytes] = {}
+        self.revisions: dict[str, int] = {}
         self.puts = 0
         self.fail = 0
+
+    def _write(self, key: str, value: bytes) -> int:
+        self.puts += 1
+        self.values[key], self.revisions[key] = value, self.puts
+        return self.puts
 
     async def put(self, key: str, value: bytes) -> int:
         await asyncio.sleep(0)
         if self.fail:
             self.fail -= 1
             raise TimeoutError
-        self.puts += 1
-        self.values[key] = value
-        return self.puts
+        return self._write(key, value)
 
     async def create(self, key: str, value: bytes) -> int:
         await asyncio.sleep(0)
         if key in self.values:
             raise KeyWrongLastSequenceError
-        self.values[key] = value
-        return 1
+        return self._write(key, value)
+
+    async def update(self, key: str, value: bytes, last: int) -> int:
+        await asyncio.sleep(0)
+        if self.revisions.get(key, 0) != last:
+            raise KeyWrongLastSequenceError
+        return self._write(key, value)
 
     async def get(self, key: str) -> FakeEntry:
         await asyncio.sleep(0)
         if key not in self.values:
             raise KeyNotFoundError
-        return FakeEntry(self.values[key])
+        return FakeEntry(self.values[key], self.revisions[key])
 
-    async def delete(self, key: str) -> None:
+    async def delete(self, key: str, last: int | None = None) -> None:
+        if last is not None and self.revisions.get(key, 0) != last:
+            raise KeyWrongLastSequenceError
         self.values.pop(key, None)
+        self.revisions.pop(key, None)
 
 
 def test_the_copier_writes_the_newest_copy_of_each_space_and_retries() -> None:
@@ -202,7 +217,7 @@ def test_of_two_nodes_looking_at_once_one_takes_the_space() -> None:
 
     async def scenario() -> tuple[list[str], list[str], FakeBucket]:
         leases, rooms = FakeBucket(), FakeBucket()
-        rooms.values["space.sp"] = encode_copy(copy_of())
+        rooms._write("space.sp", encode_copy(copy_of()))
         adopted: dict[str, list[str]] = {"b": [], "c": []}
         watches = []
         for name in ("b", "c"):
@@ -233,7 +248,7 @@ def test_of_two_nodes_looking_at_once_one_takes_the_space() -> None:
 def test_a_lapsed_lease_of_an_ended_space_is_left_and_read_once() -> None:
     async def scenario() -> tuple[list[str], FakeBucket]:
         leases, rooms = FakeBucket(), FakeBucket()
-        rooms.values["space.sp"] = encode_copy(copy_of(state=SpaceState.ENDED))
+        rooms._write("space.sp", encode_copy(copy_of(state=SpaceState.ENDED)))
         reads: list[str] = []
         original = rooms.get
 
@@ -259,7 +274,7 @@ def test_a_lapsed_lease_of_an_ended_space_is_left_and_read_once() -> None:
 def test_an_adoption_refused_gives_the_lease_back() -> None:
     async def scenario() -> FakeBucket:
         leases, rooms = FakeBucket(), FakeBucket()
-        rooms.values["space.sp"] = encode_copy(copy_of())
+        rooms._write("space.sp", encode_copy(copy_of()))
         config = ServerConfig(cluster=ClusterConfig(node_name="b", takeover_check_s=0.01))
         table = LeaseTable(LEASE_S, 10)
         table.put(lease(at=NOW - 100))
@@ -268,5 +283,63 @@ def test_an_adoption_refused_gives_the_lease_back() -> None:
         await asyncio.sleep(0.2)
         await watch.close()
         return leases
+
+    assert asyncio.run(scenario()).values == {}
+
+
+async def keep(bucket: FakeBucket, node: str, holding: set[str], lost: list[str]) -> LeaseKeeper:
+    keeper = LeaseKeeper(
+        None,  # type: ignore[arg-type]
+        ClusterConfig(lease_s=0.03),
+        node,
+        f"http://{node}",
+        lambda: set(holding),
+        lost=lambda space_id, holder: lost.append(f"{space_id}:{holder.node}"),
+    )
+    keeper._task = asyncio.get_running_loop().create_task(keeper._renew(bucket))  # type: ignore[arg-type]
+    return keeper
+
+
+def test_a_keeper_that_finds_another_nodes_lease_stops_and_says_so() -> None:
+    async def scenario() -> tuple[list[str], FakeBucket]:
+        bucket, lost = FakeBucket(), []
+        a = await keep(bucket, "a", {"sp"}, lost)
+        await asyncio.sleep(0.05)
+        assert b'"node": "a"' in bucket.values["space.sp"]
+        # A stalls; its lease ages out; B takes the Space over (the atomic create).
+        await bucket.delete("space.sp")
+        await bucket.create("space.sp", encode_lease(Lease("sp", "b", "http://b", NOW)))
+        await asyncio.sleep(0.1)
+        await a.close()
+        return lost, bucket
+
+    lost, bucket = asyncio.run(scenario())
+    assert lost == ["sp:b"]
+    assert b'"node": "b"' in bucket.values["space.sp"]  # never overwritten by A
+
+
+def test_a_keeper_renews_the_lease_its_node_took_over() -> None:
+    async def scenario() -> tuple[list[str], FakeBucket, int]:
+        bucket, lost = FakeBucket(), []
+        # The takeover watch created it; then the node's keeper renews it.
+        first = await bucket.create("space.sp", encode_lease(Lease("sp", "b", "http://b", NOW)))
+        b = await keep(bucket, "b", {"sp"}, lost)
+        await asyncio.sleep(0.1)
+        await b.close()
+        return lost, bucket, first
+
+    lost, bucket, first = asyncio.run(scenario())
+    assert lost == [] and bucket.revisions["space.sp"] > first + 1
+
+
+def test_a_keeper_deletes_only_its_own_lease_when_the_stage_closes() -> None:
+    async def scenario() -> FakeBucket:
+        bucket, lost, holding = FakeBucket(), [], {"sp"}
+        a = await keep(bucket, "a", holding, lost)
+        await asyncio.sleep(0.05)
+        holding.clear()
+        await asyncio.sleep(0.05)
+        await a.close()
+        return bucket
 
     assert asyncio.run(scenario()).values == {}

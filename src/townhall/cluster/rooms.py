@@ -174,6 +174,9 @@ class TakeoverWatch:
                     await self._consider(lease, leases, rooms)
                 except (NatsError, TimeoutError) as exc:
                     log.warning("space %s: takeover check failed (%s)", lease.space_id, exc)
+                except Exception:  # one Space's fault must not end every takeover
+                    log.exception("space %s: takeover check failed", lease.space_id)
+                    self._settle(lease)
 
     async def _consider(self, lease: Lease, leases: KeyValue, rooms: KeyValue) -> None:
         space_id, now = lease.space_id, time.time()

@@ -212,8 +212,9 @@ class Supervisor:
         # The node's own URL, not the public one: that may be a name every node answers.
         node, node_url = node_identity(c)
         self.leases = LeaseKeeper(
-            publisher.connection, c.cluster, node, node_url, lambda: list(self.hub.open_spaces)
-        )
+            publisher.connection, c.cluster, node, node_url, lambda: list(self.hub.open_spaces),
+            lost=lambda space_id, _holder: publisher.fence(space_id),
+        )  # fmt: skip
         await self.leases.start()
         log.info("node %s publishes the program to the NATS cluster at %s", node,
                  c.cluster.nats_urls)  # fmt: skip
