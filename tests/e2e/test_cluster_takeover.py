@@ -13,6 +13,7 @@ by itself, and the host keeps control through it.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import secrets
@@ -24,6 +25,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from websockets.sync.client import connect
 
 from benchmarks.harness.caches import ROOT
 from benchmarks.harness.nats import edges, nats_cluster
@@ -210,6 +212,18 @@ def test_a_space_taken_over_by_another_node_after_its_node_is_killed() -> None:
         assert room_view(on_b.json()) == on_a
         assert httpx.get(f"{api}/links", headers=host, timeout=10).json() == links_on_a
         assert httpx.get(f"{api}/room", headers=guest, timeout=10).status_code == 200
+        # The host's stage WebSocket, through the shared name: B's stage hears the bot.
+        ws_url = front.replace("http://", "ws://") + f"/api/spaces/{space.id}/ws"
+        heard_on_b: list[object] = []
+        with connect(f"{ws_url}?token={space.host_token}", open_timeout=10) as ws:
+            for _ in range(50):
+                message = json.loads(ws.recv(timeout=10))
+                if message.get("type") == "levels":
+                    heard_on_b = [m for m in message["members"]
+                                  if m["connected"] and m["receiving"]]  # fmt: skip
+                    if heard_on_b:
+                        break
+        assert heard_on_b, "the host's socket shows nobody heard on B's stage"
         # The host keeps control through the shared name: a command, then the end.
         again = httpx.post(f"{api}/invite", json={"role": "speaker", "name": "Second"},
                            headers=host, timeout=10)  # fmt: skip
