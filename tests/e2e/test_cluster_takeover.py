@@ -122,6 +122,18 @@ def until(check: object, within_s: float, what: str) -> object:
         time.sleep(0.2)
 
 
+def heard_on_stage(ws_url: str) -> bool:
+    """A stage WebSocket's level reports show someone connected and heard."""
+    with connect(ws_url, open_timeout=10) as ws:
+        for _ in range(50):
+            message = json.loads(ws.recv(timeout=10))
+            if message.get("type") == "levels" and any(
+                m["connected"] and m["receiving"] for m in message["members"]
+            ):
+                return True
+    return False
+
+
 def status(url: str, headers: dict[str, str] | None = None) -> int:
     try:
         return httpx.get(url, headers=headers, timeout=5).status_code
@@ -182,6 +194,10 @@ def test_a_space_taken_over_by_another_node_after_its_node_is_killed() -> None:
         before = parts(httpx.get(hls, timeout=10).text)
         assert before
 
+        # The host's stage WebSocket on B, relayed to A (which holds the Space).
+        via_b = node_b.control_url.replace("http://", "ws://") + f"/api/spaces/{space.id}/ws"
+        assert heard_on_stage(f"{via_b}?token={space.host_token}"), "nobody heard via B"
+
         killed_at = time.monotonic()
         kill_tree(node_a)
 
@@ -214,16 +230,7 @@ def test_a_space_taken_over_by_another_node_after_its_node_is_killed() -> None:
         assert httpx.get(f"{api}/room", headers=guest, timeout=10).status_code == 200
         # The host's stage WebSocket, through the shared name: B's stage hears the bot.
         ws_url = front.replace("http://", "ws://") + f"/api/spaces/{space.id}/ws"
-        heard_on_b: list[object] = []
-        with connect(f"{ws_url}?token={space.host_token}", open_timeout=10) as ws:
-            for _ in range(50):
-                message = json.loads(ws.recv(timeout=10))
-                if message.get("type") == "levels":
-                    heard_on_b = [m for m in message["members"]
-                                  if m["connected"] and m["receiving"]]  # fmt: skip
-                    if heard_on_b:
-                        break
-        assert heard_on_b, "the host's socket shows nobody heard on B's stage"
+        assert heard_on_stage(f"{ws_url}?token={space.host_token}"), "nobody heard on B"
         # The host keeps control through the shared name: a command, then the end.
         again = httpx.post(f"{api}/invite", json={"role": "speaker", "name": "Second"},
                            headers=host, timeout=10)  # fmt: skip

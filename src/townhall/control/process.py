@@ -267,6 +267,8 @@ async def _route_through_cluster(
         node=config.cluster.node_name or config.control_url,
         max_body_bytes=config.control.max_body_bytes,
         unavailable_retry_after_s=_retry_after_takeover_s(config),
+        # Room snapshots downstream are larger than what a page may send.
+        max_ws_message_bytes=1024 * 1024,
     )
 
 
