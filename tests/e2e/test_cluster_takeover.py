@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import secrets
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,9 +50,8 @@ _SHIPPED_ORIGINS = ("127.0.0.1:8000", "127.0.0.1:9000")
 @contextlib.contextmanager
 def control_front(port: int, origins: list[Server]) -> Iterator[str]:
     """nginx with the shipped origin configuration, in front of ``origins``."""
-    work = Path(os.environ.get("TMPDIR", "/tmp")) / f"townhall-front-{port}"
-    work.mkdir(parents=True, exist_ok=True)
-    work.chmod(0o777)
+    work = Path(tempfile.mkdtemp(prefix="townhall-front-"))
+    work.chmod(0o777)  # nginx's unprivileged workers write their temp files here
     site = FRONT_CONF.read_text().replace("listen 8443;", f"listen 127.0.0.1:{port};")
     for shipped, node in zip(_SHIPPED_ORIGINS, origins, strict=True):
         site = site.replace(shipped, node.control_url.removeprefix("http://"))
@@ -82,6 +82,7 @@ http {{
         yield f"http://127.0.0.1:{port}"
     finally:
         stop(proc)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def kill_tree(server: Server) -> None:
