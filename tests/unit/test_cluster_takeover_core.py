@@ -109,8 +109,21 @@ def test_a_copy_round_trips() -> None:
     [b"", b"{}", b"[1]", b'{"space": {}, "room": "x", "node": "a", "at_unix_s": 1}'],
 )
 def test_what_is_no_copy_is_a_wire_error(data: bytes) -> None:
-    with pytest.raises(WireError):
-        decode_copy(data)
+    import zlib
+
+    for given in (data, zlib.compress(data)):
+        with pytest.raises(WireError):
+            decode_copy(given)
+
+
+def test_a_copy_is_compressed_and_a_bomb_is_refused() -> None:
+    import zlib
+
+    big = replace(copy_of(), room_json=room_json().replace('"Town hall"', '"' + "x" * 50_000 + '"'))
+    assert len(encode_copy(big)) < 2_000
+    bomb = zlib.compress(b"{" + b" " * (65 * 1024 * 1024))
+    with pytest.raises(WireError, match="inflates past"):
+        decode_copy(bomb)
 
 
 def test_a_copy_whose_room_is_another_spaces_is_refused() -> None:

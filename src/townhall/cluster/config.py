@@ -57,8 +57,13 @@ class ClusterConfig:
     # A lapsed lease is taken over only this long after it lapsed: a holder whose
     # renewals were late (a stalled cluster) gets the time to renew before it loses.
     takeover_grace_s: float = 1.0
-    # The largest room copy kept in the cluster (a room's record as JSON).
-    max_room_copy_bytes: int = 1024 * 1024
+    # The largest room copy kept in the cluster (a room's record, compressed): within
+    # the NATS servers' max_payload (1 MB by default; raise both for rooms of more than
+    # about 60,000 participants).
+    max_room_copy_bytes: int = 1_000_000
     # Room copies waiting to be written to the cluster (the newest per Space; past this
     # the oldest Space's is dropped, and written again at its next change).
     max_pending_copy_spaces: int = 1000
+    # The largest frame relayed from the holder's stage WebSocket to a page connected to
+    # another node (room snapshots; the page's own frames are bounded by the holder).
+    max_relayed_ws_message_bytes: int = 1024 * 1024

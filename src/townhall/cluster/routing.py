@@ -53,7 +53,6 @@ class RouteToHolder:
         self.client = httpx.AsyncClient(timeout=timeout_s)
         # When to ask again after a lapsed lease: about when another node takes over.
         self.unavailable_retry_after_s = unavailable_retry_after_s
-        # The stage socket's frames are small; the holder enforces its own bound too.
         self.max_ws_message_bytes = max_ws_message_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

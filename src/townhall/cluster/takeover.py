@@ -23,6 +23,7 @@ change. When that node's lease lapses, any other origin node may take the Space 
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import asdict, dataclass
 from enum import Enum
 
@@ -47,17 +48,29 @@ class SpaceCopy:
         return record_from_json(self.room_json).state
 
 
+# A room's record is mostly repeated names and ids: compressed, a Space with tens of
+# thousands of listeners in its room still fits one cluster message.
+_LEVEL = 6
+# What a copy may inflate to: past it the copy is refused, not decompressed further.
+MAX_COPY_JSON_BYTES = 64 * 1024 * 1024
+
+
 def encode_copy(copy: SpaceCopy) -> bytes:
-    return json.dumps(
+    text = json.dumps(
         {"space": asdict(copy.space), "room": copy.room_json, "node": copy.node,
          "at_unix_s": copy.at_unix_s},
         separators=(",", ":"),
-    ).encode()  # fmt: skip
+    )  # fmt: skip
+    return zlib.compress(text.encode(), _LEVEL)
 
 
 def decode_copy(data: bytes) -> SpaceCopy:
     try:
-        raw = json.loads(data)
+        inflate = zlib.decompressobj()
+        text = inflate.decompress(data, MAX_COPY_JSON_BYTES)
+        if inflate.unconsumed_tail:
+            raise ValueError(f"inflates past {MAX_COPY_JSON_BYTES} bytes")
+        raw = json.loads(text)
         s = raw["space"]
         space = SpaceRecord(
             id=str(s["id"]),
@@ -74,7 +87,7 @@ def decode_copy(data: bytes) -> SpaceCopy:
         )
         copy = SpaceCopy(space, str(raw["room"]), str(raw["node"]), float(raw["at_unix_s"]))
         record_from_json(copy.room_json)  # a copy whose room does not read is no copy
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, zlib.error) as exc:
         raise WireError(f"not a room copy: {exc}") from exc
     if copy.space.id != record_from_json(copy.room_json).space_id:
         raise WireError("a room copy whose room is another Space's")

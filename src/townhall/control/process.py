@@ -255,6 +255,7 @@ async def _route_through_cluster(
     """Requests for Spaces another node holds go to that node (their leases say which)."""
     # Imported here: a single machine needs neither NATS nor its client.
     from townhall.cluster.jetstream import LeaseFollower
+    from townhall.cluster.rooms import node_identity
     from townhall.cluster.routing import RouteToHolder
 
     follower = LeaseFollower(config.cluster)
@@ -264,11 +265,10 @@ async def _route_through_cluster(
         app,
         knows=control.service.knows,
         leases=follower.table,
-        node=config.cluster.node_name or config.control_url,
+        node=node_identity(config)[0],
         max_body_bytes=config.control.max_body_bytes,
         unavailable_retry_after_s=_retry_after_takeover_s(config),
-        # Room snapshots downstream are larger than what a page may send.
-        max_ws_message_bytes=1024 * 1024,
+        max_ws_message_bytes=config.cluster.max_relayed_ws_message_bytes,
     )
 
 
