@@ -50,7 +50,10 @@ class Control:
         self.config = config
         self.store = Store(config.db_path)
         self.admin_key = self.store.setting("admin_key", secrets.token_urlsafe(24))
-        secret = self.store.setting("token_secret", secrets.token_urlsafe(32))
+        # Shared by every origin node of a cluster when configured (cluster.token_secret).
+        secret = config.cluster.token_secret or self.store.setting(
+            "token_secret", secrets.token_urlsafe(32)
+        )
         issuer = TokenIssuer(secret)
         # Listener session ids, signed so the audience port counts only the ones issued.
         self.sessions = SessionSigner(session_key(secret))

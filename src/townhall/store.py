@@ -105,6 +105,21 @@ class Store:
         )
         return self.space(space_id)
 
+    def adopt_space(self, record: SpaceRecord) -> bool:
+        """Keep a Space made on another node (its copy from the cluster) under its own id;
+        False if this store has a Space with that id already."""
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO spaces (id, title, description, state, host_id,"
+            " scheduled_at, created_at, started_at, ended_at, listed, host_name)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.id, record.title, record.description, record.state, record.host_id,
+                record.scheduled_at, record.created_at, record.started_at, record.ended_at,
+                int(record.listed), record.host_name,
+            ),
+        )  # fmt: skip
+        return cursor.rowcount == 1
+
     def space(self, space_id: str) -> SpaceRecord:
         row = self._db.execute("SELECT * FROM spaces WHERE id = ?", (space_id,)).fetchone()
         if row is None:

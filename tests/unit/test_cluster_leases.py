@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from townhall.cluster.leases import Lease, LeaseTable, decode_lease, encode_lease
+from townhall.cluster.routing import FORWARDED_BY, RouteToHolder
 from townhall.cluster.wire import WireError
 
 
@@ -46,3 +47,28 @@ def test_the_table_is_bounded_oldest_first() -> None:
         table.put(lease(space=f"s{i}"))
     assert table.holder("s0", 100.0) is None
     assert table.holder("s2", 100.0) is not None
+
+
+@pytest.mark.parametrize(
+    ("path", "space"),
+    [
+        ("/api/spaces/abc", "abc"),
+        ("/api/spaces/abc/ws", "abc"),
+        ("/s/abc", "abc"),
+        ("/s/abc/host", "abc"),
+        ("/static/app.js", None),
+        ("/api/spaces", None),
+        ("/spaces/abc.ics", None),
+    ],
+)
+def test_the_requests_sent_on_are_a_spaces_api_socket_and_pages(
+    path: str, space: str | None
+) -> None:
+    async def app(_scope: object, _receive: object, _send: object) -> None:
+        return None
+
+    route = RouteToHolder(app, lambda _id: False, LeaseTable(3.0, 10), "b", 1024)
+    for kind in ("http", "websocket"):
+        assert route._elsewhere({"type": kind, "path": path, "headers": []}) == space
+    forwarded = {"type": "http", "path": path, "headers": [(FORWARDED_BY.encode(), b"a")]}
+    assert route._elsewhere(forwarded) is None

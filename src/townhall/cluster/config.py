@@ -40,3 +40,30 @@ class ClusterConfig:
     node_name: str = ""
     # Leases a control node remembers (one per Space in the cluster, newest kept).
     max_leases: int = 100_000
+
+    # This node's own control URL, which the other nodes forward a Space's requests to;
+    # empty: http://host:control_port. Not the public URL: behind a shared name (a load
+    # balancer in front of every origin node) that name may lead back to the sender.
+    node_url: str = ""
+    # The secret tokens, links and listener session ids are signed with. Every origin
+    # node of a cluster must share it, so a host's token or a speaker's link made on one
+    # node works on the node that takes the Space over; empty: each node's own (kept in
+    # its store), and no takeover can keep the links working.
+    token_secret: str = ""
+    # Whether this node takes over the live Spaces of an origin node whose leases lapsed.
+    take_over_spaces: bool = True
+    # How often this node looks for lapsed leases to take over.
+    takeover_check_s: float = 0.5
+    # A lapsed lease is taken over only this long after it lapsed: a holder whose
+    # renewals were late (a stalled cluster) gets the time to renew before it loses.
+    takeover_grace_s: float = 1.0
+    # The largest room copy kept in the cluster (a room's record, compressed): within
+    # the NATS servers' max_payload (1 MB by default; raise both for rooms of more than
+    # about 60,000 participants).
+    max_room_copy_bytes: int = 1_000_000
+    # Room copies waiting to be written to the cluster (the newest per Space; past this
+    # the oldest Space's is dropped, and written again at its next change).
+    max_pending_copy_spaces: int = 1000
+    # The largest frame relayed from the holder's stage WebSocket to a page connected to
+    # another node (room snapshots; the page's own frames are bounded by the holder).
+    max_relayed_ws_message_bytes: int = 1024 * 1024

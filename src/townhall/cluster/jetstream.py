@@ -15,11 +15,23 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, BucketNotFoundError
+from nats.js.errors import (
+    BadRequestError,
+    BucketNotFoundError,
+    KeyWrongLastSequenceError,
+    NotFoundError,
+)
 from nats.js.kv import KeyValue
 
 from townhall.cluster.config import ClusterConfig
-from townhall.cluster.leases import Lease, LeaseTable, decode_lease, encode_lease
+from townhall.cluster.leases import (
+    Lease,
+    LeaseTable,
+    Renewal,
+    after_conflict,
+    decode_lease,
+    encode_lease,
+)
 from townhall.cluster.wire import (
     HEADS_STREAM,
     HEADS_SUBJECTS,
@@ -93,6 +105,9 @@ class JetStreamPublisher:
         self.published = 0
         self.dropped = 0
         self.retries = 0
+        # Spaces another node took over: their program is that node's to publish. At
+        # most one entry per Space this node ran.
+        self.fenced: set[str] = set()
         self._queue: deque[WireMessage] = deque()
         self._ready = asyncio.Event()
         self._nc: Client | None = None
@@ -109,7 +124,13 @@ class JetStreamPublisher:
         await ensure_streams(js, self.config)
         self._task = asyncio.get_running_loop().create_task(self._send(js), name="jetstream")
 
+    def fence(self, space_id: str) -> None:
+        """Publish nothing more of ``space_id``: another node holds it now (its lease)."""
+        self.fenced.add(space_id)
+
     def publish(self, msg: FeedMessage) -> None:
+        if msg.space_id in self.fenced:
+            return
         for wire in self.encoder.encode(msg, time.time()):
             if len(self._queue) >= self.config.max_pending_messages:
                 self._queue.popleft()
@@ -236,15 +257,23 @@ async def lease_bucket(nc: Client, config: ClusterConfig) -> KeyValue:
 
 class LeaseKeeper:
     """Renews this node's lease on each Space whose stage it runs; drops the ones it
-    closed. ``holding`` says which Spaces those are (the hub's open stages)."""
+    closed. ``holding`` says which Spaces those are (the hub's open stages).
+
+    Every write is conditional on the revision this node last wrote, so a node whose
+    renewals stalled cannot overwrite the lease of a node that took its Space over: it
+    finds the other node's lease instead, stops renewing, and calls ``lost``."""
 
     def __init__(
         self, nc: Client, config: ClusterConfig, node: str, control_url: str,
         holding: Callable[[], Iterable[str]],
+        lost: Callable[[str, Lease], None] = lambda _space, _holder: None,
     ) -> None:  # fmt: skip
         self.nc, self.config, self.node, self.control_url = nc, config, node, control_url
         self.holding = holding
+        self.lost = lost
         self._held: set[str] = set()
+        self._revisions: dict[str, int] = {}
+        self._lost: set[str] = set()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -254,15 +283,49 @@ class LeaseKeeper:
     async def _renew(self, kv: KeyValue) -> None:
         while True:
             now = set(self.holding())
-            for space_id in now:
-                lease = Lease(space_id, self.node, self.control_url, time.time())
+            for space_id in now - self._lost:
                 with contextlib.suppress(NatsError, TimeoutError):
-                    await kv.put(_lease_key(space_id), encode_lease(lease))
+                    await self._renew_one(kv, space_id)
             for space_id in self._held - now:
+                revision = self._revisions.pop(space_id, None)
+                if space_id in self._lost or revision is None:
+                    continue
                 with contextlib.suppress(NatsError, TimeoutError):
-                    await kv.delete(_lease_key(space_id))
+                    await kv.delete(_lease_key(space_id), last=revision)
+            self._lost &= now
             self._held = now
             await asyncio.sleep(self.config.lease_s / 3)
+
+    async def _renew_one(self, kv: KeyValue, space_id: str) -> None:
+        key = _lease_key(space_id)
+        value = encode_lease(Lease(space_id, self.node, self.control_url, time.time()))
+        revision = self._revisions.get(space_id)
+        try:
+            if revision is None:
+                self._revisions[space_id] = await kv.create(key, value)
+            else:
+                self._revisions[space_id] = await kv.update(key, value, last=revision)
+            return
+        except KeyWrongLastSequenceError:
+            pass
+        try:
+            entry = await kv.get(key)
+            current = decode_lease(entry.value) if entry.value else None
+        except (NotFoundError, WireError):
+            current, entry = None, None
+        match after_conflict(current, self.node):
+            case Renewal.CREATE:
+                self._revisions.pop(space_id, None)
+            case Renewal.OURS:
+                assert entry is not None and entry.revision is not None
+                self._revisions[space_id] = entry.revision
+            case Renewal.LOST:
+                assert current is not None
+                self._lost.add(space_id)
+                self._revisions.pop(space_id, None)
+                log.error("space %s: node %s holds its lease now; this node stops "
+                          "renewing it", space_id, current.node)  # fmt: skip
+                self.lost(space_id, current)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -277,6 +340,11 @@ class LeaseFollower:
         self.table = LeaseTable(config.lease_s, config.max_leases)
         self._nc: Client | None = None
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def connection(self) -> Client:
+        assert self._nc is not None, "start() first"
+        return self._nc
 
     async def start(self) -> None:
         self._nc = await connect(self.config, "townhall-control")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
+from enum import Enum
 
 from townhall.cluster.wire import WireError
 
@@ -72,3 +73,24 @@ class LeaseTable:
         if lease is None or now_unix_s - lease.at_unix_s <= self.lease_s:
             return None
         return lease
+
+    def lapsed_leases(self, now_unix_s: float) -> list[Lease]:
+        """Every lease seen that was not renewed in time, oldest renewal first."""
+        return [
+            lease for lease in self._leases.values() if now_unix_s - lease.at_unix_s > self.lease_s
+        ]
+
+
+class Renewal(Enum):
+    """What a node does when its lease on a Space was written by someone since its last
+    renewal (the conditional update failed)."""
+
+    CREATE = "create"  # the key is gone (it aged out while the cluster stalled): again
+    OURS = "ours"  # this node wrote it (a takeover, a restarted keeper): renew from it
+    LOST = "lost"  # another node holds it: the Space is theirs now
+
+
+def after_conflict(current: Lease | None, node: str) -> Renewal:
+    if current is None:
+        return Renewal.CREATE
+    return Renewal.OURS if current.node == node else Renewal.LOST

@@ -2,11 +2,16 @@
 node holds are sent on to that node (its lease names it), once.
 
 An ASGI middleware in front of the control API: it only acts on ``/api/spaces/{id}...``
-for a Space this node does not know, so a node's own Spaces never pay for it.
+and the pages ``/s/{id}...`` for a Space this node does not know, so a node's own
+Spaces never pay for it. HTTP requests are sent on whole; a stage WebSocket is relayed
+frame by frame to the holder's, so a moderator's page reaches its Space through any
+node (behind a shared name).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
 import time
@@ -14,10 +19,13 @@ from collections.abc import Callable
 
 import httpx
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from townhall.cluster.leases import LeaseTable
 
-_SPACE_PATH = re.compile(r"^/api/spaces/([A-Za-z0-9_-]{1,64})(?:/|$)")
+# A Space's API, its stage socket and its pages (``/s/{id}/...``).
+_SPACE_PATH = re.compile(r"^/(?:api/spaces|s)/([A-Za-z0-9_-]{1,64})(?:/|$)")
 FORWARDED_BY = "x-townhall-forwarded-by"
 # Not sent on: they describe one connection, not the request.
 _HOP_BY_HOP = frozenset(
@@ -34,6 +42,8 @@ class RouteToHolder:
         node: str,
         max_body_bytes: int,
         timeout_s: float = 10.0,
+        unavailable_retry_after_s: int = 5,
+        max_ws_message_bytes: int = 4096,
     ) -> None:
         self.app = app
         self.knows = knows
@@ -41,6 +51,9 @@ class RouteToHolder:
         self.node = node
         self.max_body_bytes = max_body_bytes
         self.client = httpx.AsyncClient(timeout=timeout_s)
+        # When to ask again after a lapsed lease: about when another node takes over.
+        self.unavailable_retry_after_s = unavailable_retry_after_s
+        self.max_ws_message_bytes = max_ws_message_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         space_id = self._elsewhere(scope)
@@ -48,11 +61,17 @@ class RouteToHolder:
             return await self.app(scope, receive, send)
         now = time.time()
         lease = self.leases.holder(space_id, now)
+        if scope["type"] == "websocket":
+            if lease is None:
+                return await self.app(scope, receive, send)  # refused there, as ever
+            return await self._relay(scope, receive, send, lease.control_url)
         if lease is None:
             if self.leases.lapsed(space_id, now) is None:
                 return await self.app(scope, receive, send)  # unknown anywhere: a 404
             gone = "the node holding this Space stopped answering"
-            return await _json(send, 503, "unavailable", gone, retry_after_s=5)
+            return await _json(
+                send, 503, "unavailable", gone, retry_after_s=self.unavailable_retry_after_s
+            )
         body = await _body(receive, self.max_body_bytes)
         if body is None:
             return await _json(send, 413, "payload_too_large", "the request body is too large")
@@ -60,7 +79,7 @@ class RouteToHolder:
 
     def _elsewhere(self, scope: Scope) -> str | None:
         """The Space of a request this node should send on, or None."""
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             return None
         m = _SPACE_PATH.match(scope["path"])
         if m is None or self.knows(m.group(1)):
@@ -93,8 +112,55 @@ class RouteToHolder:
         await send({"type": "http.response.start", "status": resp.status_code, "headers": out})
         await send({"type": "http.response.body", "body": resp.content})
 
+    async def _relay(self, scope: Scope, receive: Receive, send: Send, base_url: str) -> None:
+        """A stage WebSocket for a Space the holder serves: opened there, relayed here."""
+        if (await receive())["type"] != "websocket.connect":
+            return
+        query = scope.get("query_string", b"").decode("latin-1")
+        url = re.sub(r"^http", "ws", base_url.rstrip("/")) + scope["path"]
+        url += f"?{query}" if query else ""
+        try:
+            upstream = await connect(
+                url,
+                additional_headers={FORWARDED_BY: self.node},
+                open_timeout=self.client.timeout.connect,
+                max_size=self.max_ws_message_bytes,
+                proxy=None,
+            )
+        except (OSError, TimeoutError, InvalidHandshake, InvalidURI):
+            # Before accepting: the page sees its handshake refused, and retries.
+            return await send({"type": "websocket.close", "code": 1013})
+        await send({"type": "websocket.accept"})
+        async with upstream:
+            down = asyncio.create_task(_downstream(upstream, send))
+            up = asyncio.create_task(_upstream(receive, upstream))
+            await asyncio.wait({down, up}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (down, up):
+                task.cancel()
+        code = upstream.close_code or 1000
+        with contextlib.suppress(RuntimeError, OSError):
+            await send({"type": "websocket.close", "code": code,
+                        "reason": upstream.close_reason or ""})  # fmt: skip
+
     async def close(self) -> None:
         await self.client.aclose()
+
+
+async def _downstream(upstream: ClientConnection, send: Send) -> None:
+    with contextlib.suppress(ConnectionClosed):
+        async for message in upstream:
+            key = "text" if isinstance(message, str) else "bytes"
+            await send({"type": "websocket.send", key: message})
+
+
+async def _upstream(receive: Receive, upstream: ClientConnection) -> None:
+    with contextlib.suppress(ConnectionClosed):
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("text")
+            await upstream.send(data if data is not None else message.get("bytes") or b"")
 
 
 async def _body(receive: Receive, limit: int) -> bytes | None:

@@ -23,7 +23,7 @@ import math
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 import uvloop
@@ -42,6 +42,7 @@ from townhall.gcpolicy import freeze_startup_heap
 from townhall.live import LiveSpace
 from townhall.proxies import TrustedProxies
 from townhall.room.events import RoomEvent
+from townhall.store import SpaceRecord
 from townhall.supervise.link import LinkFeed, open_link
 from townhall.supervise.messages import (
     AudienceReport,
@@ -55,6 +56,9 @@ from townhall.supervise.messages import (
     StageStatus,
 )
 from townhall.supervise.specs import ControlSpec
+
+if TYPE_CHECKING:
+    from townhall.cluster.jetstream import LeaseFollower
 
 log = logging.getLogger("townhall.control")
 
@@ -70,6 +74,8 @@ class ControlProcess(Control):
             config, self.stages.open, LinkFeed(link.send), on_change=self._room_changed
         )
         self.presence = CountedPresence(self.service.counter_of)
+        # Each room change, copied to the cluster (set when this node is in one).
+        self.copy_room: Callable[[LiveSpace, list[RoomEvent]], None] | None = None
 
     def resume(self) -> None:
         """Take up the live Spaces a previous process held; recount their listeners."""
@@ -87,9 +93,21 @@ class ControlProcess(Control):
     def recent_tick_gaps(self) -> dict[str, float]:
         return {s.space_id: s.recent_tick_gap_s for s in self.stages.all()}
 
-    def _room_changed(self, live: LiveSpace, _events: list[RoomEvent]) -> None:
+    def _room_changed(self, live: LiveSpace, events: list[RoomEvent]) -> None:
         if (stage := self.stages.get(live.space_id)) is not None:
             stage.sync_program()
+        if self.copy_room is not None:
+            self.copy_room(live, events)
+
+    def adopt(self, space: SpaceRecord, room_json: str) -> bool:
+        """Take over a live Space another node held: hold it, open its stage; everyone on
+        stage reconnects to this node and checks their mic again."""
+        live = self.service.adopt(space, room_json)
+        if live is None:
+            return False
+        if (stage := self.stages.get(live.space_id)) is not None:
+            stage.resumed = True
+        return True
 
     def receive(self, msg: object) -> None:
         """One message from the hub."""
@@ -237,17 +255,62 @@ async def _route_through_cluster(
     """Requests for Spaces another node holds go to that node (their leases say which)."""
     # Imported here: a single machine needs neither NATS nor its client.
     from townhall.cluster.jetstream import LeaseFollower
+    from townhall.cluster.rooms import node_identity
     from townhall.cluster.routing import RouteToHolder
 
     follower = LeaseFollower(config.cluster)
     await follower.start()
+    await _copy_and_take_over(control, config, follower)
     return RouteToHolder(
         app,
         knows=control.service.knows,
         leases=follower.table,
-        node=config.cluster.node_name or config.control_url,
+        node=node_identity(config)[0],
         max_body_bytes=config.control.max_body_bytes,
+        unavailable_retry_after_s=_retry_after_takeover_s(config),
+        max_ws_message_bytes=config.cluster.max_relayed_ws_message_bytes,
     )
+
+
+def _retry_after_takeover_s(config: ServerConfig) -> int:
+    """Seconds a client should wait after a lapsed lease: about when another node has
+    taken the Space over (its grace and one look), or 5 s if no node takes over."""
+    c = config.cluster
+    if not (c.take_over_spaces and c.token_secret):
+        return 5
+    return max(1, math.ceil(c.takeover_grace_s + c.takeover_check_s))
+
+
+async def _copy_and_take_over(
+    control: ControlProcess, config: ServerConfig, follower: LeaseFollower
+) -> None:
+    """Copy every room change to the cluster; take over the Spaces of nodes gone."""
+    from townhall.cluster.rooms import node_identity, start_takeover
+    from townhall.cluster.takeover import SpaceCopy
+    from townhall.room.events import ReactionSent
+    from townhall.room.record import record_to_json
+
+    node, _ = node_identity(config)
+    copier, _watch = await start_takeover(
+        follower.connection,
+        config,
+        follower.table,
+        control.service.knows,
+        lambda copy: control.adopt(copy.space, copy.room_json),
+    )
+
+    def copy_room(live: LiveSpace, events: list[RoomEvent]) -> None:
+        # As the journal: reactions alone wait for the next real change.
+        if events and all(isinstance(e, ReactionSent) for e in events):
+            return
+        record = control.service.space(live.space_id)
+        room_json = record_to_json(live.room.record())
+        copier.copy(SpaceCopy(record, room_json, node, time.time()))
+
+    control.copy_room = copy_room
+    # The live Spaces this node holds already (a restarted control process): copied now.
+    for live in control.service.held_spaces():
+        copy_room(live, [])
 
 
 def serve_metrics(control: ControlProcess) -> uvicorn.Server | None:

@@ -303,6 +303,21 @@ class SpaceService:
             log.info("space %s resumed from its journal", record.id)
         return resumed
 
+    def adopt(self, space: SpaceRecord, room_json: str) -> LiveSpace | None:
+        """Hold a live Space another node held, as its copy in the cluster says, and open
+        its stage; None if this node has the Space already or its room is not live."""
+        room = record_from_json(room_json)
+        if room.state is not SpaceState.LIVE or room.space_id != space.id:
+            return None
+        record = replace(space, state=room.state.value, started_at=room.started_at)
+        if not self._store.adopt_space(record):
+            return None
+        self._store.journal_room(space.id, room_json, self._clock())
+        live = self._hold(space.id)
+        live.open_stage(self._new_stage(live.room))
+        log.warning("space %s taken over from another node", space.id)
+        return live
+
     async def shutdown(self) -> None:
         """Close every running stage; their Spaces end with the process."""
         running = [s for s in self._held.values() if s.stage is not None]

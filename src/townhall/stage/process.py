@@ -69,7 +69,9 @@ def start_for(spec: StageSpec, now_unix_s: float) -> MediaStart:
         spec.config.stage.encoder.part_target_s,
         spec.config.audience.channel.hls.parts_per_segment,
         spec.next_part_seq,
-        restarted=spec.incarnation > 0,
+        # A first start that numbers on from parts published before it is a takeover
+        # from another node: a restart too.
+        restarted=spec.incarnation > 0 or spec.next_part_seq is not None,
     )
 
 

@@ -183,7 +183,9 @@ class Supervisor:
         )
         c = dataclasses.replace(c, control_port=self.control_socket.getsockname()[1])
         # The workers check listeners' signed session ids with the key alone.
-        secret = Store(c.db_path).setting("token_secret", secrets.token_urlsafe(32))
+        secret = c.cluster.token_secret or Store(c.db_path).setting(
+            "token_secret", secrets.token_urlsafe(32)
+        )
         key = session_key(secret)
         spec = WorkerSpec(c.audience, c.recordings_dir, c.host, c.audience_port, key)
         self.pool = WorkerPool(spec, max(1, c.audience_workers), presence=_PresenceToHub(self))
@@ -201,15 +203,18 @@ class Supervisor:
     async def _join_cluster(self) -> None:
         # Imported here: a single machine needs neither NATS nor its client.
         from townhall.cluster.jetstream import JetStreamPublisher, LeaseKeeper
+        from townhall.cluster.rooms import node_identity
 
         c = self.config
         publisher = JetStreamPublisher(c.cluster, c.audience.channel.hls.parts_per_segment)
         await publisher.start()
         self.cluster = publisher
-        node = c.cluster.node_name or c.control_url
+        # The node's own URL, not the public one: that may be a name every node answers.
+        node, node_url = node_identity(c)
         self.leases = LeaseKeeper(
-            publisher.connection, c.cluster, node, c.control_url, lambda: list(self.hub.open_spaces)
-        )
+            publisher.connection, c.cluster, node, node_url, lambda: list(self.hub.open_spaces),
+            lost=lambda space_id, _holder: publisher.fence(space_id),
+        )  # fmt: skip
         await self.leases.start()
         log.info("node %s publishes the program to the NATS cluster at %s", node,
                  c.cluster.nats_urls)  # fmt: skip
@@ -469,8 +474,34 @@ class Supervisor:
         slot = self.slots.get(name)
         if slot is None:
             slot = self.slots[name] = _Slot(name, "stage")
-        if not slot.busy:
-            self._track(asyncio.get_running_loop().create_task(self._spawn(slot)))
+        if slot.busy:
+            return
+        if self.cluster is not None and space_id not in self.hub.last_part_seq:
+            # Another node may have run this Space's stage (a takeover): number on.
+            slot.spawning = True
+            self._track(asyncio.get_running_loop().create_task(self._number_on(slot, space_id)))
+            return
+        self._track(asyncio.get_running_loop().create_task(self._spawn(slot)))
+
+    async def _number_on(self, slot: _Slot, space_id: str) -> None:
+        """Spawn a Space's first stage on this node numbering its parts on from the last
+        part the cluster has of it (one past it, with a discontinuity)."""
+        from townhall.cluster.rooms import last_part_seq
+        from townhall.cluster.takeover import continued_part_seq
+
+        assert self.cluster is not None
+        js = self.cluster.connection.jetstream(timeout=self.config.cluster.publish_timeout_s)
+        try:
+            seq = continued_part_seq(await last_part_seq(js, space_id))
+        except Exception as exc:  # the cluster unreachable: media time alone numbers it
+            log.warning("space %s: the cluster's last part is unknown (%s)", space_id, exc)
+            seq = None
+        if seq is not None and space_id not in self.hub.last_part_seq:
+            self.hub.last_part_seq[space_id] = seq - 1
+            log.info("space %s: numbering on from part %d, published before", space_id, seq)
+        slot.spawning = False
+        if not self._closing and not slot.busy and self.hub.is_open(space_id):
+            await self._spawn(slot)
 
     def _close_stage(self, space_id: str) -> None:
         slot = self.slots.get(stage_name(space_id))
