@@ -70,6 +70,8 @@ class ControlProcess(Control):
             config, self.stages.open, LinkFeed(link.send), on_change=self._room_changed
         )
         self.presence = CountedPresence(self.service.counter_of)
+        # The edges' count reports (a CountFollower), in a cluster.
+        self.count_reports: Any = None
 
     def resume(self) -> None:
         """Take up the live Spaces a previous process held; recount their listeners."""
@@ -213,6 +215,7 @@ async def serve_control(spec: ControlSpec, sock: socket.socket) -> None:
     app: ASGIApp = create_app(control)
     if spec.config.cluster.servers:
         app = await _route_through_cluster(app, control, spec.config)
+        await _count_across_cluster(control, spec.config)
     server = uvicorn.Server(uvicorn_config(app, spec.config.control))
     serving = asyncio.create_task(server.serve(sockets=[spec.listen_socket]), name="control")
     waiting = asyncio.create_task(control.waiting.run(), name="waiting-rooms")
@@ -248,6 +251,16 @@ async def _route_through_cluster(
         node=config.cluster.node_name or config.control_url,
         max_body_bytes=config.control.max_body_bytes,
     )
+
+
+async def _count_across_cluster(control: ControlProcess, config: ServerConfig) -> None:
+    """The edges' count reports, merged into the counters of the Spaces held here."""
+    # Imported here: a single machine needs neither NATS nor its client.
+    from townhall.cluster.count_reports import CountFollower
+
+    follower = CountFollower(config.cluster, control.service.counter_of, control.sessions.key)
+    await follower.start()
+    control.count_reports = follower
 
 
 def serve_metrics(control: ControlProcess) -> uvicorn.Server | None:
