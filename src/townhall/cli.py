@@ -86,6 +86,13 @@ _SERVE_FLAGS: tuple[tuple[str, str, str], ...] = (
         "cluster.nats_urls",
         "NATS servers, comma-separated: the program goes through JetStream (edges follow it)",
     ),
+    (
+        "--session-key-file",
+        "cluster.session_key_file",
+        "the cluster's listener-session key (hex), the same file on every node: edges "
+        "check session ids and sign their counts with it (an origin without one writes "
+        "its own to <data-dir>/cluster-session.key)",
+    ),
 )
 
 

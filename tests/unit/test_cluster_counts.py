@@ -162,9 +162,9 @@ def test_large_audiences_spread_over_edges_merge_within_two_percent() -> None:
 
 # Who listens where: each listener on a non-empty subset of the nodes.
 NODES = ("origin", "a", "b")
-placements = st.lists(
-    st.sets(st.sampled_from(NODES), min_size=1), min_size=0, max_size=60
-).map(lambda sets: {f"l{i}": s for i, s in enumerate(sets)})
+placements = st.lists(st.sets(st.sampled_from(NODES), min_size=1), min_size=0, max_size=60).map(
+    lambda sets: {f"l{i}": s for i, s in enumerate(sets)}
+)
 
 
 @settings(max_examples=60, deadline=None)

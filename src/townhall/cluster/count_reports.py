@@ -55,17 +55,22 @@ class CountReporter:
     async def _report(self, nc: Client) -> None:
         while True:
             await asyncio.sleep(self.config.counts_report_s)
-            limit = min(self.config.max_count_report_bytes, nc.max_payload)
-            for counts in self.tally.reports(self.node, time.monotonic(), time.time()):
-                payload = encode_counts(counts, self._key)
-                if len(payload) > limit:
-                    self.oversized += 1  # cannot happen with the sketches' bounds
-                    log.error("a count report of %d bytes is over %d; not sent",
-                              len(payload), limit)  # fmt: skip
-                    continue
-                with contextlib.suppress(NatsError, TimeoutError):
-                    await nc.publish(counts_subject(counts.space_id), payload)
-                    self.sent += 1
+            try:
+                await self._send(nc)
+            except Exception:  # the next period tries again: reports must not stop
+                log.exception("count reports failed")
+
+    async def _send(self, nc: Client) -> None:
+        limit = min(self.config.max_count_report_bytes, nc.max_payload)
+        for counts in self.tally.reports(self.node, time.monotonic(), time.time()):
+            payload = encode_counts(counts, self._key)
+            if len(payload) > limit:
+                self.oversized += 1  # cannot happen with the sketches' bounds
+                log.error("a count report of %d bytes is over %d; not sent", len(payload), limit)
+                continue
+            with contextlib.suppress(NatsError, TimeoutError):
+                await nc.publish(counts_subject(counts.space_id), payload)
+                self.sent += 1
 
     async def close(self) -> None:
         if self._task is not None:
