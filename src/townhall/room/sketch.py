@@ -77,10 +77,12 @@ class DistinctSketch:
     def of_hashes(cls, hashes: Iterable[int]) -> DistinctSketch:
         """A sketch of sessions already hashed with :func:`hash64`."""
         sketch = cls()
-        found = np.unique(np.fromiter(hashes, dtype=np.uint64))
-        if len(found) < EXACT_BELOW:
-            sketch._exact = {int(h) for h in found}
+        found = np.fromiter(hashes, dtype=np.uint64)
+        exact = {int(h) for h in found} if len(found) < 2 * EXACT_BELOW else None
+        if exact is not None and len(exact) < EXACT_BELOW:
+            sketch._exact = exact
             return sketch
+        # Repeats are harmless in the registers (a maximum): no sort to remove them.
         sketch._exact = None
         sketch._registers = np.zeros(REGISTERS, dtype=np.uint8)
         sketch._update(sketch._registers, found)
