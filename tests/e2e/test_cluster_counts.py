@@ -235,8 +235,12 @@ def test_an_edge_with_another_key_is_not_believed(
         for i in range(3):
             audience.stream(ogg(rogue.url, space, sign_in(space, f"r{i}")))
         time.sleep(SETTLE_S)
-        # Its listeners are served; its reports are not believed, so they count nowhere.
+        # Its listeners are served; its reports arrive and are not believed, so they
+        # count nowhere.
         assert counts(space) == (TRUTH, BASE[0] + TRUTH)
+        metrics = scrape_values(space)
+        assert metrics["townhall_count_reports_rejected_total"] >= 2, metrics
+        assert metrics[f'townhall_counting_nodes{{space="{space.id}"}}'] == 2, metrics
     finally:
         rogue.stop()
 
@@ -289,6 +293,16 @@ async def flood_playlist(url: str, count: int, connections: int = 8) -> None:
 
     async with asyncio.timeout(60):
         await asyncio.gather(*(one(count // connections) for _ in range(connections)))
+
+
+def scrape_values(space: Space) -> dict[str, float]:
+    """The counts' metrics of the origin, by name with labels."""
+    values = {}
+    for line in space.server.metrics().splitlines():
+        if line.startswith(("townhall_count_reports", "townhall_counting_nodes")):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
 
 
 def forged(n: int) -> str:
