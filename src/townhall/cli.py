@@ -163,6 +163,14 @@ def _configured(args: argparse.Namespace) -> ServerConfig | int:
     if args.print_config:
         print(to_toml(config), end="")
         return 0
+    if config.cluster.session_key_file:
+        from townhall.sessions import read_session_key
+
+        try:  # said now, not as a traceback from a child process
+            read_session_key(Path(config.cluster.session_key_file))
+        except ValueError as e:
+            print(f"townhall {args.command}: error: {e}", file=sys.stderr)
+            return 2
     return config
 
 

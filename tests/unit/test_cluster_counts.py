@@ -4,11 +4,13 @@ holding node's counter, the reports' signature, and an edge's tally (fake time).
 from __future__ import annotations
 
 import zlib
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from townhall.cli import main
 from townhall.cluster.config import ClusterConfig
 from townhall.cluster.count_reports import CountFollower
 from townhall.cluster.counts import (
@@ -22,7 +24,15 @@ from townhall.cluster.wire import WireError
 from townhall.room.counting import CounterConfig, ListenerCounter
 from townhall.room.elsewhere import CountedElsewhere, union_beyond
 from townhall.room.sketch import EXACT_BELOW, MAX_COMPACT_BYTES, REGISTERS, DistinctSketch
-from townhall.sessions import SessionSigner, anonymous_session, report_key
+from townhall.sessions import (
+    SessionSigner,
+    anonymous_session,
+    node_session_key,
+    read_session_key,
+    report_key,
+    session_key,
+    write_session_key,
+)
 
 KEY = bytes(range(32))
 TIMEOUT_S = 3.0
@@ -313,3 +323,29 @@ def test_the_tally_counts_at_most_its_bound_of_spaces() -> None:
     tally.stream_closed("sp1", "s1", "c1", session_ended=True)
     tally.seen("sp3", "s3")  # sp1 has nobody now: sp3 takes its place
     assert sorted(tally.spaces()) == ["sp2", "sp3"]
+
+
+# -- the cluster's key -------------------------------------------------------------
+
+
+def test_a_key_file_holds_32_bytes_in_hex_for_its_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "k"
+    write_session_key(path, KEY)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert read_session_key(path) == KEY
+    assert node_session_key("secret", str(path)) == KEY
+    assert node_session_key("secret", "") == session_key("secret")
+    path.write_text("abcd\n")
+    with pytest.raises(ValueError, match="32 bytes"):
+        read_session_key(path)
+    with pytest.raises(ValueError, match="not a session key"):
+        read_session_key(tmp_path / "missing")
+
+
+def test_a_bad_key_file_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "k").write_text("not hex")
+    args = ["edge", "--nats", "nats://127.0.0.1:1", "--session-key-file", str(tmp_path / "k")]
+    assert main(args) == 2
+    assert "not a session key file" in capsys.readouterr().err
