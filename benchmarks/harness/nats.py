@@ -141,6 +141,8 @@ class Edge:
     port: int
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    # More arguments for ``townhall edge`` (``--set cluster.session_key_file=...``).
+    args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -153,7 +155,7 @@ class Edge:
 
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> Edge:
         command = townhall_command(
-            "edge", "--nats", self.nats_urls, "--audience-port", str(self.port)
+            "edge", "--nats", self.nats_urls, "--audience-port", str(self.port), *self.args
         )
         # Its log goes to a file, for a failing test to read (a pipe nobody reads fills).
         self.log_path = Path(tempfile.gettempdir()) / f"townhall-edge-{self.port}.log"
@@ -173,12 +175,12 @@ class Edge:
 
 
 @contextlib.contextmanager
-def edges(nats_urls: str, count: int = 2) -> Iterator[list[Edge]]:
+def edges(nats_urls: str, count: int = 2, args: tuple[str, ...] = ()) -> Iterator[list[Edge]]:
     """``count`` edges on free ports following the cluster; all stopped on exit."""
     started: list[Edge] = []
     try:
         for _ in range(count):
-            started.append(Edge(nats_urls, free_port()).start())
+            started.append(Edge(nats_urls, free_port(), args=args).start())
         yield started
     finally:
         for edge in started:

@@ -28,7 +28,7 @@ from townhall.feed import FeedSink, FeedSinks
 from townhall.live import RoomChanged, Stage, StageFactory
 from townhall.recording.recorder import Recorder
 from townhall.room.state import Room
-from townhall.sessions import SessionSigner, session_key
+from townhall.sessions import SessionSigner, node_session_key
 from townhall.stage.runtime import StageRuntime
 from townhall.store import Store
 from townhall.tokens import TokenIssuer
@@ -56,7 +56,7 @@ class Control:
         )
         issuer = TokenIssuer(secret)
         # Listener session ids, signed so the audience port counts only the ones issued.
-        self.sessions = SessionSigner(session_key(secret))
+        self.sessions = SessionSigner(node_session_key(secret, config.cluster.session_key_file))
         self.service = SpaceService(
             self.store,
             issuer,

@@ -86,6 +86,13 @@ _SERVE_FLAGS: tuple[tuple[str, str, str], ...] = (
         "cluster.nats_urls",
         "NATS servers, comma-separated: the program goes through JetStream (edges follow it)",
     ),
+    (
+        "--session-key-file",
+        "cluster.session_key_file",
+        "the cluster's listener-session key (hex), the same file on every node: edges "
+        "check session ids and sign their counts with it (an origin without one writes "
+        "its own to <data-dir>/cluster-session.key)",
+    ),
 )
 
 
@@ -156,6 +163,14 @@ def _configured(args: argparse.Namespace) -> ServerConfig | int:
     if args.print_config:
         print(to_toml(config), end="")
         return 0
+    if config.cluster.session_key_file:
+        from townhall.sessions import read_session_key
+
+        try:  # said now, not as a traceback from a child process
+            read_session_key(Path(config.cluster.session_key_file))
+        except ValueError as e:
+            print(f"townhall {args.command}: error: {e}", file=sys.stderr)
+            return 2
     return config
 
 

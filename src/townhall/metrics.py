@@ -27,6 +27,7 @@ class TownhallCollector(Collector):
         yield from self._feed()
         yield from self._stage()
         yield from self._waiting()
+        yield from self._cluster_counts()
 
     def _waiting(self) -> Iterator[Metric]:
         # What listeners cost the origin: a waiting crowd should add nothing here.
@@ -123,6 +124,30 @@ class TownhallCollector(Collector):
         for space_id, gap_s in sorted(self.th.recent_tick_gaps().items()):
             recent.add_metric([space_id], gap_s)
         yield from (ticks, slips, members, listening, gap, recent)
+
+    def _cluster_counts(self) -> Iterator[Metric]:
+        """The edges' count reports, in a cluster (cluster/count_reports.py)."""
+        follower = getattr(self.th, "count_reports", None)
+        if follower is None:
+            return
+        yield CounterMetricFamily(
+            "townhall_count_reports", "count reports the edges sent here", follower.received
+        )
+        yield CounterMetricFamily(
+            "townhall_count_reports_rejected",
+            "count reports not believed: not signed with the cluster's key, or malformed",
+            follower.rejected,
+        )
+        nodes = GaugeMetricFamily(
+            "townhall_counting_nodes",
+            "other nodes whose listeners of the Space count now (fresh reports)",
+            labels=["space"],
+        )
+        now = time.monotonic()
+        for live in self.th.service.held_spaces():
+            if live.counter.elsewhere is not None:
+                nodes.add_metric([live.space_id], live.counter.elsewhere.nodes(now))
+        yield nodes
 
 
 def _workers(workers: tuple[WorkerLoad, ...], restarts: int) -> Iterator[Metric]:

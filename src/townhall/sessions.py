@@ -26,8 +26,10 @@ import base64
 import hashlib
 import hmac
 import ipaddress
+import os
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 
 RANDOM_CHARS = 12
 MAC_BYTES = 12
@@ -35,11 +37,46 @@ SESSION_ID_CHARS = RANDOM_CHARS + 1 + MAC_BYTES * 4 // 3
 # Anonymous keys start with this; no issued id does (theirs is random, 12 characters).
 ANONYMOUS_PREFIX = "a."
 _KEY_LABEL = b"townhall listener session ids v1"
+_REPORT_LABEL = b"townhall count reports v1"
+SESSION_KEY_BYTES = 32
+# Where an origin without a configured cluster key writes its own, in its data directory.
+CLUSTER_SESSION_KEY_FILE = "cluster-session.key"
 
 
 def session_key(token_secret: str) -> bytes:
     """The key session ids are signed with, derived from the token secret."""
     return hmac.new(token_secret.encode(), _KEY_LABEL, hashlib.sha256).digest()
+
+
+def node_session_key(token_secret: str, key_file: str) -> bytes:
+    """This node's session key: the cluster's, from ``key_file`` (every node of a
+    cluster reads the same), or, with none, the one derived from the token secret."""
+    return read_session_key(Path(key_file)) if key_file else session_key(token_secret)
+
+
+def read_session_key(path: Path) -> bytes:
+    """A session key file: the key in hex, on one line. ValueError if it is not one."""
+    try:
+        text = path.read_text().strip()
+        key = bytes.fromhex(text)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a session key file ({exc})") from exc
+    if len(key) != SESSION_KEY_BYTES:
+        raise ValueError(f"{path}: a session key is {SESSION_KEY_BYTES} bytes in hex")
+    return key
+
+
+def write_session_key(path: Path, key: bytes) -> None:
+    """Write ``key`` where only this user can read it (a key file for the edges)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key.hex() + "\n")
+
+
+def report_key(key: bytes) -> bytes:
+    """The key a node signs its count reports with, derived from the session key: a
+    node that cannot check session ids cannot be believed about who listens either."""
+    return hmac.new(key, _REPORT_LABEL, hashlib.sha256).digest()
 
 
 @dataclass(frozen=True)

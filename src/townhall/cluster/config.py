@@ -67,3 +67,27 @@ class ClusterConfig:
     # The largest frame relayed from the holder's stage WebSocket to a page connected to
     # another node (room snapshots; the page's own frames are bounded by the holder).
     max_relayed_ws_message_bytes: int = 1024 * 1024
+
+    # The cluster's listener-session key: a file holding it in hex, the same on every
+    # node. An origin signs listener session ids with it, an edge checks them with it,
+    # and both sign their count reports with a key derived from it, so an edge without
+    # the key can neither count signed listeners nor be believed. Empty on an origin:
+    # the key is derived from its token secret and written to
+    # ``<data_dir>/cluster-session.key`` for the edges; empty on an edge: it reports no
+    # counts.
+    session_key_file: str = ""
+    # An edge reports its listeners of each Space this often (one NATS message each).
+    counts_report_s: float = 1.0
+    # A report not renewed for this long is forgotten: the edge's listeners stop counting.
+    counts_timeout_s: float = 3.0
+    # A count report's largest size (two compressed sketches are at most ~130 KiB); under
+    # NATS's default 1 MiB payload.
+    max_count_report_bytes: int = 256 * 1024
+    # Spaces an edge counts at once (each at most 64 KiB of tuned-in sketch).
+    max_counted_spaces: int = 10_000
+    # Nodes whose reports a Space keeps (one sketch each, newest first).
+    max_counted_nodes: int = 1_024
+    # Count reports a control node's client holds unread; past either bound it drops
+    # them (they come again next period).
+    max_pending_count_report_messages: int = 10_000
+    max_pending_count_report_bytes: int = 64 * 1024 * 1024

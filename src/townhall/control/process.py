@@ -76,6 +76,8 @@ class ControlProcess(Control):
         self.presence = CountedPresence(self.service.counter_of)
         # Each room change, copied to the cluster (set when this node is in one).
         self.copy_room: Callable[[LiveSpace, list[RoomEvent]], None] | None = None
+        # The edges' count reports (a CountFollower), in a cluster.
+        self.count_reports: Any = None
 
     def resume(self) -> None:
         """Take up the live Spaces a previous process held; recount their listeners."""
@@ -231,6 +233,7 @@ async def serve_control(spec: ControlSpec, sock: socket.socket) -> None:
     app: ASGIApp = create_app(control)
     if spec.config.cluster.servers:
         app = await _route_through_cluster(app, control, spec.config)
+        await _count_across_cluster(control, spec.config)
     server = uvicorn.Server(uvicorn_config(app, spec.config.control))
     serving = asyncio.create_task(server.serve(sockets=[spec.listen_socket]), name="control")
     waiting = asyncio.create_task(control.waiting.run(), name="waiting-rooms")
@@ -311,6 +314,16 @@ async def _copy_and_take_over(
     # The live Spaces this node holds already (a restarted control process): copied now.
     for live in control.service.held_spaces():
         copy_room(live, [])
+
+
+async def _count_across_cluster(control: ControlProcess, config: ServerConfig) -> None:
+    """The edges' count reports, merged into the counters of the Spaces held here."""
+    # Imported here: a single machine needs neither NATS nor its client.
+    from townhall.cluster.count_reports import CountFollower
+
+    follower = CountFollower(config.cluster, control.service.counter_of, control.sessions.key)
+    await follower.start()
+    control.count_reports = follower
 
 
 def serve_metrics(control: ControlProcess) -> uvicorn.Server | None:

@@ -31,6 +31,16 @@ expired session: idle sessions sit in an ordered dict in the order they last sho
 signs of life, so the stale ones are always at the front. That relies on ``now``
 never going backwards; pass ``time.monotonic()``.
 
+Across a cluster (edges serving the same Space), each node counts its own listeners the
+same way and reports two sketches (``room/sketch.py``): who listens there now, and who
+ever tuned in there. ``counted_elsewhere`` takes them: the tuned-in sketch is merged into
+this counter's for good (a merge is a register-wise maximum, so the same report merged
+twice changes nothing), and ``listening_now`` adds the listeners the other nodes have that
+this one does not (``room/elsewhere.py``), so a session heard on two nodes counts once.
+Both sketches know a session by the same key on every node: its signed id, or its
+address's anonymous slot, so an address counts at most its anonymous bound however many
+nodes it reaches.
+
 Pure: ``now`` is passed in, nothing here does I/O.
 """
 
@@ -40,7 +50,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from townhall.errors import BadRequest, Unavailable
-from townhall.room.sketch import DistinctSketch
+from townhall.room.elsewhere import CountedElsewhere
+from townhall.room.sketch import DistinctSketch, hash64
 from townhall.sessions import anonymous_address
 
 
@@ -62,6 +73,8 @@ class _Session:
     connections: set[str] = field(default_factory=set)
     # An anonymous session's (hashed address, slot): released when the session ends.
     slot: tuple[str, int] | None = None
+    # What the sketches know the session by (its id, or its address's slot), hashed.
+    key_hash: int = 0
 
 
 class ListenerCounter:
@@ -75,6 +88,8 @@ class ListenerCounter:
         # Per hashed address, the slots its anonymous sessions hold (bounded per address;
         # an address with none is dropped).
         self._slots: dict[str, set[int]] = {}
+        # The other nodes' listeners of this Space, in a cluster (None: one machine).
+        self.elsewhere: CountedElsewhere | None = None
 
     # -- signs of life -------------------------------------------------------
 
@@ -122,11 +137,33 @@ class ListenerCounter:
     # -- the numbers ---------------------------------------------------------
 
     def listening_now(self, now: float) -> int:
+        """Sessions alive here, plus those alive only on the cluster's other nodes."""
         self.expire(now)
-        return len(self._sessions)
+        here = len(self._sessions)
+        if self.elsewhere is None:
+            return here
+        return here + self.elsewhere.extra(lambda: self.listening_sketch(now), now)
 
     def total_tuned_in(self) -> int:
         return self._tuned_in.estimate()
+
+    # -- across a cluster ------------------------------------------------------
+
+    def listening_sketch(self, now: float) -> DistinctSketch:
+        """The sessions alive here now, as a sketch another node can merge."""
+        self.expire(now)
+        return DistinctSketch.of_hashes(s.key_hash for s in self._sessions.values())
+
+    def tuned_in_sketch(self) -> DistinctSketch:
+        return self._tuned_in.copy()
+
+    def counted_elsewhere(
+        self, node: str, listening: DistinctSketch, tuned_in: DistinctSketch, now: float
+    ) -> None:
+        """Another node's report: its listeners now, and everyone it ever counted."""
+        self._tuned_in.merge(tuned_in)
+        if self.elsewhere is not None:
+            self.elsewhere.put(node, listening, now)
 
     def anonymous_addresses(self) -> int:
         """Client addresses holding anonymous sessions now (bounded by the sessions)."""
@@ -152,15 +189,14 @@ class ListenerCounter:
         if len(self._sessions) >= self.config.max_sessions:
             raise Unavailable("too many listeners", retry_after_s=self._retry_after_s(now))
         slot = self._anonymous_slot(session_id)
-        session = _Session(last_seen_at=now, slot=slot)
+        # An address's anonymous audience is known by slot, not by the ids it sent: the
+        # ids are free to make up, the slots are few.
+        key = session_id if slot is None else f"{slot[0]}#{slot[1]}"
+        session = _Session(last_seen_at=now, slot=slot, key_hash=hash64(key))
         self._sessions[session_id] = session
         if slot is not None:
             self._slots.setdefault(slot[0], set()).add(slot[1])
-            # An address's anonymous audience is remembered by slot, not by the ids it
-            # sent: the ids are free to make up, the slots are few.
-            self._tuned_in.add(f"{slot[0]}#{slot[1]}")
-        else:
-            self._tuned_in.add(session_id)
+        self._tuned_in.add_hash(session.key_hash)
         return session
 
     def _anonymous_slot(self, session_id: str) -> tuple[str, int] | None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import zlib
 from collections.abc import Iterable
 
 import numpy as np
@@ -40,6 +41,14 @@ _RANK_MASK = (1 << _RANK_BITS) - 1
 _ALPHA = 0.7213 / (1 + 1.079 / REGISTERS)
 # Powers of two for an exact, vectorised bit length (floats round 2**50 - 1 up).
 _POWERS = np.array([1 << k for k in range(_RANK_BITS)], dtype=np.uint64)
+
+
+# The compact wire form's first byte: the exact hashes, or the registers compressed.
+_EXACT_FORM = b"E"
+_DENSE_FORM = b"Z"
+# The longest compact form: the dense registers, compressed (zlib's worst case adds
+# a few bytes per 16 KiB to what it cannot compress).
+MAX_COMPACT_BYTES = 1 + REGISTERS + REGISTERS // 1024 + 64
 
 
 def hash64(session_id: str) -> int:
@@ -59,6 +68,25 @@ class DistinctSketch:
 
     def add(self, session_id: str) -> None:
         self._add_hash(hash64(session_id))
+
+    def add_hash(self, h: int) -> None:
+        """Add a session already hashed with :func:`hash64`."""
+        self._add_hash(h)
+
+    @classmethod
+    def of_hashes(cls, hashes: Iterable[int]) -> DistinctSketch:
+        """A sketch of sessions already hashed with :func:`hash64`."""
+        sketch = cls()
+        found = np.fromiter(hashes, dtype=np.uint64)
+        exact = {int(h) for h in found} if len(found) < 2 * EXACT_BELOW else None
+        if exact is not None and len(exact) < EXACT_BELOW:
+            sketch._exact = exact
+            return sketch
+        # Repeats are harmless in the registers (a maximum): no sort to remove them.
+        sketch._exact = None
+        sketch._registers = np.zeros(REGISTERS, dtype=np.uint8)
+        sketch._update(sketch._registers, found)
+        return sketch
 
     def add_many(self, session_ids: Iterable[str]) -> None:
         hashes = np.fromiter((hash64(s) for s in session_ids), dtype=np.uint64)
@@ -113,6 +141,47 @@ class DistinctSketch:
         sketch._exact = None
         sketch._registers = np.frombuffer(data, dtype=np.uint8).copy()
         return sketch
+
+    def to_bytes(self) -> bytes:
+        """The compact wire form: the exact hashes (8 bytes each, under 8 KiB) while the
+        sketch is exact, else the registers compressed (at most ``MAX_COMPACT_BYTES``;
+        a few KiB for a sketch of thousands, whose registers are mostly zero)."""
+        if self._exact is not None:
+            return _EXACT_FORM + np.array(sorted(self._exact), dtype=">u8").tobytes()
+        return _DENSE_FORM + zlib.compress(self._dense().tobytes(), 6)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> DistinctSketch:
+        """A sketch from :meth:`to_bytes`; ValueError for anything else. The registers
+        are decompressed to their size and no further: a crafted input cannot grow
+        memory past one sketch."""
+        form, body = data[:1], data[1:]
+        if form == _EXACT_FORM:
+            if len(body) % 8 or len(body) // 8 >= EXACT_BELOW:
+                raise ValueError(f"an exact sketch holds under {EXACT_BELOW} 8-byte hashes")
+            sketch = cls()
+            sketch._exact = {int(h) for h in np.frombuffer(body, dtype=">u8")}
+            return sketch
+        if form == _DENSE_FORM:
+            inflate = zlib.decompressobj()
+            try:
+                registers = inflate.decompress(body, REGISTERS)
+            except zlib.error as exc:
+                raise ValueError(f"not a compressed sketch: {exc}") from exc
+            if inflate.unconsumed_tail or not inflate.eof:
+                raise ValueError(f"a sketch has {REGISTERS} registers, got more or less")
+            return cls.from_registers(registers)
+        raise ValueError("not a sketch")
+
+    def copy(self) -> DistinctSketch:
+        other = DistinctSketch()
+        if self._exact is not None:
+            other._exact = set(self._exact)
+        else:
+            assert self._registers is not None
+            other._exact = None
+            other._registers = self._registers.copy()
+        return other
 
     @property
     def nbytes(self) -> int:

@@ -30,7 +30,7 @@ from townhall.audience.framing import SessionSeen, StreamClosed, StreamOpened
 from townhall.audience.pool import WorkerPool
 from townhall.audience.worker import WorkerSpec
 from townhall.config import ServerConfig
-from townhall.sessions import session_key
+from townhall.sessions import CLUSTER_SESSION_KEY_FILE, node_session_key, write_session_key
 from townhall.store import Store
 from townhall.supervise.child import run_child
 from townhall.supervise.hub import (
@@ -186,7 +186,10 @@ class Supervisor:
         secret = c.cluster.token_secret or Store(c.db_path).setting(
             "token_secret", secrets.token_urlsafe(32)
         )
-        key = session_key(secret)
+        key = node_session_key(secret, c.cluster.session_key_file)
+        if c.cluster.servers and not c.cluster.session_key_file:
+            # For the edges: they check session ids and sign their counts with it.
+            write_session_key(c.data_dir / CLUSTER_SESSION_KEY_FILE, key)
         spec = WorkerSpec(c.audience, c.recordings_dir, c.host, c.audience_port, key)
         self.pool = WorkerPool(spec, max(1, c.audience_workers), presence=_PresenceToHub(self))
         await self.pool.start()
