@@ -206,7 +206,24 @@ def run_stage_process(spec: StageSpec | StandbySpec, sock: socket.socket) -> Non
         for noisy in ("aioice", "aiortc"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     allow_loopback_candidates()
+    realtime_clock(spec.config.supervisor.stage_realtime_priority)
     uvloop.run(serve_stage(spec, sock))
+
+
+def realtime_clock(priority: int) -> bool:
+    """Put this process on SCHED_FIFO at ``priority`` (its later threads inherit it; a
+    child it forks does not), so the 20 ms clock runs when it is due whatever else the
+    machine is busy with. False, and the process keeps its nice value, where that is not
+    permitted or ``priority`` is 0."""
+    if priority <= 0 or not hasattr(os, "sched_setscheduler"):
+        return False
+    policy = os.SCHED_FIFO | getattr(os, "SCHED_RESET_ON_FORK", 0)
+    try:
+        os.sched_setscheduler(0, policy, os.sched_param(priority))
+    except OSError as exc:
+        log.info("stage clock: no real-time policy (%s); it runs at its nice value", exc)
+        return False
+    return True
 
 
 class Inbox:
