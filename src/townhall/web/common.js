@@ -415,15 +415,18 @@ export class AudiencePlayer {
   }
 
   /**
-   * Before the start: open the Ogg stream now and ask it to play. The audience port
-   * holds it (200 and the head, no byte) until the program begins, so at Go live the
-   * audio just flows: no request is made in the start's rush, and a crowd of waiting
-   * pages is as cheap to start as the players that held the same URL. Held, the watchdog
-   * waits (no audio is expected) and a dropped hold is opened again. False where the
-   * browser cannot play Ogg/Opus: that page starts at Go live instead (`play()`).
+   * Before the start, where this player plays the Ogg stream: open it now and ask it to
+   * play. The audience port holds it (200 and the head, no byte) until the program
+   * begins, so at Go live the audio just flows: no request is made in the start's rush,
+   * and a crowd of waiting pages is as cheap to start as the players that held the same
+   * URL. Held, the watchdog waits (no audio is expected) and a dropped hold is opened
+   * again. False where the player plays LL-HLS (hls.js, native HLS): such a page starts
+   * at Go live (`play()`), because Chromium's Ogg demuxer starts a stream only after
+   * tens of KB, which a held stream gets at 4 KB/s from Go live: 9 s before it played,
+   * against about 3 s for hls.js; and hls.js cannot hold a playlist request for long.
    */
   hold() {
-    if (!this.audio.canPlayType('audio/ogg; codecs="opus"')) return false;
+    if (this.mode !== "ogg" || !this.audio.canPlayType('audio/ogg; codecs="opus"')) return false;
     if (this.wanted) return true;
     this.mode = "ogg";
     this.held = true;

@@ -633,8 +633,8 @@ async function load() {
   waiting.update(info.room);
   if (info.state === "scheduled") {
     $("#player-status").textContent = "Waiting for the host to start…";
-    // Signed in while waiting, not in the start's rush; then the stream is held, named
-    // by the session so the listener counts once from the first second.
+    // Signed in while waiting, not in the start's rush; then an Ogg stream is held,
+    // named by the session so the listener counts once from the first second.
     ensureSession()
       .catch(() => {})
       .finally(holdWhileWaiting);
@@ -642,7 +642,8 @@ async function load() {
   connectEvents();
 }
 
-/** Open the audio stream before the start (held by the audience port, no byte sent). */
+/** Where the player plays Ogg, open the stream before the start (held by the audience
+ * port, no byte sent); an LL-HLS player starts at Go live instead (see hold()). */
 function holdWhileWaiting() {
   if ((room?.state || info.state) !== "scheduled" || player.playing) return;
   player.sessionId = session?.session_id || "";

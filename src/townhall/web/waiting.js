@@ -4,13 +4,13 @@
 // push connection, no polling): the host, the scheduled time, the host's message and
 // how many are waiting. The countdown runs on the page's own clock.
 //
-// The start: where the browser plays Ogg/Opus, the page holds its audio stream open
-// while it waits (the audience port answers 200 and sends nothing until the program
-// begins), so at Go live the audio just flows: `onAir` is called at once and nothing
-// connects. What the page then asks of the control API (its heartbeats: `onLive`) waits
-// a random delay, so a crowd told at the same instant does not send its first heartbeats
-// at the same instant. A page that holds no stream (no Ogg/Opus in the browser) opens
-// its stream in `onLive`, after that delay, so its crowd arrives as a ramp.
+// The start: a page whose player plays the Ogg stream holds it open while it waits (the
+// audience port answers 200 and sends nothing until the program begins), so at Go live
+// the audio just flows: `onAir` is called at once and nothing connects. What the page
+// then asks of the control API (its heartbeats: `onLive`) waits a random delay, so a
+// crowd told at the same instant does not send its first heartbeats at the same
+// instant. A page that holds no stream (LL-HLS: see AudiencePlayer.hold) starts its
+// player in `onLive`, after that delay, so its crowd arrives as a ramp.
 import { $, h, note } from "/static/common.js";
 
 // Every waiting page runs `onLive` within this many seconds of learning of the start,
