@@ -11,8 +11,9 @@ arrives within ``--over`` seconds: ``--sse-share`` of it are web pages (as a lis
 page whose player plays the Ogg stream, web/waiting.js: the audience port's SSE stream
 and the Ogg stream held open while waiting, marked ``count=0``; at Go live nothing
 connects), the rest hold Ogg connections opened before the start. Pages playing LL-HLS
-start at Go live on the cacheable playlist and parts, which a CDN serves: not here. ``--wait`` seconds after the arrivals the host goes live and
-the tone bot joins the stage; first audio counts from that instant (the first Ogg page with audio).
+start at Go live on the cacheable playlist and parts, which a CDN serves: not here.
+``--wait`` seconds after the arrivals the host goes live and the tone bot joins the
+stage; first audio counts from that instant (the first Ogg page with audio).
 
 Origin requests: what the control process answered over the wait (its own counter,
 ``townhall_control_requests``, read at the start of the wait and at Go live, less our
