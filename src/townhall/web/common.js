@@ -264,12 +264,12 @@ export function renderReactions(root, tallies, onReact) {
   }
 }
 
-/** Room events from the audience server (SSE), reconnecting on its own. */
 /** `url` with `key=value` added to its query. */
 export function withQuery(url, key, value) {
   return `${url}${url.includes("?") ? "&" : "?"}${encodeURIComponent(key)}=${encodeURIComponent(value)}`;
 }
 
+/** Room events from the audience server (SSE), reconnecting on its own. */
 export function roomEvents(url, onRoom, onStatus = () => {}) {
   let es = null;
   let closed = false;
@@ -428,7 +428,6 @@ export class AudiencePlayer {
   hold() {
     if (this.mode !== "ogg" || !this.audio.canPlayType('audio/ogg; codecs="opus"')) return false;
     if (this.wanted) return true;
-    this.mode = "ogg";
     this.held = true;
     this.wanted = true;
     this.attempt = 0;

@@ -39,8 +39,8 @@ const player = new AudiencePlayer($("#player"), {
     waiting.playerStatus(state);
   },
 });
-// Before the start: the countdown, the host's message, and the audio stream held open;
-// at the start it plays by itself (see waiting.js).
+// Before the start: the countdown, the host's message (and an Ogg stream held open); at
+// the start it plays by itself (see waiting.js).
 const waiting = new WaitingRoom({
   onAir: () => player.released(),
   onLive: () => (player.playing ? heartbeatLoop(true) : togglePlay()),
