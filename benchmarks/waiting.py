@@ -7,11 +7,13 @@
 
 The server (``townhall serve`` with its audience workers, pinned to ``--cpu``) has one
 scheduled Space. The crowd (``townhall loadtest``'s waiting mode, on the other core)
-arrives within ``--over`` seconds: ``--sse-share`` of it are web pages (the audience
-port's SSE stream while waiting, as web/waiting.js; at the live snapshot a random wait
-of up to 1.5 s, then the Ogg stream), the rest hold Ogg connections opened before the
-start. ``--wait`` seconds after the arrivals the host goes live and the tone bot joins
-the stage; first audio counts from that instant (the first Ogg page with audio).
+arrives within ``--over`` seconds: ``--sse-share`` of it are web pages (as a listen
+page whose player plays the Ogg stream, web/waiting.js: the audience port's SSE stream
+and the Ogg stream held open while waiting, marked ``count=0``; at Go live nothing
+connects), the rest hold Ogg connections opened before the start. Pages playing LL-HLS
+start at Go live on the cacheable playlist and parts, which a CDN serves: not here.
+``--wait`` seconds after the arrivals the host goes live and the tone bot joins the
+stage; first audio counts from that instant (the first Ogg page with audio).
 
 Origin requests: what the control process answered over the wait (its own counter,
 ``townhall_control_requests``, read at the start of the wait and at Go live, less our
@@ -202,8 +204,8 @@ class WaitingResult:
         cpu = s["control_cpu_while_waiting_s"]
         lines = [
             f"Waiting room: {p.listeners} listeners ({p.listeners - web} held Ogg, {web} web "
-            f"pages on SSE) arrive over {p.over_s:g} s, wait {p.wait_s:g} s, then Go live; "
-            f"server + {p.audience_workers} audience workers on CPU {p.cpu}",
+            f"pages: SSE + held Ogg) arrive over {p.over_s:g} s, wait {p.wait_s:g} s, then Go "
+            f"live; server + {p.audience_workers} audience workers on CPU {p.cpu}",
             f"  connected {s['connected']}  failed {s['failed']}  with audio {s['with_media']}",
             f"  Go live -> first audio p50 {_s(s['first_audio_p50_s'])} p99 "
             f"{_s(s['first_audio_p99_s'])}  by kind (p99): {s['first_audio_p99_by_kind_s']}",

@@ -56,7 +56,8 @@ def test_the_root_holds_every_component_config() -> None:
 _UNITS = re.compile(
     r"_(s|bytes|bps|frames|ticks|chars|messages|segments|segment|fraction|port|workers"
     r"|nice|listeners|waiters|participants|cohosts|sessions|keys|spaces|seats|actions"
-    r"|connections|restarts|pages|channels|responses|processes|replicas|leases|hands|nodes)$"
+    r"|connections|restarts|pages|channels|responses|processes|replicas|leases|hands|nodes"
+    r"|priority)$"
 )
 # Bounds whose names do not say their unit yet (none: keep it so).
 _UNNAMED: set[str] = set()

@@ -24,7 +24,7 @@ from townhall.audience.channel import Channel, ChannelConfig
 from townhall.audience.plane import AudienceStats, ChannelStats
 from townhall.audience.server import AudienceConfig, AudienceServer
 from townhall.control.config import ControlConfig
-from townhall.control.waiting import start_spread_s
+from townhall.control.waiting import start_spread_s, waiting_counts
 from townhall.feed import ChannelEnded, HlsInit, HlsPart, OggHeader, OggPages, RoomUpdate
 from townhall.loadtest.wire import events_url
 from townhall.loadtest.worker import Mix, Swarm, WorkerPlan
@@ -275,3 +275,49 @@ async def test_the_start_window_is_in_the_waiting_rooms_snapshot(town: Town) -> 
     town.th.waiting.tick(time.monotonic())
     snapshot = rooms(town, space["id"])[-1]
     assert snapshot["waiting_now"] == 8_100 and snapshot["start_spread_s"] == 8.0
+
+
+# -- who counts among the waiting -------------------------------------------------------
+
+
+async def test_streams_opened_with_count_0_are_left_out_of_the_waiting_count() -> None:
+    # A waiting page: its SSE stream and its held Ogg stream (count=0); a moderator's
+    # SSE stream (count=0); a player's held Ogg stream. Two people wait.
+    server = AudienceServer()
+    server.publish(RoomUpdate("s", '{"state":"scheduled"}', 0.0))
+    listener, port = await serve(server)
+    writers = []
+    try:
+        for target in (
+            b"/events/s",
+            b"/live/s.ogg?count=0",
+            b"/events/s?count=0",
+            b"/live/s.ogg",
+        ):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await read_some(reader, 2.0)).startswith(b"HTTP/1.1 200 OK")
+            writers.append(writer)
+        stats = server.channel_stats()[0]
+        assert (stats.event_listeners, stats.held_listeners) == (2, 2)
+        assert (stats.uncounted_event_listeners, stats.uncounted_ogg_listeners) == (1, 1)
+        # The page holds its stream already: no page opens one at Go live.
+        assert waiting_counts(AudienceStats((stats,))) == {"s": (2, 0)}
+        writers[1].close()  # the page's held stream goes: the page must start at Go live
+        deadline = time.monotonic() + 2.0
+        while server.channel_stats()[0].uncounted_ogg_listeners and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert waiting_counts(AudienceStats(tuple(server.channel_stats()))) == {"s": (2, 1)}
+    finally:
+        for writer in writers:
+            writer.close()
+        await server.close()
+        listener.close()
+
+
+def test_uncounted_streams_add_up_across_workers() -> None:
+    a = ChannelStats("s", 0, 3, 0.2, 0.0, 3, 2, 1)
+    b = ChannelStats("s", 0, 1, 0.2, 0.0, 1, 1, 0)
+    merged = a.merged(b)
+    assert (merged.uncounted_ogg_listeners, merged.uncounted_event_listeners) == (3, 1)
+    assert waiting_counts(AudienceStats((merged,))) == {"s": (4, 0)}

@@ -71,6 +71,9 @@ class Channel:
         # fan-out once the stream's header arrives (the server releases them in slices).
         self.held: dict[int, Sink] = {}
         self.scheduled_at: float | None = None  # from the room snapshot, unix time
+        # Streams (by key) that asked not to count among the waiting (``?count=0``).
+        self.uncounted_ogg: set[int] = set()
+        self.uncounted_events: set[int] = set()
         self._on_air: asyncio.Future[None] | None = None
 
     def apply(self, msg: FeedMessage) -> None:

@@ -25,6 +25,11 @@ class ChannelStats:
     pass_s: float  # the last full round's cost
     # Ogg streams held open before the program begins (the waiting room).
     held_listeners: int = 0
+    # Of the streams above, those that asked not to be counted among the waiting
+    # (``?count=0``): a waiting page's held Ogg stream (its SSE stream counts it) and a
+    # moderator's SSE stream (not someone waiting).
+    uncounted_ogg_listeners: int = 0
+    uncounted_event_listeners: int = 0
 
     def merged(self, other: ChannelStats) -> ChannelStats:
         return ChannelStats(
@@ -34,6 +39,8 @@ class ChannelStats:
             max(self.interval_s, other.interval_s),
             max(self.pass_s, other.pass_s),
             self.held_listeners + other.held_listeners,
+            self.uncounted_ogg_listeners + other.uncounted_ogg_listeners,
+            self.uncounted_event_listeners + other.uncounted_event_listeners,
         )
 
 

@@ -26,7 +26,10 @@ until the stream's header arrives: the stream begins at Go live, which players s
 ffmpeg and VLC read as a slow start, not an error); the playlist request is held until
 a segment is complete, at most ``max_playlist_hold_s``, then 503 with a Retry-After
 that follows the schedule. Held requests cost no audio bytes and are bounded per
-process by ``max_held_listeners``.
+process by ``max_held_listeners``. A stream opened with ``?count=0`` is left out of the
+waiting count (``ChannelStats.uncounted_*``): the listen page holds its Ogg stream as
+well as its SSE stream while it waits, and is one person; the stage page follows the
+events and is nobody waiting.
 
 The SSE stream is cacheable for a streaming CDN: ``s-maxage=1`` lets an edge collapse
 the requests of one second onto one origin stream and stream it to all of them (every
@@ -263,6 +266,8 @@ class AudienceServer:
                 c.ogg.interval_s,
                 c.ogg.last_pass_s,
                 len(c.held),
+                len(c.uncounted_ogg),
+                len(c.uncounted_events),
             )
             for space_id, c in self.channels.items()
         ]
@@ -334,7 +339,7 @@ class AudienceServer:
         if m := _LIVE.match(req.path):
             return self._live(conn, req, m)
         if m := _EVENTS.match(req.path):
-            self._events(conn, self._channel(m.group(1)))
+            self._events(conn, self._channel(m.group(1)), req)
             return None  # the connection is a stream now
         if m := _REPLAY.match(req.path):
             return self._replay(m.group(1), m.group(2), req)
@@ -382,6 +387,8 @@ class AudienceServer:
         else:
             channel.held[key] = transport  # joins the fan-out with the header
         conn.on_lost = self._unsubscriber(channel.ogg, key, channel.held)
+        if _uncounted(req):
+            self._uncount(conn, key, channel.uncounted_ogg)
         if self.presence is not None:
             signed = self._signed_session(conn, channel.space_id, req.query.get("sid"))
             # The pid keeps unnamed streams apart across the workers on one port.
@@ -408,13 +415,26 @@ class AudienceServer:
             retry = channel.retry_after_s(time.time(), self.rng)
             raise Unavailable("too many listeners are waiting for the start here", retry)
 
-    def _events(self, conn: HttpConnection, channel: Channel) -> None:
+    def _events(self, conn: HttpConnection, channel: Channel, req: Request) -> None:
         channel.events.admit(self.rng, self.loop_lag_s)
         key = self._key()
         transport = self._take_over(conn, _EVENTS_HEAD)
         channel.events.subscribe(key, transport, time.monotonic())
         transport.write(f"event: room\ndata: {channel.last_room_json}\n\n".encode())
         conn.on_lost = self._unsubscriber(channel.events, key)
+        if _uncounted(req):
+            self._uncount(conn, key, channel.uncounted_events)
+
+    def _uncount(self, conn: HttpConnection, key: int, uncounted: set[int]) -> None:
+        """The stream is left out of the waiting count while it lasts (``?count=0``)."""
+        uncounted.add(key)
+        lost = conn.on_lost
+
+        def closed(c: HttpConnection) -> None:
+            uncounted.discard(key)
+            lost(c)
+
+        conn.on_lost = closed
 
     def _take_over(self, conn: HttpConnection, head: bytes) -> asyncio.Transport:
         """The connection becomes a stream: out of the idle reaper's set, and its kernel
@@ -658,6 +678,12 @@ _EVENTS_HEAD = stream_head(
 
 def _playlist_target(space_id: str) -> bytes:
     return f"/live/{space_id}/index.m3u8".encode()
+
+
+def _uncounted(req: Request) -> bool:
+    """``?count=0``: this stream is not one more person waiting. Unsigned on purpose: it
+    can only take its own connection out of the count, never add to it."""
+    return req.query.get("count") == "0"
 
 
 def _int_param(req: Request, name: str) -> int | None:

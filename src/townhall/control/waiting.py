@@ -12,8 +12,10 @@ waiting pages start playing at Go live (``start_spread_s``: at least
 
 ``waiting_now`` is what the audience port serves for the Space before the start: its
 SSE streams plus its held and open Ogg streams, summed over the workers, as their last
-report said (about once a second). A web page waiting holds one SSE stream and a player
-one Ogg stream, so each is one; an LL-HLS player polls, and is not counted here.
+report said (about once a second), less the streams opened with ``?count=0``. A player
+holds one Ogg stream; a web page holds its SSE stream and, where the browser plays
+Ogg/Opus, an Ogg stream marked ``count=0``; so each is one. The stage page's SSE stream
+is marked too: a moderator is not waiting. An LL-HLS player polls, and is not counted.
 
 Cost, per tick: one store query (the scheduled Spaces, soonest first, bounded), and a
 snapshot built only for a Space held in memory (cheap) or one whose count changed or
@@ -33,7 +35,7 @@ from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from townhall.audience.plane import AudienceStats
+from townhall.audience.plane import AudienceStats, ChannelStats
 from townhall.control.config import ControlConfig
 from townhall.control.service import SpaceService
 from townhall.feed import ChannelEnded, FeedSink, RoomUpdate
@@ -43,12 +45,20 @@ log = logging.getLogger(__name__)
 
 
 def waiting_counts(stats: AudienceStats) -> dict[str, tuple[int, int]]:
-    """Per Space, the audience port's streams (SSE, held and open Ogg) and, of them, the
-    web pages (SSE): the ones that open a stream at Go live."""
-    return {
-        c.space_id: (c.event_listeners + c.ogg_listeners + c.held_listeners, c.event_listeners)
-        for c in stats.channels
-    }
+    """Per Space, the people waiting (the audience port's SSE, held and open Ogg streams,
+    less those opened with ``?count=0``) and, of them, the web pages that hold no stream
+    yet (SSE without a held Ogg stream): the ones that open a stream at Go live."""
+    return {c.space_id: (_waiting(c), _pages_to_start(c)) for c in stats.channels}
+
+
+def _waiting(c: ChannelStats) -> int:
+    streams = c.event_listeners + c.ogg_listeners + c.held_listeners
+    return max(0, streams - c.uncounted_ogg_listeners - c.uncounted_event_listeners)
+
+
+def _pages_to_start(c: ChannelStats) -> int:
+    pages = c.event_listeners - c.uncounted_event_listeners
+    return max(0, pages - c.uncounted_ogg_listeners)
 
 
 def start_spread_s(pages: int, config: ControlConfig) -> float:

@@ -60,8 +60,8 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         metavar="FRACTION",
-        help="this share of the crowd are web pages: the SSE stream while waiting, then "
-        "the Ogg stream after a random wait (as web/waiting.js); the rest hold Ogg streams",
+        help="this share of the crowd are web pages: the SSE stream and a held Ogg stream "
+        "while waiting (as web/waiting.js); the rest hold Ogg streams",
     )
     w.add_argument("--host-token", help="the host's token, to go live")
     w.add_argument("--control-url", help="the control API (default: the audience host, port 8000)")

@@ -19,10 +19,10 @@ are never fetched and the parts after an ``EXT-X-DISCONTINUITY`` are.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import itertools
 import random
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -225,37 +225,22 @@ def _reason(exc: Exception) -> str:
 
 
 # -- the web page in its waiting room ------------------------------------------------------
-LIVE_STATE = b'"state":"live"'
-SPREAD = re.compile(rb'"start_spread_s":([0-9.]+)')
-ENDED_STATE = b'"state":"ended"'
-
-
 async def run_web_listener(
     plan: ListenerPlan,
     events: Target,
-    spread_s: float,
     rng: random.Random,
     rec: ListenerRecord,
     reader: StreamReader,
     source_ip: str | None = None,
 ) -> None:
-    """What the listen page does before the start (web/waiting.js): one SSE stream and
-    nothing else; when a room snapshot says live, a random wait within the window the
-    waiting room's snapshots gave (``spread_s`` if none), then the Ogg stream. The SSE
-    stream stays open, as the page keeps it."""
-    loop = asyncio.get_running_loop()
-    live: asyncio.Future[bool] = loop.create_future()
-    spread = [spread_s]  # the server's window, from the waiting room's snapshots
-
-    def snapshot(data: bytes | bytearray, size: int, _now: float) -> None:
-        chunk = bytes(data[:size])
-        if (m := SPREAD.search(chunk)) is not None and float(m.group(1)) > 0:
-            spread[0] = float(m.group(1))
-        if not live.done() and (LIVE_STATE in chunk or ENDED_STATE in chunk):
-            live.set_result(LIVE_STATE in chunk)
+    """What the listen page does from the moment it loads (web/waiting.js): the SSE
+    stream, then its Ogg stream opened at once (held by the audience port until the
+    program begins, and marked ``count=0``: the SSE stream counts the page). At Go live
+    nothing connects; the audio flows on the held stream. The SSE stream stays open,
+    as the page keeps it."""
 
     async def attempt() -> Stream:
-        stream = reader.open(events, snapshot, source_ip)
+        stream = reader.open(events, _ignore, source_ip)
         try:
             async with asyncio.timeout(min(plan.request_timeout_s, max(0.0, _left(plan)))):
                 await stream.opened
@@ -267,26 +252,21 @@ async def run_web_listener(
     stream: Stream | None = None
     try:
         stream = await with_backoff(plan, rng, rec, attempt)
-        async with asyncio.timeout(_left(plan)):
-            went_live = await live
-        if not went_live:
-            rec.failure = "ended before going live"
-            rec.ended_at = time.monotonic()
-            return
-        await asyncio.sleep(rng.uniform(0.0, spread[0]))
-    except TimeoutError:
-        rec.failure = "never went live"
-        rec.ended_at = plan.end_at
-        return
     except (ClientError, GaveUp) as exc:
         rec.failure = "events: " + _reason(exc)
         rec.ended_at = time.monotonic()
         return
+    held = dataclasses.replace(
+        plan, target=plan.target.with_path(with_query(plan.target.path, count=0))
+    )
     try:
-        await run_ogg_listener(plan, rng, rec, reader, source_ip)
+        await run_ogg_listener(held, rng, rec, reader, source_ip)
     finally:
-        if stream is not None:
-            stream.close()
+        stream.close()
+
+
+def _ignore(_data: bytes | bytearray, _size: int, _now: float) -> None:
+    """The room snapshots: the page renders them; the crowd needs none of them."""
 
 
 # -- LL-HLS -------------------------------------------------------------------------------

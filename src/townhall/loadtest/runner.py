@@ -66,11 +66,10 @@ class LoadPlan:
     allow_remote: bool = False
     # A waiting room: the crowd arrives before the start and the Space goes live this
     # long after the first arrival (``go_live`` is called then); ``web_share`` of the
-    # crowd are web pages (SSE, then Ogg after up to ``start_spread_s``), the rest hold
-    # Ogg streams. First audio then counts from Go live.
+    # crowd are web pages (the SSE stream and a held Ogg stream, as the listen page),
+    # the rest hold Ogg streams. First audio then counts from Go live.
     live_after_s: float | None = None
     web_share: float = 0.0
-    start_spread_s: float = 1.5
 
     def worker_count(self) -> int:
         if self.processes:
@@ -157,7 +156,6 @@ def _worker_plans(plan: LoadPlan, start_at: float) -> list[WorkerPlan]:
             steady_from,
             live_at=live_at,
             web_share=plan.web_share,
-            start_spread_s=plan.start_spread_s,
         )
         for i, hand in enumerate(hands)
     ]

@@ -58,11 +58,10 @@ class WorkerPlan:
     steady_from: float | None = None  # monotonic; lateness after it is also kept apart
     backoff: Backoff = field(default_factory=Backoff)
     # A waiting room: the Space goes live at this monotonic time (after the arrivals);
-    # first audio counts from it. ``web_share`` of the crowd are web pages (SSE, then the
-    # Ogg stream after a random wait up to ``start_spread_s``); the rest hold Ogg streams.
+    # first audio counts from it. ``web_share`` of the crowd are web pages (the SSE
+    # stream and a held Ogg stream, as the listen page); the rest hold Ogg streams.
     live_at: float | None = None
     web_share: float = 0.0
-    start_spread_s: float = 1.5
 
 
 @dataclass(frozen=True)
@@ -152,8 +151,7 @@ class Swarm:
             sid = f"lt{self.plan.seed}-{index}"
             events = parse_target(events_url(self.plan.ogg_url))
             events = events.with_path(with_query(events.path, sid=sid))
-            spread = self.plan.start_spread_s
-            await run_web_listener(plan, events, spread, rng, rec, self.reader, source)
+            await run_web_listener(plan, events, rng, rec, self.reader, source)
         else:
             await run_ogg_listener(plan, rng, rec, self.reader, plan.source_ip)
 

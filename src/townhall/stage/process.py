@@ -208,7 +208,31 @@ def run_stage_process(spec: StageSpec | StandbySpec, sock: socket.socket) -> Non
         for noisy in ("aioice", "aiortc"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     allow_loopback_candidates()
-    uvloop.run(serve_stage(spec, sock))
+    # Real-time only once it holds a Space: a standby process importing (a second of
+    # CPU) at the same FIFO priority would hold back the live stage's clock meanwhile.
+    priority = spec.config.supervisor.stage_realtime_priority
+    uvloop.run(serve_stage(spec, sock, on_stage=lambda _spec: realtime_clock(priority)))
+
+
+def realtime_clock(priority: int) -> bool:
+    """Put this process, every thread of it, on SCHED_FIFO at ``priority`` (threads it
+    starts later inherit it), so the 20 ms clock runs when it is due whatever else the
+    machine is busy with. Every thread: one left behind that holds the GIL while the
+    scheduler has it waiting would hold the clock back with it. False, and the process
+    keeps its nice value, where that is not permitted or ``priority`` is 0."""
+    if priority <= 0 or not hasattr(os, "sched_setscheduler"):
+        return False
+    param = os.sched_param(priority)
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, param)
+    except OSError as exc:
+        log.info("stage clock: no real-time policy (%s); it runs at its nice value", exc)
+        return False
+    with contextlib.suppress(OSError):
+        for tid in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError, ValueError):
+                os.sched_setscheduler(int(tid), os.SCHED_FIFO, param)
+    return True
 
 
 class Inbox:
@@ -237,10 +261,14 @@ class Inbox:
 
 
 async def serve_stage(
-    spec: StageSpec | StandbySpec, sock: socket.socket, exit_on_lost: bool = True
+    spec: StageSpec | StandbySpec,
+    sock: socket.socket,
+    exit_on_lost: bool = True,
+    on_stage: Callable[[StageSpec], object] | None = None,
 ) -> str:
     """Run the stage; ``"closed"`` after ``CloseStage``. If the link closes, exit the
-    process at once (or, with ``exit_on_lost`` false, return ``"lost"``)."""
+    process at once (or, with ``exit_on_lost`` false, return ``"lost"``). ``on_stage``
+    is called with the Space's spec before its clock starts."""
     inbox = Inbox()
     link = await open_link(sock, inbox)
     if isinstance(spec, StandbySpec):
@@ -250,6 +278,8 @@ async def serve_stage(
         if not inbox.assigned.done():
             return _lost("the standby stage", exit_on_lost)
         spec = inbox.assigned.result()
+    if on_stage is not None:
+        on_stage(spec)
     program = ProgramSet(spec.open.program)
     runtime = StageRuntime(
         spec.open.space_id,

@@ -43,3 +43,10 @@ class SupervisorConfig:
     standby_stage_processes: int = 1
     control_nice: int = 4
     recorder_nice: int = 6
+    # The stage process's clock also asks for the real-time policy (SCHED_FIFO at this
+    # priority; 0 = never): nice ranks processes only within one session's scheduling
+    # group (autogroup), so any other busy session on the machine (a shell, a build, a
+    # neighbour's service) could hold the 20 ms tick back by a scheduler slice or more.
+    # Needs root, CAP_SYS_NICE or an RLIMIT_RTPRIO; without them it stays at stage_nice.
+    # The kernel's RT throttling (95 % by default) bounds what it could ever take.
+    stage_realtime_priority: int = 10

@@ -264,6 +264,11 @@ export function renderReactions(root, tallies, onReact) {
   }
 }
 
+/** `url` with `key=value` added to its query. */
+export function withQuery(url, key, value) {
+  return `${url}${url.includes("?") ? "&" : "?"}${encodeURIComponent(key)}=${encodeURIComponent(value)}`;
+}
+
 /** Room events from the audience server (SSE), reconnecting on its own. */
 export function roomEvents(url, onRoom, onStatus = () => {}) {
   let es = null;
@@ -341,6 +346,7 @@ export class AudiencePlayer {
     this.hlsFailures = 0;
     this.mode = this._preferredMode();
     this.sessionId = "";
+    this.held = false; // the Ogg stream is open before the start, waiting for the program
     // A watchdog: a player that says it plays but whose clock does not move is stuck
     // (a bad playlist, a lost connection): retry, and give up on HLS for the Ogg stream.
     this._lastTime = -1;
@@ -355,7 +361,7 @@ export class AudiencePlayer {
     });
     audio.addEventListener("waiting", () => {
       note("audio-waiting", { t: audio.currentTime });
-      if (this.wanted) this._status("buffering", "Buffering…");
+      if (this.wanted && !this.held) this._status("buffering", "Buffering…");
     });
     audio.addEventListener("error", () => this.wanted && this.mode === "ogg" && this._retry("the stream stopped"));
     audio.addEventListener("ended", () => this.wanted && this._retry("the stream ended"));
@@ -369,7 +375,7 @@ export class AudiencePlayer {
   static STARTUP_MS = 10000;
 
   _watch() {
-    if (!this.wanted || !(this.hls || this.audio.getAttribute("src"))) {
+    if (!this.wanted || this.held || !(this.hls || this.audio.getAttribute("src"))) {
       this._stuckSince = 0;
       return;
     }
@@ -403,8 +409,56 @@ export class AudiencePlayer {
 
   _url(base) {
     // Name this player's session on the audience port (honest counts across tabs).
-    if (!this.sessionId) return base;
-    return `${base}${base.includes("?") ? "&" : "?"}sid=${encodeURIComponent(this.sessionId)}`;
+    const url = this.sessionId ? withQuery(base, "sid", this.sessionId) : base;
+    // A held stream's page is counted among the waiting by its SSE stream already.
+    return this.held && base === this.oggUrl ? withQuery(url, "count", "0") : url;
+  }
+
+  /**
+   * Before the start, where this player plays the Ogg stream: open it now and ask it to
+   * play. The audience port holds it (200 and the head, no byte) until the program
+   * begins, so at Go live the audio just flows: no request is made in the start's rush,
+   * and a crowd of waiting pages is as cheap to start as the players that held the same
+   * URL. Held, the watchdog waits (no audio is expected) and a dropped hold is opened
+   * again. False where the player plays LL-HLS (hls.js, native HLS): such a page starts
+   * at Go live (`play()`), because Chromium's Ogg demuxer starts a stream only after
+   * tens of KB, which a held stream gets at 4 KB/s from Go live: 9 s before it played,
+   * against about 3 s for hls.js; and hls.js cannot hold a playlist request for long.
+   */
+  hold() {
+    if (this.mode !== "ogg" || !this.audio.canPlayType('audio/ogg; codecs="opus"')) return false;
+    if (this.wanted) return true;
+    this.held = true;
+    this.wanted = true;
+    this.attempt = 0;
+    const gen = ++this.generation;
+    this.audio.preload = "auto"; // open it now, even if autoplay is refused below
+    this._attach();
+    this.audio.dataset.held = "1";
+    this._status("held", "Waiting for the host to start…");
+    note("stream-held", { url: this.audio.getAttribute("src") });
+    this.audio.play().catch((e) => {
+      if (e.name !== "NotAllowedError" || gen !== this.generation) return;
+      // Autoplay refused: a stream nobody plays would fill its buffer and stall, so let
+      // it go. The page starts at Go live as one that holds no stream: "Tap to listen".
+      this.wanted = this.held = false;
+      this.generation += 1;
+      this._detach();
+      delete this.audio.dataset.held;
+      this.mode = this._preferredMode();
+      this._status("waiting", "Waiting for the host to start…");
+      note("stream-hold-refused");
+    });
+    return true;
+  }
+
+  /** The Space went live: a held stream's audio is on its way; the watchdog counts. */
+  released() {
+    if (!this.held) return;
+    this.held = false;
+    this._stuckSince = 0;
+    delete this.audio.dataset.held;
+    if (!this._started) this._status("connecting", "Starting…");
   }
 
   _preferredMode() {
@@ -479,6 +533,9 @@ export class AudiencePlayer {
       hls.loadSource(this._url(this.hlsUrl));
       hls.attachMedia(this.audio);
     } else {
+      // CORS (the audience port allows any origin): the page's own audio graph (a level
+      // meter, a test's analyser) hears the stream, which a cross-origin source hides.
+      this.audio.crossOrigin = "anonymous";
       this.audio.src = this._url(this.mode === "ogg" ? this.oggUrl : this.hlsUrl);
     }
   }
@@ -536,6 +593,7 @@ export class AudiencePlayer {
   /** Stop for real: nothing of the audience stream may keep playing (e.g. into a mic). */
   stop(reason = "Stopped") {
     this.wanted = false;
+    this.held = false;
     this.generation += 1;
     this._detach();
     this._status("stopped", reason);

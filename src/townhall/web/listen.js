@@ -39,9 +39,11 @@ const player = new AudiencePlayer($("#player"), {
     waiting.playerStatus(state);
   },
 });
-// Before the start: the countdown, the host's message; at the start, play by itself.
+// Before the start: the countdown, the host's message (and an Ogg stream held open); at
+// the start it plays by itself (see waiting.js).
 const waiting = new WaitingRoom({
-  onLive: () => player.playing || togglePlay(),
+  onAir: () => player.released(),
+  onLive: () => (player.playing ? heartbeatLoop(true) : togglePlay()),
   onTap: () => player.audio.play().catch((e) => showError(e, "Play")),
 });
 const mic = new StageMic({
@@ -631,9 +633,21 @@ async function load() {
   waiting.update(info.room);
   if (info.state === "scheduled") {
     $("#player-status").textContent = "Waiting for the host to start…";
-    ensureSession().catch(() => {}); // signed in while waiting, not in the start's rush
+    // Signed in while waiting, not in the start's rush; then an Ogg stream is held,
+    // named by the session so the listener counts once from the first second.
+    ensureSession()
+      .catch(() => {})
+      .finally(holdWhileWaiting);
   }
   connectEvents();
+}
+
+/** Where the player plays Ogg, open the stream before the start (held by the audience
+ * port, no byte sent); an LL-HLS player starts at Go live instead (see hold()). */
+function holdWhileWaiting() {
+  if ((room?.state || info.state) !== "scheduled" || player.playing) return;
+  player.sessionId = session?.session_id || "";
+  player.hold();
 }
 
 $("#play").addEventListener("click", togglePlay);

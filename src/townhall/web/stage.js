@@ -4,7 +4,7 @@ import {
   waitForReplay,
   $, h, api, ApiError, showError, note, spaceIdFromPath, tokenFromFragment, listenLink,
   shareLink, formatCount, stateLabel, renderReactions, roomEvents, StageMic, stageSocket,
-  meterPercent, confirmAction, copyableLink, linkProblem, showProblem, keepFocus,
+  meterPercent, confirmAction, copyableLink, linkProblem, showProblem, keepFocus, withQuery,
 } from "/static/common.js";
 import { GreenRoom } from "/static/greenroom.js";
 import { HostWaitingControl } from "/static/waiting.js";
@@ -448,7 +448,8 @@ function onMessage(msg) {
 
 function connectEvents() {
   if (events || !info) return;
-  events = roomEvents(info.audience.events, (snap) => {
+  // count=0: the stage's people follow the room's events, but are not among those waiting.
+  events = roomEvents(withQuery(info.audience.events, "count", "0"), (snap) => {
     publicRoom = snap;
     if (isModerator()) hostWaiting.update({ ...(room || {}), ...snap, state: room?.state || snap.state });
     if (room) {

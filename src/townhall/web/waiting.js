@@ -2,17 +2,23 @@
 //
 // Everything here comes from the room snapshots of the audience port's SSE stream (one
 // push connection, no polling): the host, the scheduled time, the host's message and
-// how many are waiting. The countdown runs on the page's own clock. When a snapshot
-// says the Space went live, the page starts playing by itself after a random delay, so
-// a crowd told at the same instant does not open its streams at the same instant.
+// how many are waiting. The countdown runs on the page's own clock.
+//
+// The start: a page whose player plays the Ogg stream holds it open while it waits (the
+// audience port answers 200 and sends nothing until the program begins), so at Go live
+// the audio just flows: `onAir` is called at once and nothing connects. What the page
+// then asks of the control API (its heartbeats: `onLive`) waits a random delay, so a
+// crowd told at the same instant does not send its first heartbeats at the same
+// instant. A page that holds no stream (LL-HLS: see AudiencePlayer.hold) starts its
+// player in `onLive`, after that delay, so its crowd arrives as a ramp.
 import { $, h, note } from "/static/common.js";
 
-// Every waiting page starts within this many seconds of learning of the start, unless
-// the server says a wider window (`start_spread_s`, wider for a bigger crowd: its pages
+// Every waiting page runs `onLive` within this many seconds of learning of the start,
+// unless the server says a wider window (`start_spread_s`: the pages that hold no stream
 // divided by the joins a second the audience port takes). A crowd spread over 1.5 s
-// arrives at each audience worker as a ramp, not a wall, and the listener still hears
-// the first audio well inside 3 s (the event ≤ 0.25 s, the stream's first page ≈ 0.2 s,
-// the browser's start-up buffer after that).
+// arrives as a ramp, not a wall, and a page that opens its stream then still hears the
+// first audio well inside 3 s (the event ≤ 0.25 s, the stream's first page ≈ 0.2 s, the
+// browser's start-up buffer after that).
 export const START_SPREAD_S = 1.5;
 
 /** "in 3 min 20 s", "in 2 h 5 min", "in 12 s": the time left, coarse when far. */
@@ -33,10 +39,12 @@ export function waitingText(room, now) {
 
 export class WaitingRoom {
   /**
-   * onLive(): start the player (called once, after the random delay);
+   * onAir(): the Space went live (called once, at once: a held stream plays now);
+   * onLive(): start the player, or its heartbeats (called once, after the random delay);
    * onTap(): play after a user gesture, when the browser blocked autoplay.
    */
-  constructor({ onLive, onTap, random = Math.random, spreadS = START_SPREAD_S }) {
+  constructor({ onAir = () => {}, onLive, onTap, random = Math.random, spreadS = START_SPREAD_S }) {
+    this.onAir = onAir;
     this.onLive = onLive;
     this.onTap = onTap;
     this.random = random;
@@ -65,6 +73,7 @@ export class WaitingRoom {
       const delayMs = Math.round(this.random() * this.spreadS * 1000);
       note("waiting-live", { delayMs });
       document.body.dataset.waiting = "starting";
+      this.onAir();
       this.startTimer = setTimeout(() => {
         document.body.dataset.waiting = "started";
         this.onLive();
