@@ -9,6 +9,7 @@ the GIL while the scheduler has it waiting stalls the clock with it.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -27,7 +28,9 @@ after = threading.Thread(target=go.wait, daemon=True)
 after.start()
 time.sleep(0.05)
 policies = {os.sched_getscheduler(int(t)) for t in os.listdir("/proc/self/task")}
+import resource
 print(ok, len(os.listdir("/proc/self/task")), sorted(policies))
+print(resource.getrlimit(resource.RLIMIT_RTTIME)[0])
 go.set()
 """
 
@@ -44,9 +47,29 @@ def test_every_thread_of_the_stage_runs_on_the_real_time_policy() -> None:
     out = subprocess.run(
         [sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=60, check=True
     )
-    ok, threads, policies = out.stdout.strip().split(maxsplit=2)
+    first, runaway_us = out.stdout.strip().splitlines()
+    ok, threads, policies = first.split(maxsplit=2)
     assert ok == "True" and int(threads) >= 3
     assert policies == f"[{os.SCHED_FIFO}]", out.stdout
+    # A thread spinning on the real-time policy is stopped, not left holding a core.
+    assert int(runaway_us) == 2_000_000
+
+
+SPIN = """
+import time
+from townhall.stage.process import realtime_clock
+assert realtime_clock(10, runaway_s=0.3)
+while True:
+    pass
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setscheduler"), reason="Linux scheduling API")
+def test_a_spinning_real_time_stage_is_stopped_by_the_kernel() -> None:
+    if not _permitted():
+        pytest.skip("SCHED_FIFO is not permitted here (needs CAP_SYS_NICE or RLIMIT_RTPRIO)")
+    done = subprocess.run([sys.executable, "-c", SPIN], capture_output=True, timeout=30)
+    assert done.returncode in (-signal.SIGXCPU, -signal.SIGKILL), done
 
 
 def test_priority_0_leaves_the_policy_alone() -> None:

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import math
 import os
+import resource
 import socket
 import time
 from collections.abc import Callable
@@ -211,18 +212,25 @@ def run_stage_process(spec: StageSpec | StandbySpec, sock: socket.socket) -> Non
     # Real-time only once it holds a Space: a standby process importing (a second of
     # CPU) at the same FIFO priority would hold back the live stage's clock meanwhile.
     priority = spec.config.supervisor.stage_realtime_priority
-    uvloop.run(serve_stage(spec, sock, on_stage=lambda _spec: realtime_clock(priority)))
+    runaway_s = spec.config.supervisor.stage_realtime_runaway_s
+    uvloop.run(serve_stage(spec, sock, on_stage=lambda _spec: realtime_clock(priority, runaway_s)))
 
 
-def realtime_clock(priority: int) -> bool:
+def realtime_clock(priority: int, runaway_s: float = 2.0) -> bool:
     """Put this process, every thread of it, on SCHED_FIFO at ``priority`` (threads it
     starts later inherit it), so the 20 ms clock runs when it is due whatever else the
     machine is busy with. Every thread: one left behind that holds the GIL while the
-    scheduler has it waiting would hold the clock back with it. False, and the process
-    keeps its nice value, where that is not permitted or ``priority`` is 0."""
+    scheduler has it waiting would hold the clock back with it. A thread that runs
+    ``runaway_s`` without sleeping gets SIGXCPU, which ends the process (RLIMIT_RTTIME).
+    False, and the process keeps its nice value, where that is not permitted or
+    ``priority`` is 0."""
     if priority <= 0 or not hasattr(os, "sched_setscheduler"):
         return False
     param = os.sched_param(priority)
+    runaway_us = int(runaway_s * 1_000_000)
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        # Soft: SIGXCPU (its default action ends the process); hard: SIGKILL 0.5 s later.
+        resource.setrlimit(resource.RLIMIT_RTTIME, (runaway_us, runaway_us + 500_000))
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, param)
     except OSError as exc:

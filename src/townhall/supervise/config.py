@@ -50,3 +50,8 @@ class SupervisorConfig:
     # Needs root, CAP_SYS_NICE or an RLIMIT_RTPRIO; without them it stays at stage_nice.
     # The kernel's RT throttling (95 % by default) bounds what it could ever take.
     stage_realtime_priority: int = 10
+    # A real-time stage thread that runs this long without sleeping is a runaway (the
+    # clock sleeps every 20 ms): the kernel stops the process (RLIMIT_RTTIME, as audio
+    # servers set it) and the supervisor's standby takes the Space, instead of a
+    # spinning thread holding a core away from everything at normal priority.
+    stage_realtime_runaway_s: float = 2.0
