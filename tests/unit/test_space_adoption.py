@@ -10,6 +10,7 @@ from pathlib import Path
 from tests.unit.test_control_app import host, open_town, town_config
 from townhall.cluster.config import ClusterConfig
 from townhall.config import ServerConfig
+from townhall.control.service import SpaceService
 from townhall.room.record import record_to_json
 
 SECRET = "a-secret-shared-by-every-origin-node-of-the-cluster"
@@ -72,27 +73,34 @@ async def test_without_the_shared_secret_the_links_do_not_verify(tmp_path: Path)
             assert resp.status_code == 401, resp.text
 
 
+class SlowCopier:
+    """The cluster's copier as the service sees it, writing only when told to."""
+
+    def __init__(self, service: SpaceService) -> None:
+        self.service = service
+        self.rooms: list[str] = []  # the state of each room whose copy was waited for
+        self.written = asyncio.Event()
+
+    async def settled(self, space_id: str) -> None:
+        held = self.service.held(space_id)
+        assert held is not None
+        self.rooms.append(held.room.state.value)
+        await self.written.wait()
+
+
 async def test_an_end_is_answered_only_after_its_ended_room_is_copied(tmp_path: Path) -> None:
     """In a cluster, the end waits for the ended room's copy: a node dying right after
     answering leaves no live copy for another node to take over."""
     async for a in open_town(node(tmp_path, "a")):
         space = await a.create()
         await a.go_live(space)
-        copied: list[str] = []
-        release = asyncio.Event()
-
-        async def ended_copied(space_id: str) -> None:
-            held = a.th.service.held(space_id)
-            assert held is not None
-            copied.append(held.room.state.value)
-            await release.wait()
-
-        a.th.service.ended_copied = ended_copied
+        copier = SlowCopier(a.th.service)
+        a.th.service.ended_copied = copier.settled
         ending = asyncio.create_task(a.post(space, "/end", host(space)))
         await asyncio.sleep(0.2)
-        assert copied == ["ended"]  # the copy asked for is of the ended room
+        assert copier.rooms == ["ended"]  # the copy waited for is of the ended room
         assert not ending.done()  # and the end is not answered before it is written
-        release.set()
+        copier.written.set()
         assert (await ending).status_code == 200
 
 
