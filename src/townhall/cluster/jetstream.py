@@ -128,6 +128,10 @@ class JetStreamPublisher:
         """Publish nothing more of ``space_id``: another node holds it now (its lease)."""
         self.fenced.add(space_id)
 
+    def unfence(self, space_id: str) -> None:
+        """Publish ``space_id`` again: this node holds it again (it took it back over)."""
+        self.fenced.discard(space_id)
+
     def publish(self, msg: FeedMessage) -> None:
         if msg.space_id in self.fenced:
             return

@@ -486,6 +486,9 @@ class Supervisor:
                     self.pool.resync_presence()
 
     def _open_stage(self, space_id: str) -> None:
+        if self.cluster is not None:
+            # Opened by the control process: this node holds the Space (again).
+            self.cluster.unfence(space_id)
         name = stage_name(space_id)
         slot = self.slots.get(name)
         if slot is None:
