@@ -289,14 +289,21 @@ async def _settle_taken_over(
     ones another node took over meanwhile (it was stopped, or cut off) to that node,
     marks ended those that ended there, and returns the copies of those another node
     held last and nobody holds now (taken up from the copy, newer than the journal)."""
+    from nats.errors import Error as NatsError
+
     from townhall.cluster.rooms import resume_decisions
     from townhall.cluster.takeover import Resume
 
     live_ids = [record.id for record in control.store.live_spaces()]
+    try:
+        decisions = await resume_decisions(follower.connection, config, follower.table, live_ids)
+    except (NatsError, TimeoutError) as exc:
+        # Resumed from the journal then: a lease found taken at the first renewal still
+        # hands a Space over.
+        log.error("the cluster's copies are unreadable (%s); resuming from the journal", exc)
+        return []
     adoptable = []
-    for space_id, decision, copy in await resume_decisions(
-        follower.connection, config, follower.table, live_ids
-    ):
+    for space_id, decision, copy in decisions:
         match decision.verdict:
             case Resume.HAND_OVER:
                 control.hand_over(space_id, decision.why)
