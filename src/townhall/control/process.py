@@ -7,7 +7,8 @@ hub, which hands them to the audience workers and the recorder. The hub reports 
 over the same link: stage replies and statuses, stage (re)starts and losses, the
 listeners' presence, the process table, the audience's stats, the recordings' state.
 
-A control process that starts resumes every live Space from its journal and opens its
+A control process that starts resumes every live Space from its journal (in a cluster,
+only those no other node took over meanwhile: see ``_settle_taken_over``) and opens its
 stage again (the hub ignores an OpenStage for a stage that runs), and asks the audience
 workers to report their open streams again, since its counters start empty. It serves
 on the listening socket the supervisor keeps, so requests wait in the backlog while a
