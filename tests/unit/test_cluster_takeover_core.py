@@ -14,6 +14,7 @@ from townhall.cluster.jetstream import LeaseKeeper
 from townhall.cluster.leases import Lease, LeaseTable, encode_lease
 from townhall.cluster.rooms import RoomCopier, TakeoverWatch
 from townhall.cluster.takeover import (
+    Resume,
     SpaceCopy,
     Verdict,
     continued_part_seq,
@@ -22,6 +23,7 @@ from townhall.cluster.takeover import (
     decode_copy,
     encode_copy,
     lease_verdict,
+    resume_verdict,
 )
 from townhall.cluster.wire import WireError
 from townhall.config import ServerConfig
@@ -356,3 +358,71 @@ def test_a_keeper_deletes_only_its_own_lease_when_the_stage_closes() -> None:
         return bucket
 
     assert asyncio.run(scenario()).values == {}
+
+
+# -- a node coming back with its own journal ---------------------------------------------
+
+
+def on_return(
+    holder: Lease | None = None, lapsed: Lease | None = None, copy: SpaceCopy | None = None
+) -> Resume:
+    """What node-a, restarting with "sp" live in its journal, does with it."""
+    return resume_verdict("sp", holder, lapsed, copy, "node-a").verdict
+
+
+def test_a_node_coming_back_leaves_a_space_another_node_holds() -> None:
+    b_copy = replace(copy_of(), node="node-b")
+    assert on_return(holder=lease("node-b", at=NOW - 1), copy=b_copy) is Resume.HAND_OVER
+    # Even if its copy never reached the cluster: the lease alone says it.
+    assert on_return(holder=lease("node-b", at=NOW - 1)) is Resume.HAND_OVER
+    # Its holder stopped renewing: the takeover decides, not this node's older journal.
+    assert on_return(lapsed=lease("node-b"), copy=b_copy) is Resume.HAND_OVER
+
+
+def test_a_node_coming_back_resumes_what_nobody_took_over() -> None:
+    assert on_return() is Resume.RESUME
+    assert on_return(copy=copy_of()) is Resume.RESUME  # its own copy
+    assert on_return(holder=lease("node-a", at=NOW - 1), copy=copy_of()) is Resume.RESUME
+    assert on_return(lapsed=lease("node-a"), copy=copy_of()) is Resume.RESUME
+
+
+def test_a_node_coming_back_takes_up_a_newer_copy_nobody_holds() -> None:
+    assert on_return(copy=replace(copy_of(), node="node-b")) is Resume.ADOPT
+
+
+def test_a_node_coming_back_ends_what_ended_elsewhere() -> None:
+    ended = replace(copy_of(state=SpaceState.ENDED), node="node-b")
+    assert on_return(holder=lease("node-b", at=NOW - 1), copy=ended) is Resume.END
+    assert on_return(copy=ended) is Resume.END
+
+
+# -- an ended Space is never taken over --------------------------------------------------
+
+
+def test_an_ended_rooms_copy_is_never_taken_even_with_its_lease_lapsed() -> None:
+    lapsed = lease(at=NOW - LEASE_S - GRACE_S - 10)
+    ended = copy_of(state=SpaceState.ENDED)
+    decision = decide("sp", None, lapsed, ended, "node-b", False, NOW, LEASE_S, GRACE_S)
+    assert decision.verdict is Verdict.LEAVE
+
+
+def test_settled_waits_for_the_copy_in_the_cluster() -> None:
+    """The end is answered only once the ended room's copy is written: after the
+    cluster's failures, as soon as it took it; not at all within the bound while it
+    takes none."""
+
+    async def scenario() -> None:
+        bucket = FakeBucket()
+        bucket.fail = 3
+        copier = RoomCopier(ClusterConfig())
+        copier.start(bucket)  # type: ignore[arg-type]
+        copier.copy(copy_of(state=SpaceState.ENDED))
+        assert await copier.settled("sp", timeout_s=5.0)
+        assert decode_copy(bucket.values["space.sp"]).room_state is SpaceState.ENDED
+        assert await copier.settled("other", timeout_s=0.0)  # nothing pending: at once
+        bucket.fail = 10_000
+        copier.copy(copy_of())
+        assert not await copier.settled("sp", timeout_s=0.3)
+        await copier.close()
+
+    asyncio.run(scenario())

@@ -128,6 +128,10 @@ class JetStreamPublisher:
         """Publish nothing more of ``space_id``: another node holds it now (its lease)."""
         self.fenced.add(space_id)
 
+    def unfence(self, space_id: str) -> None:
+        """Publish ``space_id`` again: this node holds it again (it took it back over)."""
+        self.fenced.discard(space_id)
+
     def publish(self, msg: FeedMessage) -> None:
         if msg.space_id in self.fenced:
             return
@@ -338,6 +342,8 @@ class LeaseFollower:
     def __init__(self, config: ClusterConfig) -> None:
         self.config = config
         self.table = LeaseTable(config.lease_s, config.max_leases)
+        # Set once every lease the cluster had at the start is in the table.
+        self.loaded = asyncio.Event()
         self._nc: Client | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -347,15 +353,23 @@ class LeaseFollower:
         return self._nc
 
     async def start(self) -> None:
+        """Follow the leases; return once the cluster's current ones are in the table
+        (or after ``edge_bootstrap_timeout_s``, with what arrived)."""
         self._nc = await connect(self.config, "townhall-control")
         kv = await lease_bucket(self._nc, self.config)
         watcher = await kv.watchall()
         self._task = asyncio.get_running_loop().create_task(self._follow(watcher), name="leases")
+        try:
+            await asyncio.wait_for(self.loaded.wait(), self.config.edge_bootstrap_timeout_s)
+        except TimeoutError:
+            log.warning("the cluster's leases did not arrive in %.0f s; going on",
+                        self.config.edge_bootstrap_timeout_s)  # fmt: skip
 
     async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
         async for entry in watcher:
             if entry is None:
-                continue  # the end of the initial values
+                self.loaded.set()  # the end of the initial values
+                continue
             space_id = entry.key.removeprefix("space.")
             if entry.operation in ("DEL", "PURGE") or not entry.value:
                 self.table.drop(space_id)

@@ -25,12 +25,14 @@ from townhall.cluster.config import ClusterConfig
 from townhall.cluster.jetstream import lease_bucket
 from townhall.cluster.leases import Lease, LeaseTable, encode_lease
 from townhall.cluster.takeover import (
+    ResumeDecision,
     SpaceCopy,
     Verdict,
     copy_verdict,
     decode_copy,
     encode_copy,
     lease_verdict,
+    resume_verdict,
 )
 from townhall.cluster.wire import PART, PROGRAM_STREAM, WireError, program_subject
 from townhall.config import ServerConfig
@@ -79,6 +81,50 @@ async def last_part_seq(js: JetStreamContext, space_id: str) -> int | None:
         return None
 
 
+async def read_copy(rooms: KeyValue, space_id: str) -> SpaceCopy | None:
+    """The cluster's copy of ``space_id`` (None: none, or unreadable)."""
+    try:
+        entry = await rooms.get(_key(space_id))
+    except NotFoundError:  # the key-value errors for a missing key derive from it
+        return None
+    if not entry.value:
+        return None
+    try:
+        return decode_copy(entry.value)
+    except WireError as exc:
+        log.error("space %s: its room copy is unreadable: %s", space_id, exc)
+        return None
+
+
+async def resume_decisions(
+    nc: Client, config: ServerConfig, table: LeaseTable, space_ids: list[str]
+) -> list[tuple[str, ResumeDecision, SpaceCopy | None]]:
+    """For each Space this node's journal says is live, whether it may resume it (see
+    ``takeover.resume_verdict``), with the cluster's copy of it. ``table`` holds the
+    cluster's leases already."""
+    rooms = await rooms_bucket(nc, config.cluster)
+    node, _ = node_identity(config)
+    now, out = time.time(), []
+    for space_id in space_ids:
+        copy = await read_copy(rooms, space_id)
+        holder, lapsed = table.holder(space_id, now), table.lapsed(space_id, now)
+        out.append((space_id, resume_verdict(space_id, holder, lapsed, copy, node), copy))
+    return out
+
+
+async def claim_lease(nc: Client, config: ServerConfig, table: LeaseTable, space_id: str) -> bool:
+    """Create this node's lease on ``space_id`` if none exists (atomic: one node wins)."""
+    node, node_url = node_identity(config)
+    mine = Lease(space_id, node, node_url, time.time())
+    leases = await lease_bucket(nc, config.cluster)
+    try:
+        await leases.create(_key(space_id), encode_lease(mine))
+    except KeyWrongLastSequenceError:
+        return False
+    table.put(mine)
+    return True
+
+
 class RoomCopier:
     """Writes each Space's copy to the cluster, the newest only, never blocking the
     caller: ``copy`` keeps it (at most ``max_pending_copy_spaces`` Spaces waiting, the
@@ -92,6 +138,7 @@ class RoomCopier:
         self.failures = 0
         self._pending: OrderedDict[str, SpaceCopy] = OrderedDict()
         self._ready = asyncio.Event()
+        self._progress = asyncio.Event()  # set each time a pending copy is done with
         self._task: asyncio.Task[None] | None = None
 
     def start(self, kv: KeyValue) -> None:
@@ -132,6 +179,21 @@ class RoomCopier:
     def _done(self, space_id: str, copy: SpaceCopy) -> None:
         if self._pending.get(space_id) is copy:  # not replaced by a newer one meanwhile
             del self._pending[space_id]
+        self._progress.set()
+
+    async def settled(self, space_id: str, timeout_s: float) -> bool:
+        """Wait until the newest copy of ``space_id`` given to ``copy`` is in the cluster
+        (True), or ``timeout_s`` passed (False)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while space_id in self._pending:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            self._progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), remaining)
+        return True
 
     async def close(self) -> None:
         if self._task is not None:
@@ -221,17 +283,7 @@ class TakeoverWatch:
         self.taken = [*self.taken[-99:], space_id]
 
     async def _copy(self, rooms: KeyValue, space_id: str) -> SpaceCopy | None:
-        try:
-            entry = await rooms.get(_key(space_id))
-        except NotFoundError:  # the key-value errors for a missing key derive from it
-            return None
-        if not entry.value:
-            return None
-        try:
-            return decode_copy(entry.value)
-        except WireError as exc:
-            log.error("space %s: its room copy is unreadable: %s", space_id, exc)
-            return None
+        return await read_copy(rooms, space_id)
 
     def _settle(self, lease: Lease) -> None:
         self._settled[(lease.space_id, lease.at_unix_s)] = None

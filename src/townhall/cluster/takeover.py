@@ -18,6 +18,11 @@ change. When that node's lease lapses, any other origin node may take the Space 
   edges and the numbers never go backwards. Media time still counts from the Space's
   start, so two stages that both ran would give the same part the same number (and
   JetStream would keep the first).
+- **a node coming back** (``resume_verdict``): a node (re)starting with its own journal
+  resumes a live Space from it only if no other node took the Space over meanwhile (a
+  live lease of another node, or a newer copy another node wrote); otherwise it sends
+  the Space's requests to the holder, or takes the Space up from the cluster's copy,
+  or marks it ended if the cluster's copy ended.
 """
 
 from __future__ import annotations
@@ -163,6 +168,43 @@ def decide(
         return by_lease
     by_copy = copy_verdict(space_id, copy)
     return by_lease if by_copy.verdict is Verdict.TAKE else by_copy
+
+
+class Resume(Enum):
+    """What a (re)starting node does with a Space its journal says is live."""
+
+    RESUME = "resume"  # from this node's journal: nobody took it over
+    HAND_OVER = "hand over"  # another node holds it (or may): send its requests there
+    ADOPT = "adopt"  # from the cluster's copy: newer than this node's journal, unheld
+    END = "end"  # the cluster's copy ended: mark it ended here too
+
+
+@dataclass(frozen=True)
+class ResumeDecision:
+    verdict: Resume
+    why: str
+
+
+def resume_verdict(
+    space_id: str, holder: Lease | None, lapsed: Lease | None, copy: SpaceCopy | None, node: str
+) -> ResumeDecision:
+    """Whether this node (``node``), starting with ``space_id`` live in its own journal,
+    may resume it from there. ``holder`` is the lease that holds now (None if none),
+    ``lapsed`` the last lease seen if it lapsed, ``copy`` the cluster's copy (None if
+    none). This node's journal is older than any copy another node wrote: another node
+    only writes one after taking the Space over."""
+    if copy is not None and copy.space.id == space_id and copy.room_state is SpaceState.ENDED:
+        return ResumeDecision(Resume.END, f"it ended on {copy.node}")
+    if holder is not None and holder.node != node:
+        return ResumeDecision(Resume.HAND_OVER, f"{holder.node} holds its lease")
+    if lapsed is not None and lapsed.node != node:
+        # Its holder stopped renewing: the takeover (this node's included) decides.
+        return ResumeDecision(Resume.HAND_OVER, f"{lapsed.node} held it last")
+    if copy is not None and copy.space.id == space_id and copy.node != node:
+        if copy.room_state is SpaceState.LIVE:
+            return ResumeDecision(Resume.ADOPT, f"{copy.node} held it last; nobody holds it now")
+        return ResumeDecision(Resume.HAND_OVER, f"{copy.node} held it last")
+    return ResumeDecision(Resume.RESUME, "no other node took it over")
 
 
 def continued_part_seq(last_published_seq: int | None) -> int | None:

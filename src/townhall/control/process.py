@@ -7,7 +7,8 @@ hub, which hands them to the audience workers and the recorder. The hub reports 
 over the same link: stage replies and statuses, stage (re)starts and losses, the
 listeners' presence, the process table, the audience's stats, the recordings' state.
 
-A control process that starts resumes every live Space from its journal and opens its
+A control process that starts resumes every live Space from its journal (in a cluster,
+only those no other node took over meanwhile: see ``_settle_taken_over``) and opens its
 stage again (the hub ignores an OpenStage for a stage that runs), and asks the audience
 workers to report their open streams again, since its counters start empty. It serves
 on the listening socket the supervisor keeps, so requests wait in the backlog while a
@@ -50,6 +51,7 @@ from townhall.supervise.messages import (
     ProcessTable,
     RecordingStatus,
     ResyncPresence,
+    SpaceHandedOver,
     StageLost,
     StageReply,
     StageStarted,
@@ -59,6 +61,7 @@ from townhall.supervise.specs import ControlSpec
 
 if TYPE_CHECKING:
     from townhall.cluster.jetstream import LeaseFollower
+    from townhall.cluster.takeover import SpaceCopy
 
 log = logging.getLogger("townhall.control")
 
@@ -111,9 +114,22 @@ class ControlProcess(Control):
             stage.resumed = True
         return True
 
+    def hand_over(self, space_id: str, why: str) -> None:
+        """Another node holds the Space now: send its requests there, keep no older room
+        of it here, and close its stage if it runs here (the Space goes on there)."""
+        live = self.service.hand_over(space_id)
+        log.warning("space %s: handed over, its requests go to the node holding it: %s",
+                    space_id, why)  # fmt: skip
+        if live is not None and live.stage is not None:
+            task = asyncio.get_running_loop().create_task(live.close_stage())
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+
     def receive(self, msg: object) -> None:
         """One message from the hub."""
         match msg:
+            case SpaceHandedOver():
+                self.hand_over(msg.space_id, f"{msg.holder} holds its lease")
             case StageReply() | StageStatus():
                 if (stage := self.stages.get(msg.space_id)) is not None:
                     if isinstance(msg, StageReply):
@@ -229,10 +245,15 @@ async def serve_control(spec: ControlSpec, sock: socket.socket) -> None:
     link = await open_link(sock, inbox.deliver)
     control = ControlProcess(spec.config, link)
     inbox.hand_to(control.receive)
+    follower, adoptable = None, []
+    if spec.config.cluster.servers:
+        follower = await _follow_leases(spec.config)
+        adoptable = await _settle_taken_over(control, spec.config, follower)
     control.resume()
     app: ASGIApp = create_app(control)
-    if spec.config.cluster.servers:
-        app = await _route_through_cluster(app, control, spec.config)
+    if follower is not None:
+        app = await _route_through_cluster(app, control, spec.config, follower)
+        await _adopt_unheld(control, spec.config, follower, adoptable)
         await _count_across_cluster(control, spec.config)
     server = uvicorn.Server(uvicorn_config(app, spec.config.control))
     serving = asyncio.create_task(server.serve(sockets=[spec.listen_socket]), name="control")
@@ -252,17 +273,72 @@ async def serve_control(spec: ControlSpec, sock: socket.socket) -> None:
     link.close()
 
 
-async def _route_through_cluster(
-    app: ASGIApp, control: ControlProcess, config: ServerConfig
-) -> ASGIApp:
-    """Requests for Spaces another node holds go to that node (their leases say which)."""
+async def _follow_leases(config: ServerConfig) -> LeaseFollower:
+    """Every lease in the cluster, in a table kept up to date (loaded when returned)."""
     # Imported here: a single machine needs neither NATS nor its client.
     from townhall.cluster.jetstream import LeaseFollower
-    from townhall.cluster.rooms import node_identity
-    from townhall.cluster.routing import RouteToHolder
 
     follower = LeaseFollower(config.cluster)
     await follower.start()
+    return follower
+
+
+async def _settle_taken_over(
+    control: ControlProcess, config: ServerConfig, follower: LeaseFollower
+) -> list[SpaceCopy]:
+    """Before resuming its live Spaces from its journal, a node in a cluster leaves the
+    ones another node took over meanwhile (it was stopped, or cut off) to that node,
+    marks ended those that ended there, and returns the copies of those another node
+    held last and nobody holds now (taken up from the copy, newer than the journal)."""
+    from nats.errors import Error as NatsError
+
+    from townhall.cluster.rooms import resume_decisions
+    from townhall.cluster.takeover import Resume
+
+    live_ids = [record.id for record in control.store.live_spaces()]
+    try:
+        decisions = await resume_decisions(follower.connection, config, follower.table, live_ids)
+    except (NatsError, TimeoutError) as exc:
+        # Resumed from the journal then: a lease found taken at the first renewal still
+        # hands a Space over.
+        log.error("the cluster's copies are unreadable (%s); resuming from the journal", exc)
+        return []
+    adoptable = []
+    for space_id, decision, copy in decisions:
+        match decision.verdict:
+            case Resume.HAND_OVER:
+                control.hand_over(space_id, decision.why)
+            case Resume.END if copy is not None:
+                control.service.end_as_copied(space_id, copy.room_json)
+                log.warning("space %s: not resumed: %s", space_id, decision.why)
+            case Resume.ADOPT if copy is not None:
+                control.hand_over(space_id, decision.why)
+                adoptable.append(copy)
+    return adoptable
+
+
+async def _adopt_unheld(
+    control: ControlProcess, config: ServerConfig, follower: LeaseFollower,
+    copies: list[SpaceCopy],
+) -> None:  # fmt: skip
+    """Take up, from the cluster's copy, the Spaces nobody holds that another node held
+    after this one: the lease first (one node wins), then the Space."""
+    from townhall.cluster.rooms import claim_lease
+
+    for copy in copies:
+        if await claim_lease(follower.connection, config, follower.table, copy.space.id):
+            log.warning("space %s: taken up from the cluster's copy", copy.space.id)
+            control.adopt(copy.space, copy.room_json)
+
+
+async def _route_through_cluster(
+    app: ASGIApp, control: ControlProcess, config: ServerConfig, follower: LeaseFollower
+) -> ASGIApp:
+    """Requests for Spaces another node holds go to that node (their leases say which)."""
+    # Imported here: a single machine needs neither NATS nor its client.
+    from townhall.cluster.rooms import node_identity
+    from townhall.cluster.routing import RouteToHolder
+
     await _copy_and_take_over(control, config, follower)
     return RouteToHolder(
         app,
@@ -311,6 +387,14 @@ async def _copy_and_take_over(
         copier.copy(SpaceCopy(record, room_json, node, time.time()))
 
     control.copy_room = copy_room
+
+    async def ended_copied(space_id: str) -> None:
+        if not await copier.settled(space_id, config.cluster.publish_timeout_s):
+            log.error("space %s: its ended room was not copied to the cluster in %.1f s; "
+                      "another node could take it over", space_id,
+                      config.cluster.publish_timeout_s)  # fmt: skip
+
+    control.service.ended_copied = ended_copied
     # The live Spaces this node holds already (a restarted control process): copied now.
     for live in control.service.held_spaces():
         copy_room(live, [])

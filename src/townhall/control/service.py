@@ -26,11 +26,11 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from townhall.control.config import ControlConfig
-from townhall.errors import Conflict, Forbidden, NotFound, TownhallError
+from townhall.errors import Conflict, Forbidden, NotFound, TownhallError, Unavailable
 from townhall.feed import FeedSink
 from townhall.live import (
     DeadMicrophones,
@@ -125,10 +125,17 @@ class SpaceService:
         # (space, participant) with an SDP offer being answered: one at a time each.
         self._offering: set[tuple[str, str]] = set()
         self._held: OrderedDict[str, LiveSpace] = OrderedDict()
+        # Live Spaces another node holds now (it took them over): their requests go
+        # there; this node's journal of them is older. At most one per Space in the store.
+        self._handed_over: set[str] = set()
         # Ends of abandoned Spaces in flight, held so the loop does not drop them.
         self._ending: set[asyncio.Task[None]] = set()
         # Signs listener session ids (a random one per test service if none is given).
         self._sessions = sessions or SessionSigner(secrets.token_bytes(32))
+        # Awaited once a Space's end is journaled, before the end is answered: in a
+        # cluster, until the ended room's copy is in the cluster, so that a node dying
+        # right after answering leaves no live copy another node would take over.
+        self.ended_copied: Callable[[str], Awaitable[object]] | None = None
 
     @property
     def config(self) -> ControlConfig:
@@ -161,7 +168,9 @@ class SpaceService:
         return self._store.space(space_id)
 
     def knows(self, space_id: str) -> bool:
-        """Whether the Space is this node's (created here)."""
+        """Whether the Space is this node's (created or taken over here, not handed over)."""
+        if space_id in self._handed_over:
+            return False
         try:
             self._store.space(space_id)
         except NotFound:
@@ -268,6 +277,8 @@ class SpaceService:
         if live.room.state is not SpaceState.LIVE:
             return
         live.apply(live.room.end_abandoned(self._clock()))
+        if self.ended_copied is not None:
+            await self.ended_copied(live.space_id)
         await live.close_stage()
         self._store.set_state(live.space_id, "ended", self._clock())
         log.warning(
@@ -279,6 +290,8 @@ class SpaceService:
     async def end(self, grant: Grant) -> SpaceRecord:
         live = self._join(grant)
         live.apply(live.room.end(grant.participant_id, self._clock()))
+        if self.ended_copied is not None:
+            await self.ended_copied(live.space_id)
         await live.close_stage()
         self._store.set_state(live.space_id, "ended", self._clock())
         log.info("space %s ended; replay written", live.space_id)
@@ -292,6 +305,8 @@ class SpaceService:
         """
         resumed = []
         for record in self._store.live_spaces():
+            if record.id in self._handed_over:
+                continue
             live = self._hold(record.id)
             if live.room.state is not SpaceState.LIVE:
                 # Ended in the journal: the process died before the store heard of it.
@@ -310,13 +325,38 @@ class SpaceService:
         if room.state is not SpaceState.LIVE or room.space_id != space.id:
             return None
         record = replace(space, state=room.state.value, started_at=room.started_at)
-        if not self._store.adopt_space(record):
+        if not self._store.adopt_space(record) and space.id not in self._handed_over:
             return None
+        self._handed_over.discard(space.id)
         self._store.journal_room(space.id, room_json, self._clock())
         live = self._hold(space.id)
         live.open_stage(self._new_stage(live.room))
         log.warning("space %s taken over from another node", space.id)
         return live
+
+    def hand_over(self, space_id: str) -> LiveSpace | None:
+        """Another node holds ``space_id`` now: this node stops answering for it (its
+        requests go to the holder) and lets its room go, without ending it. The stage
+        sockets open here are closed (their clients reconnect, and reach the holder).
+        Returns the Space if it was held here, for its stage to be closed."""
+        self._handed_over.add(space_id)
+        live = self._held.pop(space_id, None)
+        if live is not None:
+            for watcher in list(live.watchers):
+                live.watchers.discard(watcher)
+                watcher.cut_off(1012, "this Space is held by another node now; reconnect")
+        return live
+
+    def end_as_copied(self, space_id: str, room_json: str) -> None:
+        """Mark a Space ended as the cluster's copy of its ended room says (it ended on
+        the node that took it over)."""
+        self._handed_over.discard(space_id)
+        self._held.pop(space_id, None)
+        self._store.journal_room(space_id, room_json, self._clock())
+        self._store.set_state(space_id, "ended", self._clock())
+
+    def handed_over(self, space_id: str) -> bool:
+        return space_id in self._handed_over
 
     async def shutdown(self) -> None:
         """Close every running stage; their Spaces end with the process."""
@@ -570,6 +610,7 @@ class SpaceService:
         return live
 
     def _hold(self, space_id: str) -> LiveSpace:
+        self._refuse_handed_over(space_id)
         live = self._held.get(space_id)
         if live is None:
             live = self._rebuild(self._store.space(space_id))
@@ -584,7 +625,13 @@ class SpaceService:
 
     def _view(self, record: SpaceRecord) -> LiveSpace:
         """The held Space, or one rebuilt from its record for this read and then let go."""
+        self._refuse_handed_over(record.id)
         return self._held.get(record.id) or self._rebuild(record)
+
+    def _refuse_handed_over(self, space_id: str) -> None:
+        # This node's room of it is older than the holder's: never answer from it.
+        if space_id in self._handed_over:
+            raise Unavailable("another node holds this Space now; ask again", 2.0)
 
     def _evict(self, room_for: int) -> None:
         """Let go of the least recently used idle Spaces; running ones always stay."""

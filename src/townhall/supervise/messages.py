@@ -197,11 +197,21 @@ class RecordingStatus:
     write_errors: int = 0
 
 
+@dataclass(frozen=True)
+class SpaceHandedOver:
+    """supervisor → control: another node holds the Space's lease now (it took the
+    Space over while this node's renewals stalled); its program is fenced here."""
+
+    space_id: str
+    holder: str  # the node holding it now
+
+
 ControlMessage = (
     StageReply
     | StageStatus
     | StageStarted
     | StageLost
+    | SpaceHandedOver
     | ProcessTable
     | AudienceReport
     | Presence

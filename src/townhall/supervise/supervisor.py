@@ -52,6 +52,7 @@ from townhall.supervise.messages import (
     ProcessInfo,
     ProcessTable,
     ResyncPresence,
+    SpaceHandedOver,
     StageLost,
     StageStarted,
 )
@@ -59,6 +60,7 @@ from townhall.supervise.restart import RestartPolicy
 
 if TYPE_CHECKING:
     from townhall.cluster.jetstream import JetStreamPublisher, LeaseKeeper
+    from townhall.cluster.leases import Lease
 from townhall.supervise.specs import (
     AssignStage,
     ControlSpec,
@@ -216,11 +218,22 @@ class Supervisor:
         node, node_url = node_identity(c)
         self.leases = LeaseKeeper(
             publisher.connection, c.cluster, node, node_url, lambda: list(self.hub.open_spaces),
-            lost=lambda space_id, _holder: publisher.fence(space_id),
+            lost=self._space_lost,
         )  # fmt: skip
         await self.leases.start()
         log.info("node %s publishes the program to the NATS cluster at %s", node,
                  c.cluster.nats_urls)  # fmt: skip
+
+    def _space_lost(self, space_id: str, holder: Lease) -> None:
+        """Another node took over a Space whose stage runs here: publish nothing more of
+        it (first, so the stage's close reaches no edge), close its stage, and tell the
+        control process, which sends the Space's requests to the holder from then on."""
+        if self.cluster is not None:
+            self.cluster.fence(space_id)
+        # Closed here, as if the control process had asked: it may be restarting, and
+        # then learns of the holder from the lease when it starts.
+        self.receive(CONTROL, CloseStage(space_id))
+        self._send(CONTROL, SpaceHandedOver(space_id, holder.node))
 
     async def stop(self) -> None:
         """Stop every child by pid: SIGTERM, then SIGKILL after ``stop_grace_s``. The
@@ -473,6 +486,9 @@ class Supervisor:
                     self.pool.resync_presence()
 
     def _open_stage(self, space_id: str) -> None:
+        if self.cluster is not None:
+            # Opened by the control process: this node holds the Space (again).
+            self.cluster.unfence(space_id)
         name = stage_name(space_id)
         slot = self.slots.get(name)
         if slot is None:
