@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,6 +141,8 @@ class Edge:
     port: int
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    # More ``townhall edge`` arguments (e.g. ``--trusted-proxies`` for a cache in front).
+    args: Sequence[str] = ()
 
     @property
     def url(self) -> str:
@@ -153,13 +155,17 @@ class Edge:
 
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> Edge:
         command = townhall_command(
-            "edge", "--nats", self.nats_urls, "--audience-port", str(self.port)
+            "edge", "--nats", self.nats_urls, "--audience-port", str(self.port), *self.args
         )
         # Its log goes to a file, for a failing test to read (a pipe nobody reads fills).
         self.log_path = Path(tempfile.gettempdir()) / f"townhall-edge-{self.port}.log"
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        wait_for_port(self.port, timeout_s)
+        try:
+            wait_for_port(self.port, timeout_s)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def kill9(self) -> None:
@@ -173,12 +179,13 @@ class Edge:
 
 
 @contextlib.contextmanager
-def edges(nats_urls: str, count: int = 2) -> Iterator[list[Edge]]:
-    """``count`` edges on free ports following the cluster; all stopped on exit."""
+def edges(nats_urls: str, count: int = 2, args: Sequence[str] = ()) -> Iterator[list[Edge]]:
+    """``count`` edges on free ports following the cluster; all stopped on exit (also
+    one that replaced another in the list)."""
     started: list[Edge] = []
     try:
         for _ in range(count):
-            started.append(Edge(nats_urls, free_port()).start())
+            started.append(Edge(nats_urls, free_port(), args=args).start())
         yield started
     finally:
         for edge in started:

@@ -112,7 +112,7 @@ def plan(p: PlanInput) -> Plan:
     per_core_ogg = p.figure("ogg_listeners_per_core") / p.figure("ogg_core_utilisation") * u
     # A low-latency HLS player asks for one blocking playlist and one part per part.
     hls_req_s = hls * 2 / p.part_s
-    edge_hls_req_s = _edge_hls_requests(p) if p.cache_nodes else hls_req_s
+    edge_hls_req_s = edge_hls_requests(p) if p.cache_nodes else hls_req_s
     hls_cores = edge_hls_req_s / (p.figure("hls_requests_per_core") * u)
     edge_cores = max(1, math.ceil(ogg / per_core_ogg + hls_cores))
     edges = max(2, math.ceil(edge_cores / p.cores_per_edge))  # two: one may fail
@@ -141,7 +141,7 @@ def plan(p: PlanInput) -> Plan:
     )
 
 
-def _edge_hls_requests(p: PlanInput) -> float:
+def edge_hls_requests(p: PlanInput) -> float:
     """Behind a cache with request collapsing, the edges see one blocking playlist and one
     part per part and per cache node, whatever the audience: the point of the tier."""
     return p.spaces * p.cache_nodes * 2 / p.part_s
