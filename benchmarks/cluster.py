@@ -30,6 +30,7 @@ import json
 import math
 import os
 import re
+import resource
 import statistics
 import subprocess
 import tempfile
@@ -41,7 +42,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from benchmarks.harness.caches import Cache, nginx_cache, varnish
+from benchmarks.harness.caches import CACHE_NOFILE, Cache, nginx_cache, varnish
 from benchmarks.harness.nats import Edge, NatsCluster, edges, nats_cluster
 from benchmarks.harness.processes import process_table, stop
 from benchmarks.harness.server import Space, on_air, townhall_command
@@ -67,6 +68,10 @@ OGG_RATE_S = 6.0
 VARNISH_POOLS = 2
 VARNISH_DEFAULT_MAX_THREADS = 5_000
 VARNISH_SPARE_THREADS = 200
+# Descriptors a cache keeps for itself and its LL-HLS connections to the edge.
+CACHE_FD_RESERVE = 3_000
+# Connections waiting to be accepted: a crowd joining at 1,000 a second outruns 1,024.
+VARNISH_LISTEN_DEPTH = 8_192
 
 
 @dataclass
@@ -86,6 +91,7 @@ class OffloadStep:
     steady_lateness_p99_s: float | None = None
     # Per crowd: via (cache), kind, listeners, with_media, failed, failures by reason.
     crowds: list[dict[str, object]] = field(default_factory=list)
+    ogg_direct: int = 0  # Ogg streams beyond what the caches' descriptors allow
 
 
 @dataclass
@@ -206,18 +212,21 @@ class ClusterResult:
 
     def table(self) -> str:
         out = [
-            "Offload: crowds through Varnish (edge A) and nginx (edge B); CPU % of one core, "
+            "Offload: crowds through Varnish (edge A) and nginx (edge B); ogg and hls via the "
+            "caches, direct: Ogg beyond a cache's descriptors, to its edge; CPU % of one core, "
             "medians of 1 s samples"
         ]
         out.append(
-            f"  {'listeners':>9} {'ogg':>6} {'hls':>6} {'origin CPU':>10} {'origin out B/s':>14} "
+            f"  {'listeners':>9} {'ogg':>6} {'direct':>6} {'hls':>6} {'origin CPU':>10} "
+            f"{'origin out B/s':>14} "
             f"{'NATS CPU':>8} {'cache->edge req/s':>17} {'edges CPU':>9} {'caches CPU':>10} "
             f"{'crowd CPU':>9} {'with audio':>10} {'failed':>6} {'late p99 s':>10}"
         )
         for s in self.offload:
             late = "-" if s.steady_lateness_p99_s is None else f"{s.steady_lateness_p99_s:.2f}"
             out.append(
-                f"  {s.listeners:>9,} {s.ogg:>6,} {s.hls:>6,} {s.origin_cpu_percent:>10.1f} "
+                f"  {s.listeners:>9,} {s.ogg:>6,} {s.ogg_direct:>6,} {s.hls:>6,} "
+                f"{s.origin_cpu_percent:>10.1f} "
                 f"{s.origin_publish_bytes_s:>14,.0f} {s.nats_cpu_percent:>8.1f} "
                 f"{s.edge_requests_s:>17.1f} {s.edges_cpu_percent:>9.1f} "
                 f"{s.caches_cpu_percent:>10.1f} {s.crowd_cpu_percent:>9.1f} "
@@ -495,14 +504,31 @@ def ramp_s(listeners: int) -> float:
     return max(1.0, listeners / 1_000)
 
 
-def offload_step(rig: Rig, listeners: int, hls_share: float, window_s: float) -> OffloadStep:
-    per_cache = listeners // len(rig.caches)
+def split(per_cache: int, hls_share: float) -> tuple[int, int, int]:
+    """One cache's share of a crowd: (LL-HLS players, Ogg streams through the cache, Ogg
+    streams straight to its edge). A cache holds two descriptors per stream it pipes or
+    proxies, under the one limit of its process: the streams beyond what that allows go
+    to the edge directly, as a layer-4 balancer would send them."""
     hls = round(per_cache * hls_share)
     ogg = per_cache - hls
+    via = max(0, min(ogg, (cache_nofile() - CACHE_FD_RESERVE - hls) // 2))
+    return hls, via, ogg - via
+
+
+def cache_nofile() -> int:
+    return min(CACHE_NOFILE, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+
+
+def offload_step(rig: Rig, listeners: int, hls_share: float, window_s: float) -> OffloadStep:
+    per_cache = listeners // len(rig.caches)
+    hls, ogg, direct = split(per_cache, hls_share)
     targets = []
-    for cache in rig.caches:
+    for cache, edge in zip(rig.caches, rig.edges, strict=True):
         url = f"{cache.url}/live/{rig.space.id}.ogg"
         targets += [(cache.name, "ogg", url, ogg), (cache.name, "hls", url, hls)]
+        targets.append(
+            (f"direct to {edge.port}", "ogg", f"{edge.url}/live/{rig.space.id}.ogg", direct)
+        )
     over = ramp_s(per_cache * len(rig.caches))
     duration = over + _SETTLE_S + window_s + 2.0
     with crowds(targets, over, duration, rig.work) as started:
@@ -523,7 +549,7 @@ def offload_step(rig: Rig, listeners: int, hls_share: float, window_s: float) ->
             },
         )
         step = OffloadStep(
-            listeners=(ogg + hls) * len(rig.caches),
+            listeners=(ogg + direct + hls) * len(rig.caches),
             ogg=ogg * len(rig.caches),
             hls=hls * len(rig.caches),
             origin_cpu_percent=window.median_cpu("origin"),
@@ -533,6 +559,7 @@ def offload_step(rig: Rig, listeners: int, hls_share: float, window_s: float) ->
             edges_cpu_percent=window.median_cpu("edges"),
             caches_cpu_percent=window.median_cpu("caches"),
             crowd_cpu_percent=window.median_cpu("crowd"),
+            ogg_direct=direct * len(rig.caches),
         )
     heard, failed, late, rows = crowd_results(started)
     step.with_media, step.failed, step.steady_lateness_p99_s, step.crowds = (
@@ -677,12 +704,13 @@ def varnish_threads(o: Options) -> list[str]:
     """Varnish pipes each Ogg stream on a worker thread of its own: its two pools start
     with threads enough for the largest crowd's share (threads made on demand arrive
     too slowly for a crowd joining at once, and the waiting listeners time out)."""
-    piped = max(o.steps, default=0) // 2 * (1.0 - o.hls_share)
+    _, piped, _ = split(max(o.steps, default=0) // 2, o.hls_share)
     per_pool = math.ceil(piped / VARNISH_POOLS) + VARNISH_SPARE_THREADS
     return [
         f"thread_pools={VARNISH_POOLS}",
         f"thread_pool_max={max(VARNISH_DEFAULT_MAX_THREADS, per_pool)}",
         f"thread_pool_min={per_pool}",
+        f"listen_depth={VARNISH_LISTEN_DEPTH}",
     ]
 
 

@@ -132,3 +132,40 @@ def test_a_bad_share_is_refused() -> None:
 
     with pytest.raises(SystemExit):
         main(["--hls-share", "2"])
+
+
+def test_failure_reasons_are_grouped_without_the_listeners_own_urls() -> None:
+    from benchmarks.cluster import reasons
+
+    got = reasons(
+        {
+            "GET /live/Ek/index.m3u8?sid=lt0-777: status 504": 1,
+            "GET /live/Ek/index.m3u8?sid=lt0-778: status 504": 2,
+            "GET /live/Ek/p12.3.m4s?sid=lt0-9: status 404": 1,
+            "no response head in time": 5,
+        }
+    )
+    assert got == {
+        "GET playlist: status 504": 3,
+        "GET part: status 404": 1,
+        "no response head in time": 5,
+    }
+
+
+def test_a_cache_carries_the_streams_its_descriptors_allow_and_the_rest_go_direct() -> None:
+    from benchmarks.cluster import CACHE_FD_RESERVE, cache_nofile, split
+
+    hls, via, direct = split(10_000, 0.1)
+    assert hls == 1_000 and via + direct == 9_000
+    assert 2 * via + hls + CACHE_FD_RESERVE <= cache_nofile()
+    assert split(500, 0.1) == (50, 450, 0)
+
+
+def test_varnish_starts_threads_for_its_share_of_the_piped_crowd() -> None:
+    from benchmarks.cluster import VARNISH_SPARE_THREADS, split, varnish_threads
+
+    _, piped, _ = split(10_000, 0.1)
+    params = varnish_threads(Options(steps=[1_000, 20_000], hls_share=0.1))
+    per_pool = -(-piped // 2) + VARNISH_SPARE_THREADS
+    assert f"thread_pool_min={per_pool}" in params and "thread_pools=2" in params
+    assert f"thread_pool_max={max(5_000, per_pool)}" in params
