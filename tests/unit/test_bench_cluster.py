@@ -80,6 +80,15 @@ def test_an_origin_whose_cpu_grows_with_the_audience_fails() -> None:
     assert got["origin CPU flat"] is False and got["origin bytes out flat"] is True
 
 
+def test_the_reference_is_the_mean_of_the_windows_before_and_after_the_crowds() -> None:
+    result = flat()
+    result.offload = [step(0, 11.5), step(1_000, 13.5), step(10_000, 14.9), step(0, 14.5)]
+    assert result.reference() == (13.0, 13_000.0)
+    # 14.9 against 11.5 alone would fail (bound 14.4); against both windows it holds.
+    assert verdicts(result)["origin CPU flat"] is True
+    assert "13.0% with no audience (11.5, 14.5)" in result.table()
+
+
 def test_a_small_wobble_of_a_small_origin_is_still_flat() -> None:
     # 2 points of a core above a 4 % reference is noise, not growth.
     result = flat()
