@@ -55,6 +55,8 @@ _PART = re.compile(r'URI="p(\d+)\.(\d+)\.m4s"')
 _LAUNCH_S = 4.5
 _SETTLE_S = 3.0
 _SAMPLE_S = 1.0
+# Longer than an edge's longest blocking hold (6 s).
+_QUIET_S = 8.0
 # "Flat": the origin's CPU within 25 % (or 2 points of a core, what its idle CPU wanders
 # by on a shared machine) of its CPU with no audience; its publishing within 10 % (one
 # 0.5 s part message is a few % of a window).
@@ -543,8 +545,9 @@ def offload_step(rig: Rig, listeners: int, hls_share: float, window_s: float) ->
     over = ramp_s(per_cache * len(rig.caches))
     duration = over + _SETTLE_S + window_s + 2.0
     with crowds(targets, over, duration, rig.work) as started:
-        if started:
-            time.sleep(_LAUNCH_S + over + _SETTLE_S)
+        # With no crowd, the previous crowd's end settles first: its last blocking
+        # requests, its streams closing.
+        time.sleep(_LAUNCH_S + over + _SETTLE_S if started else _QUIET_S)
         window = measure(
             {
                 "origin": [rig.space.server.pid],
@@ -729,7 +732,7 @@ def expected_seconds(o: Options) -> float:
     """About how long a run takes: start-up, each crowd's launch, ramp, settle, window
     and teardown, the cost rounds and the restarts."""
     per_step = sum(_LAUNCH_S + ramp_s(n) + _SETTLE_S + o.window_s + 8.0 for n in o.steps)
-    reference = 2 * (o.window_s + 1.0)
+    reference = 2 * (_QUIET_S + o.window_s + 1.0)
     per_cost = 4.0 + _LAUNCH_S + ramp_s(o.cost_listeners) + _SETTLE_S + o.window_s + 6.0
     return 30.0 + reference + per_step + 2 * o.cost_rounds * per_cost + 15.0 * o.restarts
 
