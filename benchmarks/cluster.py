@@ -66,6 +66,7 @@ FLAT_BYTES_SHARE = 0.10
 # The caches' requests to the edges may not grow with the audience either.
 FLAT_REQUESTS_SHARE = 0.25
 RESTART_TIMEOUT_S = 60.0
+THREADS_TIMEOUT_S = 120.0
 OGG_RATE_S = 6.0
 VARNISH_POOLS = 2
 VARNISH_DEFAULT_MAX_THREADS = 5_000
@@ -695,6 +696,8 @@ def run(o: Options, work: Path) -> ClusterResult:
             stack.enter_context(nginx_cache(started[1].port)),
         ]
         rig = Rig(cluster, space, started, caches, work)
+        waited = wait_for_threads(caches[0], o)
+        print(f"  Varnish started its worker threads in {waited:.0f} s", flush=True)
         for n in [0, *o.steps, 0]:
             step = offload_step(rig, n, o.hls_share, o.window_s)
             result.offload.append(step)
@@ -714,18 +717,47 @@ def run(o: Options, work: Path) -> ClusterResult:
     return result
 
 
+def threads_per_pool(o: Options) -> int:
+    _, piped, _ = split(max(o.steps, default=0) // 2, o.hls_share)
+    return math.ceil(piped / VARNISH_POOLS) + VARNISH_SPARE_THREADS
+
+
 def varnish_threads(o: Options) -> list[str]:
     """Varnish pipes each Ogg stream on a worker thread of its own: its two pools start
     with threads enough for the largest crowd's share (threads made on demand arrive
     too slowly for a crowd joining at once, and the waiting listeners time out)."""
-    _, piped, _ = split(max(o.steps, default=0) // 2, o.hls_share)
-    per_pool = math.ceil(piped / VARNISH_POOLS) + VARNISH_SPARE_THREADS
+    per_pool = threads_per_pool(o)
     return [
         f"thread_pools={VARNISH_POOLS}",
         f"thread_pool_max={max(VARNISH_DEFAULT_MAX_THREADS, per_pool)}",
         f"thread_pool_min={per_pool}",
         f"listen_depth={VARNISH_LISTEN_DEPTH}",
     ]
+
+
+def varnish_counter(cache: Cache, name: str) -> int:
+    out = subprocess.run(
+        ["varnishstat", "-n", str(cache.workdir), "-j", "-f", name],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
+    )
+    counters = json.loads(out.stdout)
+    counters = counters.get("counters", counters)
+    return int(counters[name]["value"])
+
+
+def wait_for_threads(cache: Cache, o: Options, timeout_s: float = THREADS_TIMEOUT_S) -> float:
+    """Until Varnish has started the worker threads its crowd needs (it makes them a few
+    at a time; a crowd arriving before they exist is dropped): seconds waited."""
+    want = VARNISH_POOLS * threads_per_pool(o)
+    began = time.monotonic()
+    while varnish_counter(cache, "MAIN.threads") < want:
+        if time.monotonic() - began > timeout_s:
+            break
+        time.sleep(1.0)
+    return time.monotonic() - began
 
 
 def expected_seconds(o: Options) -> float:
