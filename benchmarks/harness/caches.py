@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,18 @@ ROOT = Path(__file__).resolve().parents[2]
 VCL = ROOT / "deploy" / "varnish" / "townhall.vcl"
 NGINX_CONF = ROOT / "deploy" / "nginx" / "townhall-cache.conf"
 SHIPPED_BACKEND = "127.0.0.1:8001"
+# A proxied stream holds two descriptors (client and edge): room for a crowd of them.
+CACHE_NOFILE = 65_536
+
+
+def _more_files() -> None:
+    """In the cache's process before exec: a descriptor limit for piped crowds (root
+    may raise the hard limit; anyone else keeps theirs)."""
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (CACHE_NOFILE, CACHE_NOFILE))
+    except (ValueError, OSError):
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 @dataclass
@@ -36,7 +49,8 @@ class Cache:
         return f"http://127.0.0.1:{self.port}"
 
     def origin_requests(self) -> int:
-        """Requests this cache has sent to the origin so far."""
+        """Cacheable requests (LL-HLS) this cache has sent to the origin so far; the
+        endless streams it pipes or proxies (Ogg, room events) are not counted."""
         if self.name == "varnish":
             out = subprocess.run(
                 ["varnishstat", "-n", str(self.workdir), "-j", "-f", "MAIN.backend_req"],
@@ -47,9 +61,13 @@ class Cache:
             )
             counters = json.loads(out.stdout)
             counters = counters.get("counters", counters)
+            # Fetches only: Varnish counts a piped request in MAIN.s_pipe.
             return int(counters["MAIN.backend_req"]["value"])
         log = self.workdir / "upstream.log"
-        return sum(1 for _ in log.open()) if log.exists() else 0
+        if not log.exists():
+            return 0
+        with log.open() as lines:
+            return sum(1 for line in lines if ".ogg" not in line and "/events/" not in line)
 
 
 def _workdir(prefix: str) -> Path:
@@ -60,8 +78,10 @@ def _workdir(prefix: str) -> Path:
 
 
 @contextlib.contextmanager
-def varnish(backend_port: int) -> Iterator[Cache]:
-    """varnishd running deploy/varnish/townhall.vcl in front of ``backend_port``."""
+def varnish(backend_port: int, params: Sequence[str] = ()) -> Iterator[Cache]:
+    """varnishd running deploy/varnish/townhall.vcl in front of ``backend_port``, with
+    more run-time ``params`` (``name=value``: a piped stream holds a worker thread, so a
+    crowd of Ogg listeners needs ``thread_pool_min`` above its share of each pool)."""
     work = _workdir("townhall-varnish-")
     vcl = work / "townhall.vcl"
     text = VCL.read_text().replace('.port = "8001";', f'.port = "{backend_port}";')
@@ -73,8 +93,12 @@ def varnish(backend_port: int) -> Iterator[Cache]:
         "-f", str(vcl), "-s", "malloc,64m", "-T", f"127.0.0.1:{free_port()}",
         "-p", "default_grace=0",
     ]  # fmt: skip
+    for param in params:
+        command += ["-p", param]
     with (work / "varnishd.log").open("wb") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_more_files
+        )
     try:
         wait_for_port(port, 30)
         yield Cache("varnish", port, work, proc)
@@ -99,7 +123,9 @@ def nginx_cache(backend_port: int) -> Iterator[Cache]:
         f"""daemon off;
 pid {work}/nginx.pid;
 error_log {work}/error.log warn;
-events {{ worker_connections 4096; }}
+# A proxied stream holds two connections (client and upstream).
+worker_rlimit_nofile {CACHE_NOFILE};
+events {{ worker_connections {CACHE_NOFILE - 1024}; }}
 http {{
     log_format upstream '$upstream_addr $request_uri';
     map $upstream_addr $went_upstream {{ "" 0; default 1; }}
@@ -118,6 +144,7 @@ http {{
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
         env={**os.environ},
+        preexec_fn=_more_files,
     )
     try:
         wait_for_port(port, 30)

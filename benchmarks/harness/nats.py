@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,8 +141,9 @@ class Edge:
     port: int
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
-    # More arguments for ``townhall edge`` (``--set cluster.session_key_file=...``).
-    args: tuple[str, ...] = ()
+    # More ``townhall edge`` arguments (``--set cluster.session_key_file=...``,
+    # ``--trusted-proxies`` for a cache in front).
+    args: Sequence[str] = ()
 
     @property
     def url(self) -> str:
@@ -161,7 +162,11 @@ class Edge:
         self.log_path = Path(tempfile.gettempdir()) / f"townhall-edge-{self.port}.log"
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        wait_for_port(self.port, timeout_s)
+        try:
+            wait_for_port(self.port, timeout_s)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def kill9(self) -> None:
@@ -175,8 +180,9 @@ class Edge:
 
 
 @contextlib.contextmanager
-def edges(nats_urls: str, count: int = 2, args: tuple[str, ...] = ()) -> Iterator[list[Edge]]:
-    """``count`` edges on free ports following the cluster; all stopped on exit."""
+def edges(nats_urls: str, count: int = 2, args: Sequence[str] = ()) -> Iterator[list[Edge]]:
+    """``count`` edges on free ports following the cluster; all stopped on exit (also
+    one that replaced another in the list)."""
     started: list[Edge] = []
     try:
         for _ in range(count):

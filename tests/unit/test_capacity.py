@@ -70,3 +70,26 @@ def test_townhall_plan_prints_the_plan(capsys: pytest.CaptureFixture[str]) -> No
     assert "8,000,000 (2,400,000 Ogg, 5,600,000 LL-HLS)" in out and "join storm" in out
     assert main(["plan", "--listeners", "10", "--mix", "ogg=3"]) == 2
     assert "must be between 0 and 1" in capsys.readouterr().err
+
+
+def test_every_figure_cites_a_result_file_that_exists() -> None:
+    import re
+    from pathlib import Path
+
+    results = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    for name, figure in MEASURED.items():
+        cited = re.findall(r"[\w.-]+\.txt", figure.source)
+        assert cited, f"{name} cites no result file"
+        for file in cited:
+            assert (results / file).exists(), f"{name}: {file} is not in benchmarks/results"
+
+
+def test_the_cluster_figures_are_the_ones_the_cluster_benchmark_printed() -> None:
+    from pathlib import Path
+
+    text = (
+        Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "cluster-20000.txt"
+    ).read_text()
+    assert f"a part is {MEASURED['part_bytes'].value:,.0f} bytes" in text
+    assert f"a playlist {MEASURED['playlist_bytes'].value:,.0f}" in text
+    assert f"the Ogg stream {MEASURED['ogg_bits_per_s'].value / 1000:.1f} kbit/s" in text
