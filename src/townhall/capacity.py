@@ -48,17 +48,17 @@ MEASURED: dict[str, Measured] = {
         "python -m benchmarks flash (flash-20000-over-10s-session3.txt)",
     ),
     "part_bytes": Measured(
-        3_276,
+        3_270,
         "bytes of one 0.5 s LL-HLS part (48 kbit/s Opus in fMP4)",
         "a part of the 440 Hz program at an edge (python -m benchmarks cluster, cluster-20000.txt)",
     ),
     "ogg_bits_per_s": Measured(
-        50_300,
+        50_600,
         "Ogg/Opus stream bit rate on the wire (48 kbit/s Opus + Ogg pages)",
         "one Ogg listener's stream at an edge (python -m benchmarks cluster, cluster-20000.txt)",
     ),
     "playlist_bytes": Measured(
-        1_191,
+        1_332,
         "bytes of an LL-HLS playlist (its window of 0.5 s parts and 2 s segments)",
         "GET /live/{id}/index.m3u8 at an edge (python -m benchmarks cluster, cluster-20000.txt)",
     ),
@@ -66,7 +66,7 @@ MEASURED: dict[str, Measured] = {
         2.0,
         "LL-HLS requests one cache node sends an edge per part and per Space, whatever the "
         "audience (a blocking playlist and a part): two caches sent their edges 8.0/s with "
-        "1,000 listeners and 7.9/s with 10,000",
+        "1,000 listeners and 7.3/s with 20,000",
         "python -m benchmarks cluster (cluster-20000.txt)",
     ),
 }
