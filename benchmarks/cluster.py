@@ -735,25 +735,12 @@ def varnish_threads(o: Options) -> list[str]:
     ]
 
 
-def varnish_counter(cache: Cache, name: str) -> int:
-    out = subprocess.run(
-        ["varnishstat", "-n", str(cache.workdir), "-j", "-f", name],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=10,
-    )
-    counters = json.loads(out.stdout)
-    counters = counters.get("counters", counters)
-    return int(counters[name]["value"])
-
-
 def wait_for_threads(cache: Cache, o: Options, timeout_s: float = THREADS_TIMEOUT_S) -> float:
     """Until Varnish has started the worker threads its crowd needs (it makes them a few
     at a time; a crowd arriving before they exist is dropped): seconds waited."""
     want = VARNISH_POOLS * threads_per_pool(o)
     began = time.monotonic()
-    while varnish_counter(cache, "MAIN.threads") < want:
+    while cache.varnish_counter("MAIN.threads") < want:
         if time.monotonic() - began > timeout_s:
             break
         time.sleep(1.0)

@@ -48,21 +48,25 @@ class Cache:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def varnish_counter(self, name: str) -> int:
+        """One of this Varnish's counters (``varnishstat``), e.g. ``MAIN.threads``."""
+        out = subprocess.run(
+            ["varnishstat", "-n", str(self.workdir), "-j", "-f", name],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        )
+        counters = json.loads(out.stdout)
+        counters = counters.get("counters", counters)
+        return int(counters[name]["value"])
+
     def origin_requests(self) -> int:
         """Cacheable requests (LL-HLS) this cache has sent to the origin so far; the
         endless streams it pipes or proxies (Ogg, room events) are not counted."""
         if self.name == "varnish":
-            out = subprocess.run(
-                ["varnishstat", "-n", str(self.workdir), "-j", "-f", "MAIN.backend_req"],
-                capture_output=True,
-                text=True,
-                check=True,
-                timeout=10,
-            )
-            counters = json.loads(out.stdout)
-            counters = counters.get("counters", counters)
             # Fetches only: Varnish counts a piped request in MAIN.s_pipe.
-            return int(counters["MAIN.backend_req"]["value"])
+            return self.varnish_counter("MAIN.backend_req")
         log = self.workdir / "upstream.log"
         if not log.exists():
             return 0
