@@ -178,6 +178,13 @@ def _serve(args: argparse.Namespace) -> int:
     config = _configured(args)
     if isinstance(config, int):
         return config
+    if config.cluster.servers:
+        from townhall.cluster.leases import identity_problem
+
+        c = config.cluster
+        if problem := identity_problem(config.host, config.control_port, c.node_url):
+            print(f"townhall serve: error: {problem}", file=sys.stderr)
+            return 2
     from townhall.serve import main as serve_main
 
     serve_main(config)

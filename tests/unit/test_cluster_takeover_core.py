@@ -10,16 +10,17 @@ import pytest
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from townhall.cluster.config import ClusterConfig
-from townhall.cluster.jetstream import LeaseKeeper
+from townhall.cluster.jetstream import JetStreamPublisher, LeaseKeeper
 from townhall.cluster.leases import Lease, LeaseTable, encode_lease
 from townhall.cluster.rooms import RoomCopier, TakeoverWatch
 from townhall.cluster.takeover import (
+    CopyConflict,
     Resume,
     SpaceCopy,
     Verdict,
+    after_copy_conflict,
     continued_part_seq,
     copy_verdict,
-    decide,
     decode_copy,
     encode_copy,
     lease_verdict,
@@ -88,16 +89,6 @@ def test_only_a_live_rooms_copy_is_taken() -> None:
     assert copy_verdict("other", copy_of()).verdict is Verdict.LEAVE
 
 
-def test_decide_needs_both() -> None:
-    def verdict(holder: Lease | None, copy: SpaceCopy | None) -> Verdict:
-        lapsed = None if holder else lease(at=NOW - 10)
-        return decide("sp", holder, lapsed, copy, "node-b", False, NOW, LEASE_S, GRACE_S).verdict
-
-    assert verdict(None, copy_of()) is Verdict.TAKE
-    assert verdict(None, None) is Verdict.LEAVE
-    assert verdict(lease(at=NOW), copy_of()) is Verdict.WAIT
-
-
 # -- the copy and the numbering ----------------------------------------------------------
 
 
@@ -158,13 +149,22 @@ class FakeEntry:
 class FakeBucket:
     """A key-value bucket as JetStream keeps one: ``create`` is atomic (only while the
     key is absent), ``update`` and ``delete`` are conditional on the key's revision,
-    and ``fail`` makes the next puts raise as an unreachable cluster does."""
+    ``fail`` makes the next writes raise as an unreachable cluster does, and a key in
+    ``refused`` is never written (a value over the bucket's max_value_size)."""
 
     def __init__(self) -> None:
         self.values: dict[str, bytes] = {}
         self.revisions: dict[str, int] = {}
         self.puts = 0
         self.fail = 0
+        self.refused: set[str] = set()
+
+    def _unreachable(self, key: str) -> None:
+        if key in self.refused:
+            raise TimeoutError
+        if self.fail:
+            self.fail -= 1
+            raise TimeoutError
 
     def _write(self, key: str, value: bytes) -> int:
         self.puts += 1
@@ -173,19 +173,19 @@ class FakeBucket:
 
     async def put(self, key: str, value: bytes) -> int:
         await asyncio.sleep(0)
-        if self.fail:
-            self.fail -= 1
-            raise TimeoutError
+        self._unreachable(key)
         return self._write(key, value)
 
     async def create(self, key: str, value: bytes) -> int:
         await asyncio.sleep(0)
+        self._unreachable(key)
         if key in self.values:
             raise KeyWrongLastSequenceError
         return self._write(key, value)
 
     async def update(self, key: str, value: bytes, last: int) -> int:
         await asyncio.sleep(0)
+        self._unreachable(key)
         if self.revisions.get(key, 0) != last:
             raise KeyWrongLastSequenceError
         return self._write(key, value)
@@ -386,6 +386,13 @@ def test_a_node_coming_back_resumes_what_nobody_took_over() -> None:
     assert on_return(lapsed=lease("node-a"), copy=copy_of()) is Resume.RESUME
 
 
+def test_a_node_coming_back_resumes_what_it_holds_whoever_wrote_the_copy() -> None:
+    """Only its control process restarted (its stage and lease ran on), after it took the
+    Space over from node-b: the copy names node-b, but the Space is this node's."""
+    b_copy = replace(copy_of(), node="node-b")
+    assert on_return(holder=lease("node-a", at=NOW - 1), copy=b_copy) is Resume.RESUME
+
+
 def test_a_node_coming_back_takes_up_a_newer_copy_nobody_holds() -> None:
     assert on_return(copy=replace(copy_of(), node="node-b")) is Resume.ADOPT
 
@@ -401,9 +408,8 @@ def test_a_node_coming_back_ends_what_ended_elsewhere() -> None:
 
 def test_an_ended_rooms_copy_is_never_taken_even_with_its_lease_lapsed() -> None:
     lapsed = lease(at=NOW - LEASE_S - GRACE_S - 10)
-    ended = copy_of(state=SpaceState.ENDED)
-    decision = decide("sp", None, lapsed, ended, "node-b", False, NOW, LEASE_S, GRACE_S)
-    assert decision.verdict is Verdict.LEAVE
+    assert by_lease(None, lapsed) is Verdict.TAKE
+    assert copy_verdict("sp", copy_of(state=SpaceState.ENDED)).verdict is Verdict.LEAVE
 
 
 def test_settled_waits_for_the_copy_in_the_cluster() -> None:
@@ -426,3 +432,147 @@ def test_settled_waits_for_the_copy_in_the_cluster() -> None:
         await copier.close()
 
     asyncio.run(scenario())
+
+
+# -- the copies are written conditionally, fairly, and within the servers' bound ---------
+
+
+def test_a_copy_conflict_is_decided_by_who_wrote_it_and_who_holds() -> None:
+    assert after_copy_conflict(None, "a", holds=False) is CopyConflict.CREATE
+    assert after_copy_conflict("a", "a", holds=False) is CopyConflict.OVERWRITE
+    assert after_copy_conflict("b", "a", holds=True) is CopyConflict.OVERWRITE
+    assert after_copy_conflict("b", "a", holds=False) is CopyConflict.DROP
+
+
+def copy_by(node: str, space_id: str = "sp", at: float = NOW) -> SpaceCopy:
+    return replace(copy_of(space_id), node=node, at_unix_s=at)
+
+
+def test_a_node_that_stalled_does_not_overwrite_the_new_holders_copy() -> None:
+    """A writes its copy; it stalls and B takes the Space over (B holds the lease) and
+    writes over A's copy; A, going on, finds B's copy and drops its older room."""
+
+    async def scenario() -> tuple[FakeBucket, RoomCopier]:
+        bucket = FakeBucket()
+        a = RoomCopier(ClusterConfig(), "node-a", holds=lambda _space: False)
+        b = RoomCopier(ClusterConfig(), "node-b", holds=lambda _space: True)
+        a.start(bucket)  # type: ignore[arg-type]
+        b.start(bucket)  # type: ignore[arg-type]
+        a.copy(copy_by("node-a", at=NOW - 10))
+        assert await a.settled("sp", timeout_s=1.0)
+        b.copy(copy_by("node-b", at=NOW - 5))  # B's adoption writes a fresh copy
+        assert await b.settled("sp", timeout_s=1.0)
+        a.copy(copy_by("node-a", at=NOW))  # A's stalled room change
+        assert await a.settled("sp", timeout_s=1.0)
+        await a.close()
+        await b.close()
+        return bucket, a
+
+    bucket, a = asyncio.run(scenario())
+    assert decode_copy(bucket.values["space.sp"]).node == "node-b"
+    assert a.written == 1
+
+
+def test_a_restarted_node_writes_over_its_own_copy() -> None:
+    async def scenario() -> FakeBucket:
+        bucket = FakeBucket()
+        bucket._write("space.sp", encode_copy(copy_by("node-a", at=NOW - 10)))
+        a = RoomCopier(ClusterConfig(), "node-a", holds=lambda _space: False)
+        a.start(bucket)  # type: ignore[arg-type]
+        a.copy(copy_by("node-a", at=NOW))
+        assert await a.settled("sp", timeout_s=1.0)
+        await a.close()
+        return bucket
+
+    assert decode_copy(asyncio.run(scenario()).values["space.sp"]).at_unix_s == NOW
+
+
+def test_a_space_handed_over_has_nothing_more_copied() -> None:
+    async def scenario() -> FakeBucket:
+        bucket = FakeBucket()
+        bucket.fail = 10_000
+        a = RoomCopier(ClusterConfig(), "node-a")
+        a.start(bucket)  # type: ignore[arg-type]
+        a.copy(copy_by("node-a"))
+        await asyncio.sleep(0.05)
+        a.forget("sp")
+        bucket.fail = 0
+        await asyncio.sleep(0.6)  # past a retry
+        await a.close()
+        return bucket
+
+    assert asyncio.run(scenario()).values == {}
+
+
+def test_a_copy_never_taken_does_not_hold_up_the_others() -> None:
+    """One Space's copy the cluster keeps refusing waits behind the others: theirs are
+    written."""
+
+    async def scenario() -> FakeBucket:
+        bucket = FakeBucket()
+        bucket.refused = {"space.a"}
+        copier = RoomCopier(ClusterConfig(), "node-a")
+        copier.start(bucket)  # type: ignore[arg-type]
+        copier.copy(copy_by("node-a", "a"))
+        copier.copy(copy_by("node-a", "b"))
+        copier.copy(copy_by("node-a", "c"))
+        assert await copier.settled("b", timeout_s=2.0)
+        assert await copier.settled("c", timeout_s=2.0)
+        assert not await copier.settled("a", timeout_s=0.0)
+        await copier.close()
+        return bucket
+
+    bucket = asyncio.run(scenario())
+    assert set(bucket.values) == {"space.b", "space.c"}
+
+
+def test_a_copy_over_the_servers_max_payload_is_not_retried() -> None:
+    async def scenario() -> tuple[FakeBucket, RoomCopier]:
+        bucket = FakeBucket()
+        small = copy_by("node-a", "b")
+        big = replace(copy_by("node-a", "a"), space=replace(space("a"), description=NOISE))
+        copier = RoomCopier(ClusterConfig(max_room_copy_bytes=1_000_000), "node-a")
+        copier.start(bucket, max_payload_bytes=len(encode_copy(small)) + 100)  # type: ignore[arg-type]
+        copier.copy(big)
+        copier.copy(small)
+        assert await copier.settled("b", timeout_s=1.0)
+        assert await copier.settled("a", timeout_s=0.0)  # given up, not pending
+        await copier.close()
+        return bucket, copier
+
+    bucket, copier = asyncio.run(scenario())
+    assert set(bucket.values) == {"space.b"} and copier.failures == 0
+
+
+NOISE = bytes(range(256)).hex() * 40  # a description that does not compress to nothing
+
+
+class BrokenForOneSpace(FakeBucket):
+    """A bucket whose writes of one Space's lease fail with an unexpected error."""
+
+    async def create(self, key: str, value: bytes) -> int:
+        if key == "space.x":
+            raise RuntimeError("a fault nobody expected")
+        return await super().create(key, value)
+
+
+def test_a_keeper_keeps_renewing_the_others_when_one_space_fails() -> None:
+    async def scenario() -> FakeBucket:
+        bucket = BrokenForOneSpace()
+        keeper = await keep(bucket, "a", {"x", "y"}, [])
+        await asyncio.sleep(0.15)
+        await keeper.close()
+        return bucket
+
+    bucket = asyncio.run(scenario())
+    assert "space.x" not in bucket.values
+    assert bucket.revisions["space.y"] >= 3  # renewed on and on, not once
+
+
+def test_the_spaces_fenced_are_bounded() -> None:
+    publisher = JetStreamPublisher(ClusterConfig(max_fenced_spaces=2), parts_per_segment=4)
+    for space_id in ("a", "b", "c"):
+        publisher.fence(space_id)
+    assert list(publisher.fenced) == ["b", "c"]
+    publisher.unfence("c")
+    assert list(publisher.fenced) == ["b"]

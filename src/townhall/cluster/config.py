@@ -91,3 +91,6 @@ class ClusterConfig:
     # them (they come again next period).
     max_pending_count_report_messages: int = 10_000
     max_pending_count_report_bytes: int = 64 * 1024 * 1024
+    # Spaces this node lost to another node that it remembers not to publish (their
+    # stages here are closed); past this the oldest is forgotten.
+    max_fenced_spaces: int = 10_000

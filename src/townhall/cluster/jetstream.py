@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
 
 import nats
@@ -106,8 +106,8 @@ class JetStreamPublisher:
         self.dropped = 0
         self.retries = 0
         # Spaces another node took over: their program is that node's to publish. At
-        # most one entry per Space this node ran.
-        self.fenced: set[str] = set()
+        # most ``max_fenced_spaces``, the oldest forgotten (its stage here closed long ago).
+        self.fenced: OrderedDict[str, None] = OrderedDict()
         self._queue: deque[WireMessage] = deque()
         self._ready = asyncio.Event()
         self._nc: Client | None = None
@@ -126,11 +126,14 @@ class JetStreamPublisher:
 
     def fence(self, space_id: str) -> None:
         """Publish nothing more of ``space_id``: another node holds it now (its lease)."""
-        self.fenced.add(space_id)
+        self.fenced[space_id] = None
+        self.fenced.move_to_end(space_id)
+        while len(self.fenced) > self.config.max_fenced_spaces:
+            self.fenced.popitem(last=False)
 
     def unfence(self, space_id: str) -> None:
         """Publish ``space_id`` again: this node holds it again (it took it back over)."""
-        self.fenced.discard(space_id)
+        self.fenced.pop(space_id, None)
 
     def publish(self, msg: FeedMessage) -> None:
         if msg.space_id in self.fenced:
@@ -288,14 +291,22 @@ class LeaseKeeper:
         while True:
             now = set(self.holding())
             for space_id in now - self._lost:
-                with contextlib.suppress(NatsError, TimeoutError):
+                try:
                     await self._renew_one(kv, space_id)
+                except (NatsError, TimeoutError):
+                    pass  # the cluster unreachable: renewed at the next turn
+                except Exception:  # one Space's fault must not let every lease lapse
+                    log.exception("space %s: its lease was not renewed", space_id)
             for space_id in self._held - now:
                 revision = self._revisions.pop(space_id, None)
                 if space_id in self._lost or revision is None:
                     continue
-                with contextlib.suppress(NatsError, TimeoutError):
+                try:
                     await kv.delete(_lease_key(space_id), last=revision)
+                except (NatsError, TimeoutError):
+                    pass  # it lapses by itself
+                except Exception:
+                    log.exception("space %s: its lease was not deleted", space_id)
             self._lost &= now
             self._held = now
             await asyncio.sleep(self.config.lease_s / 3)
@@ -344,6 +355,8 @@ class LeaseFollower:
         self.table = LeaseTable(config.lease_s, config.max_leases)
         # Set once every lease the cluster had at the start is in the table.
         self.loaded = asyncio.Event()
+        # Called with a Space whose lease its holder deleted (its stage closed there).
+        self.deleted: Callable[[str], None] = lambda _space: None
         self._nc: Client | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -373,6 +386,10 @@ class LeaseFollower:
             space_id = entry.key.removeprefix("space.")
             if entry.operation in ("DEL", "PURGE") or not entry.value:
                 self.table.drop(space_id)
+                try:
+                    self.deleted(space_id)
+                except Exception:  # one Space's fault must not end the following
+                    log.exception("space %s: its deleted lease was not handled", space_id)
                 continue
             with contextlib.suppress(WireError):
                 self.table.put(decode_lease(entry.value))

@@ -15,6 +15,7 @@ import json
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from enum import Enum
+from urllib.parse import urlsplit
 
 from townhall.cluster.wire import WireError
 
@@ -40,6 +41,34 @@ def decode_lease(data: bytes) -> Lease:
         )  # fmt: skip
     except (ValueError, KeyError, TypeError) as exc:
         raise WireError(f"not a lease: {exc}") from exc
+
+
+# Addresses that name no machine: every node bound to one would call itself by it.
+_WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+
+
+def default_node_url(host: str, control_port: int) -> str:
+    """A node's control URL when ``cluster.node_url`` is not set."""
+    return f"http://[{host}]:{control_port}" if ":" in host else f"http://{host}:{control_port}"
+
+
+def identity_problem(host: str, control_port: int, node_url: str) -> str | None:
+    """Why a node could not be told apart from the others, or reached by them (None: it
+    can). Its name and its address default to its control URL; bound to a wildcard
+    address that URL is the same on every machine (two nodes would renew one lease, and
+    a request forwarded to it would come back to its sender), so such a node needs its
+    own ``cluster.node_url``. Loopback is fine: nodes on one machine differ by port."""
+    url = node_url or default_node_url(host, control_port)
+    try:
+        url_host = urlsplit(url).hostname
+    except ValueError:
+        url_host = None
+    if url_host is None or url_host in _WILDCARD_HOSTS:
+        setting = "cluster.node_url" if node_url else f"host {host!r}"
+        return (f"this node's address would be {url} ({setting}), the same on every node; "
+                "set cluster.node_url to a URL the other nodes reach this node's "
+                "control port at")  # fmt: skip
+    return None
 
 
 class LeaseTable:

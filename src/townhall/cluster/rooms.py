@@ -23,11 +23,13 @@ from nats.js.kv import KeyValue
 
 from townhall.cluster.config import ClusterConfig
 from townhall.cluster.jetstream import lease_bucket
-from townhall.cluster.leases import Lease, LeaseTable, encode_lease
+from townhall.cluster.leases import Lease, LeaseTable, default_node_url, encode_lease
 from townhall.cluster.takeover import (
+    CopyConflict,
     ResumeDecision,
     SpaceCopy,
     Verdict,
+    after_copy_conflict,
     copy_verdict,
     decode_copy,
     encode_copy,
@@ -46,7 +48,7 @@ _RETRY_DELAY_S = 0.25
 
 def node_identity(config: ServerConfig) -> tuple[str, str]:
     """This node's name in the leases and the URL other nodes reach its control plane at."""
-    url = config.cluster.node_url or f"http://{config.host}:{config.control_port}"
+    url = config.cluster.node_url or default_node_url(config.host, config.control_port)
     return config.cluster.node_name or url, url
 
 
@@ -96,6 +98,11 @@ async def read_copy(rooms: KeyValue, space_id: str) -> SpaceCopy | None:
         return None
 
 
+async def read_space_copy(nc: Client, config: ClusterConfig, space_id: str) -> SpaceCopy | None:
+    """The cluster's copy of ``space_id`` (None: none, or unreadable)."""
+    return await read_copy(await rooms_bucket(nc, config), space_id)
+
+
 async def resume_decisions(
     nc: Client, config: ServerConfig, table: LeaseTable, space_ids: list[str]
 ) -> list[tuple[str, ResumeDecision, SpaceCopy | None]]:
@@ -129,28 +136,50 @@ class RoomCopier:
     """Writes each Space's copy to the cluster, the newest only, never blocking the
     caller: ``copy`` keeps it (at most ``max_pending_copy_spaces`` Spaces waiting, the
     oldest dropped and counted), one task writes them, retrying until the cluster takes
-    each."""
+    each; a copy that failed waits behind the other Spaces' copies.
 
-    def __init__(self, config: ClusterConfig) -> None:
+    Every write is conditional on the revision this node last wrote or saw, so a node
+    whose writes stalled while another node took its Space over cannot overwrite the new
+    holder's copy with its older room: ``holds`` says whether this node holds a Space's
+    lease now (see ``takeover.after_copy_conflict``)."""
+
+    def __init__(self, config: ClusterConfig, node: str = "",
+                 holds: Callable[[str], bool] = lambda _space: True) -> None:  # fmt: skip
         self.config = config
+        self.node = node
+        self.holds = holds
         self.written = 0
         self.dropped = 0
         self.failures = 0
         self._pending: OrderedDict[str, SpaceCopy] = OrderedDict()
+        # The revision of each Space's copy this node last wrote or saw (one per pending
+        # or written Space, forgotten with the Space: see ``forget``).
+        self._revisions: OrderedDict[str, int] = OrderedDict()
+        self._max_bytes = config.max_room_copy_bytes
         self._ready = asyncio.Event()
         self._progress = asyncio.Event()  # set each time a pending copy is done with
         self._task: asyncio.Task[None] | None = None
 
-    def start(self, kv: KeyValue) -> None:
+    def start(self, kv: KeyValue, max_payload_bytes: int | None = None) -> None:
+        if max_payload_bytes is not None:
+            # A copy the servers refuse (over their max_payload) would be retried forever.
+            self._max_bytes = min(self.config.max_room_copy_bytes, max_payload_bytes)
         self._task = asyncio.get_running_loop().create_task(self._write(kv), name="room-copies")
 
     def copy(self, copy: SpaceCopy) -> None:
         self._pending.pop(copy.space.id, None)
         self._pending[copy.space.id] = copy
         while len(self._pending) > self.config.max_pending_copy_spaces:
-            self._pending.popitem(last=False)
+            space_id, _ = self._pending.popitem(last=False)
+            self._revisions.pop(space_id, None)
             self.dropped += 1
         self._ready.set()
+
+    def forget(self, space_id: str) -> None:
+        """Write nothing more of ``space_id``: another node holds it now, or it ended."""
+        self._pending.pop(space_id, None)
+        self._revisions.pop(space_id, None)
+        self._progress.set()
 
     async def _write(self, kv: KeyValue) -> None:
         while True:
@@ -160,21 +189,63 @@ class RoomCopier:
                 continue
             space_id, copy = next(iter(self._pending.items()))
             data = encode_copy(copy)
-            if len(data) > self.config.max_room_copy_bytes:
-                log.error("space %s: its room copy (%d bytes) is over max_room_copy_bytes; "
-                          "not kept in the cluster", space_id, len(data))  # fmt: skip
+            if len(data) > self._max_bytes:
+                log.error("space %s: its room copy (%d bytes) is over %d bytes "
+                          "(max_room_copy_bytes, or the servers' max_payload); the cluster "
+                          "keeps its last copy that fitted", space_id, len(data),
+                          self._max_bytes)  # fmt: skip
                 self._done(space_id, copy)
                 continue
             try:
-                await kv.put(_key(space_id), data)
+                written = await self._put(kv, space_id, data)
             except (NatsError, TimeoutError) as exc:
                 self.failures += 1
                 if self.failures % 20 == 1:
                     log.warning("space %s: room copy not written (%s); retrying", space_id, exc)
+                if self._pending.get(space_id) is copy:
+                    self._pending.move_to_end(space_id)  # the other Spaces' copies first
                 await asyncio.sleep(_RETRY_DELAY_S)
                 continue
-            self.written += 1
-            self._done(space_id, copy)
+            if written:
+                self.written += 1
+                self._done(space_id, copy)
+
+    async def _put(self, kv: KeyValue, space_id: str, data: bytes) -> bool:
+        """Write one copy, conditionally; False: the cluster's copy changed under this
+        node, and the copy is to be tried again (or was dropped)."""
+        key, revision = _key(space_id), self._revisions.get(space_id)
+        try:
+            if revision is None:
+                self._remember(space_id, await kv.create(key, data))
+            else:
+                self._remember(space_id, await kv.update(key, data, last=revision))
+            return True
+        except KeyWrongLastSequenceError:
+            pass
+        try:
+            entry = await kv.get(key)
+            current = decode_copy(entry.value).node if entry.value else None
+        except NotFoundError:
+            entry, current = None, None
+        except WireError:
+            current = self.node  # unreadable: this node's copy replaces it
+        match after_copy_conflict(current, self.node, self.holds(space_id)):
+            case CopyConflict.CREATE:
+                self._revisions.pop(space_id, None)
+            case CopyConflict.OVERWRITE:
+                assert entry is not None and entry.revision is not None
+                self._remember(space_id, entry.revision)
+            case CopyConflict.DROP:
+                log.error("space %s: node %s holds it and wrote its copy; this node's older "
+                          "room is not copied", space_id, current)  # fmt: skip
+                self.forget(space_id)
+        return False
+
+    def _remember(self, space_id: str, revision: int) -> None:
+        self._revisions.pop(space_id, None)
+        self._revisions[space_id] = revision
+        while len(self._revisions) > self.config.max_leases:
+            self._revisions.popitem(last=False)
 
     def _done(self, space_id: str, copy: SpaceCopy) -> None:
         if self._pending.get(space_id) is copy:  # not replaced by a newer one meanwhile
@@ -217,7 +288,6 @@ class TakeoverWatch:
         self.table = table
         self.knows = knows
         self.adopt = adopt
-        self.taken: list[str] = []  # Spaces this node took over, newest last (bounded)
         # Lapsed leases already looked at and left, so each is read from the cluster once.
         self._settled: OrderedDict[tuple[str, float], None] = OrderedDict()
         self._task: asyncio.Task[None] | None = None
@@ -279,8 +349,6 @@ class TakeoverWatch:
             with contextlib.suppress(NatsError, TimeoutError):
                 await leases.delete(_key(space_id))
             self._settle(lease)
-            return
-        self.taken = [*self.taken[-99:], space_id]
 
     async def _copy(self, rooms: KeyValue, space_id: str) -> SpaceCopy | None:
         return await read_copy(rooms, space_id)
@@ -301,8 +369,14 @@ async def start_takeover(
 ) -> tuple[RoomCopier, TakeoverWatch | None]:  # fmt: skip
     """The copier of this node's rooms, and (if it takes over Spaces) the watch."""
     rooms = await rooms_bucket(nc, config.cluster)
-    copier = RoomCopier(config.cluster)
-    copier.start(rooms)
+    node, _ = node_identity(config)
+
+    def holds(space_id: str) -> bool:
+        holder = table.holder(space_id, time.time())
+        return holder is not None and holder.node == node
+
+    copier = RoomCopier(config.cluster, node, holds)
+    copier.start(rooms, nc.max_payload)
     if not config.cluster.take_over_spaces:
         return copier, None
     if not config.cluster.token_secret:

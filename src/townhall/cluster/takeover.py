@@ -8,10 +8,11 @@ The node holding a Space's stage keeps a copy of the Space in the cluster: its r
 (title, host, schedule) and its room (``Room.record()``), written on every journaled
 change. When that node's lease lapses, any other origin node may take the Space over:
 
-- **the decision** (``decide``): the lease lapsed at least ``grace_s`` ago (a holder
-  whose renewals were only late keeps its Space), the cluster has a copy of the room,
-  and the room is not over. Only one node wins: the lease is then *created* in the
-  cluster, which succeeds for one node only (the adapter's atomic create);
+- **the decision** (``lease_verdict``, then ``copy_verdict`` once the lease allows it):
+  the lease lapsed at least ``grace_s`` ago (a holder whose renewals were only late
+  keeps its Space), the cluster has a copy of the room, and the room is not over. Only
+  one node wins: the lease is then *created* in the cluster, which succeeds for one
+  node only (the adapter's atomic create);
 - **the numbering** (``continued_part_seq``): the new stage numbers its parts on from
   the last part the cluster has of the Space (one past it, rounded up to a segment by
   ``media.timeline``), with a discontinuity, so no number is ever used twice at the
@@ -149,27 +150,6 @@ def copy_verdict(space_id: str, copy: SpaceCopy | None) -> Decision:
     return Decision(Verdict.TAKE, "its room is live")
 
 
-def decide(
-    space_id: str,
-    holder: Lease | None,
-    lapsed: Lease | None,
-    copy: SpaceCopy | None,
-    node: str,
-    knows_space: bool,
-    now_unix_s: float,
-    lease_s: float,
-    grace_s: float,
-) -> Decision:
-    """Both steps: the lease lapsed long enough ago, and the copy is of a live room."""
-    by_lease = lease_verdict(
-        space_id, holder, lapsed, node, knows_space, now_unix_s, lease_s, grace_s
-    )
-    if by_lease.verdict is not Verdict.TAKE:
-        return by_lease
-    by_copy = copy_verdict(space_id, copy)
-    return by_lease if by_copy.verdict is Verdict.TAKE else by_copy
-
-
 class Resume(Enum):
     """What a (re)starting node does with a Space its journal says is live."""
 
@@ -193,6 +173,10 @@ def resume_verdict(
     ``lapsed`` the last lease seen if it lapsed, ``copy`` the cluster's copy (None if
     none). This node's journal is older than any copy another node wrote: another node
     only writes one after taking the Space over."""
+    if holder is not None and holder.node == node:
+        # Its stage runs on here (only the control process restarted), or this node took
+        # it back over: whoever wrote the last copy, the Space is this node's.
+        return ResumeDecision(Resume.RESUME, "this node holds its lease")
     if copy is not None and copy.space.id == space_id and copy.room_state is SpaceState.ENDED:
         return ResumeDecision(Resume.END, f"it ended on {copy.node}")
     if holder is not None and holder.node != node:
@@ -205,6 +189,25 @@ def resume_verdict(
             return ResumeDecision(Resume.ADOPT, f"{copy.node} held it last; nobody holds it now")
         return ResumeDecision(Resume.HAND_OVER, f"{copy.node} held it last")
     return ResumeDecision(Resume.RESUME, "no other node took it over")
+
+
+class CopyConflict(Enum):
+    """What the copier does when the copy in the cluster is not the one it last wrote
+    (its conditional write failed)."""
+
+    CREATE = "create"  # no copy there (it aged out): write one
+    OVERWRITE = "overwrite"  # this node wrote it, or holds the Space now: write over it
+    DROP = "drop"  # another node wrote it and holds the Space: this copy is older
+
+
+def after_copy_conflict(current_node: str | None, node: str, holds: bool) -> CopyConflict:
+    """``current_node`` wrote the copy in the cluster (None: there is none); ``holds``:
+    whether this node (``node``) holds the Space's lease now."""
+    if current_node is None:
+        return CopyConflict.CREATE
+    if current_node == node or holds:
+        return CopyConflict.OVERWRITE
+    return CopyConflict.DROP
 
 
 def continued_part_seq(last_published_seq: int | None) -> int | None:

@@ -81,6 +81,8 @@ class ControlProcess(Control):
         self.copy_room: Callable[[LiveSpace, list[RoomEvent]], None] | None = None
         # The edges' count reports (a CountFollower), in a cluster.
         self.count_reports: Any = None
+        # Drops what is still to be copied of a Space another node holds now.
+        self.forget_copy: Callable[[str], None] | None = None
 
     def resume(self) -> None:
         """Take up the live Spaces a previous process held; recount their listeners."""
@@ -112,12 +114,18 @@ class ControlProcess(Control):
             return False
         if (stage := self.stages.get(live.space_id)) is not None:
             stage.resumed = True
+        if self.copy_room is not None:
+            # At once, not at the next change: the cluster's copy then names this node,
+            # the holder, and not the node it was taken from.
+            self.copy_room(live, [])
         return True
 
     def hand_over(self, space_id: str, why: str) -> None:
         """Another node holds the Space now: send its requests there, keep no older room
         of it here, and close its stage if it runs here (the Space goes on there)."""
         live = self.service.hand_over(space_id)
+        if self.forget_copy is not None:
+            self.forget_copy(space_id)  # this node's room of it is older than the holder's
         log.warning("space %s: handed over, its requests go to the node holding it: %s",
                     space_id, why)  # fmt: skip
         if live is not None and live.stage is not None:
@@ -387,6 +395,8 @@ async def _copy_and_take_over(
         copier.copy(SpaceCopy(record, room_json, node, time.time()))
 
     control.copy_room = copy_room
+    control.forget_copy = copier.forget
+    follower.deleted = lambda space_id: _end_if_ended_there(control, config, follower, space_id)
 
     async def ended_copied(space_id: str) -> None:
         if not await copier.settled(space_id, config.cluster.publish_timeout_s):
@@ -398,6 +408,35 @@ async def _copy_and_take_over(
     # The live Spaces this node holds already (a restarted control process): copied now.
     for live in control.service.held_spaces():
         copy_room(live, [])
+
+
+def _end_if_ended_there(
+    control: ControlProcess, config: ServerConfig, follower: LeaseFollower, space_id: str
+) -> None:
+    """The holder of a Space handed over from here deleted its lease: if the Space ended
+    there, mark it ended here too (this node stops remembering it as handed over)."""
+    if not control.service.handed_over(space_id):
+        return
+
+    async def check() -> None:
+        from nats.errors import Error as NatsError
+
+        from townhall.cluster.rooms import read_space_copy
+        from townhall.room.roles import SpaceState
+
+        try:
+            copy = await read_space_copy(follower.connection, config.cluster, space_id)
+        except (NatsError, TimeoutError) as exc:
+            log.warning("space %s: its copy is unreadable (%s)", space_id, exc)
+            return
+        ended = copy is not None and copy.room_state is SpaceState.ENDED
+        if ended and copy is not None and control.service.handed_over(space_id):
+            control.service.end_as_copied(space_id, copy.room_json)
+            log.info("space %s: ended on %s; marked ended here", space_id, copy.node)
+
+    task = asyncio.get_running_loop().create_task(check())
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 async def _count_across_cluster(control: ControlProcess, config: ServerConfig) -> None:

@@ -194,8 +194,12 @@ class SpaceService:
         return record, self._view(record).public_snapshot()
 
     def listed_spaces(self, state: str) -> list[SpaceRecord]:
-        """The public front page's list: listed Spaces in ``state``, bounded."""
-        return self._store.listed_spaces(state, self._config.max_listed_spaces)
+        """The public front page's list: listed Spaces in ``state``, bounded. Not those
+        handed over to another node: this node's record of them is older (the holder's
+        front page lists them)."""
+        limit = self._config.max_listed_spaces
+        records = self._store.listed_spaces(state, limit + len(self._handed_over))
+        return [r for r in records if r.id not in self._handed_over][:limit]
 
     def listeners(self, grant: Grant) -> list[dict[str, object]]:
         """The listeners the room knows by name (a hand, a reaction), for moderators;
