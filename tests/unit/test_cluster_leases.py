@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from townhall.cluster.leases import Lease, LeaseTable, decode_lease, encode_lease
@@ -72,3 +74,30 @@ def test_the_requests_sent_on_are_a_spaces_api_socket_and_pages(
         assert route._elsewhere({"type": kind, "path": path, "headers": []}) == space
     forwarded = {"type": "http", "path": path, "headers": [(FORWARDED_BY.encode(), b"a")]}
     assert route._elsewhere(forwarded) is None
+
+
+async def test_a_request_for_a_space_leased_to_this_node_is_not_sent_to_itself() -> None:
+    """This node's lease, but no room of the Space here (being taken up, or let go):
+    asked again later, never sent on to this node's own URL."""
+    answered: list[object] = []
+
+    async def app(_scope: object, _receive: object, _send: object) -> None:
+        answered.append("app")
+
+    table = LeaseTable(3.0, 10)
+    now = time.time()
+    table.put(lease("abc", at=now, node="b"))
+    route = RouteToHolder(app, lambda _id: False, table, "b", 1024)
+    sent: list[dict[str, object]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {"type": "http", "method": "GET", "path": "/api/spaces/abc", "headers": [],
+             "query_string": b""}  # fmt: skip
+    await route(scope, receive, send)  # type: ignore[arg-type]
+    await route.close()
+    assert sent[0]["status"] == 503 and answered == []

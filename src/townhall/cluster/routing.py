@@ -61,6 +61,15 @@ class RouteToHolder:
             return await self.app(scope, receive, send)
         now = time.time()
         lease = self.leases.holder(space_id, now)
+        if lease is not None and lease.node == self.node:
+            # This node's lease on a Space it does not hold (yet): sent on, the request
+            # would come back here. Its room is being taken up, or let go.
+            if scope["type"] == "websocket":
+                return await self.app(scope, receive, send)
+            busy = "this node's hold of this Space is changing"
+            return await _json(
+                send, 503, "unavailable", busy, retry_after_s=self.unavailable_retry_after_s
+            )
         if scope["type"] == "websocket":
             if lease is None:
                 return await self.app(scope, receive, send)  # refused there, as ever
