@@ -3,16 +3,23 @@ takes over or hands over: the copy it writes, the copies it drops, its front pag
 
 from __future__ import annotations
 
+import asyncio
+import time
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from tests.unit.test_control_process import busy_space, config_in, open_control
 from townhall import cli
 from townhall.cluster.leases import identity_problem
+from townhall.cluster.takeover import SpaceCopy
+from townhall.control import process
 from townhall.live import LiveSpace
 from townhall.room.events import RoomEvent
 from townhall.room.record import record_to_json
+from townhall.room.roles import SpaceState
 
 
 @pytest.mark.parametrize(
@@ -88,5 +95,34 @@ async def test_a_space_handed_over_is_forgotten_by_the_copier_and_the_front_page
         assert a.control.service.listed_spaces("live") == []
         listed = await a.client.get("/api/spaces?state=live")
         assert space.id not in listed.text
+    finally:
+        await a.close()
+
+
+async def test_a_space_handed_over_that_ended_on_its_holder_ends_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its holder deleted the lease and its copy says it ended: this node marks it ended
+    and stops remembering it as handed over."""
+    a = await open_control(config_in(tmp_path))
+    try:
+        space = await busy_space(a)
+        record = a.control.store.space(space.id)
+        ended = replace(a.live(space.id).room.record(), state=SpaceState.ENDED)
+        a.control.hand_over(space.id, "node-b holds its lease")
+        copy = SpaceCopy(record, record_to_json(ended), "node-b", time.time())
+
+        async def read_space_copy(*_args: object) -> SpaceCopy:
+            return copy
+
+        monkeypatch.setattr("townhall.cluster.rooms.read_space_copy", read_space_copy)
+        follower = SimpleNamespace(connection=None)
+        process._end_if_ended_there(a.control, a.control.config, follower, space.id)  # type: ignore[arg-type]
+        for _ in range(50):
+            if not a.control.service.handed_over(space.id):
+                break
+            await asyncio.sleep(0.01)
+        assert not a.control.service.handed_over(space.id)
+        assert a.control.store.space(space.id).state == "ended"
     finally:
         await a.close()
