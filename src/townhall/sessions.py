@@ -69,6 +69,9 @@ def read_session_key(path: Path) -> bytes:
 def write_session_key(path: Path, key: bytes) -> None:
     """Write ``key`` where only this user can read it (a key file for the edges)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # The mode above applies only to a new file: an existing one keeps its own, so it
+    # is set before the key is written.
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(key.hex() + "\n")
 

@@ -3,6 +3,9 @@ holding node's counter, the reports' signature, and an edge's tally (fake time).
 
 from __future__ import annotations
 
+import asyncio
+import json
+import struct
 import zlib
 from pathlib import Path
 
@@ -12,7 +15,7 @@ from hypothesis import strategies as st
 
 from townhall.cli import main
 from townhall.cluster.config import ClusterConfig
-from townhall.cluster.count_reports import CountFollower
+from townhall.cluster.count_reports import CountFollower, CountReporter
 from townhall.cluster.counts import (
     EdgeTally,
     NodeCounts,
@@ -20,6 +23,7 @@ from townhall.cluster.counts import (
     decode_counts,
     encode_counts,
 )
+from townhall.cluster.counts import report as report_of
 from townhall.cluster.wire import WireError
 from townhall.room.counting import CounterConfig, ListenerCounter
 from townhall.room.elsewhere import CountedElsewhere, union_beyond
@@ -37,6 +41,7 @@ from townhall.sessions import (
 KEY = bytes(range(32))
 TIMEOUT_S = 3.0
 REPORT_S = 1.0
+WALL_S = 1_700_000_000.0
 BOUND = CounterConfig().max_anonymous_address_sessions
 
 
@@ -230,14 +235,14 @@ def test_an_address_counts_as_its_busiest_node_and_never_past_the_bound(
 # -- the reports on the wire -------------------------------------------------------
 
 
-def report(space_id: str = "sp1", node: str = "edge-a") -> NodeCounts:
+def report(space_id: str = "sp1", node: str = "edge-a", at_unix_s: float = WALL_S) -> NodeCounts:
     now = sketch_of(["x", "y"])
-    return NodeCounts(space_id, node, 2, now, sketch_of(["x", "y", "z"]), 1_700_000_000.0)
+    return NodeCounts(space_id, node, now, sketch_of(["x", "y", "z"]), at_unix_s)
 
 
 def test_a_report_round_trips() -> None:
     back = decode_counts(encode_counts(report(), KEY), KEY, 1 << 20)
-    assert (back.space_id, back.node, back.listening_now) == ("sp1", "edge-a", 2)
+    assert (back.space_id, back.node, back.at_unix_s) == ("sp1", "edge-a", WALL_S)
     assert (back.listening.estimate(), back.tuned_in.estimate()) == (2, 3)
 
 
@@ -262,7 +267,9 @@ class FakeService:
 
 def follower(service: FakeService) -> CountFollower:
     config = ClusterConfig(counts_timeout_s=TIMEOUT_S, counts_report_s=REPORT_S)
-    return CountFollower(config, service.counter_of, KEY, clock=lambda: 0.0)
+    return CountFollower(
+        config, service.counter_of, KEY, clock=lambda: 0.0, wall_clock=lambda: WALL_S
+    )
 
 
 def test_the_follower_merges_signed_reports_of_held_spaces_only() -> None:
@@ -280,7 +287,111 @@ def test_the_follower_merges_signed_reports_of_held_spaces_only() -> None:
     assert (f.received, f.rejected) == (4, 2)
 
 
+def test_a_report_carries_what_the_follower_reads_and_nothing_more() -> None:
+    data = encode_counts(report(), KEY)[16:]  # past the MAC
+    (head_len,) = struct.unpack_from(">H", data)
+    assert set(json.loads(data[2 : 2 + head_len])) == {"space", "node", "at", "listening"}
+
+
+def test_an_old_or_future_report_is_not_believed() -> None:
+    """A captured report replayed later (or sent from a clock far off) counts nothing."""
+    service = FakeService("sp1")
+    f = follower(service)
+    key = report_key(KEY)
+    f.take(counts_subject("sp1"), encode_counts(report(at_unix_s=WALL_S - TIMEOUT_S - 0.1), key))
+    f.take(counts_subject("sp1"), encode_counts(report(at_unix_s=WALL_S + TIMEOUT_S + 0.1), key))
+    counter = service.counters["sp1"]
+    assert (counter.listening_now(0.0), counter.total_tuned_in()) == (0, 0)
+    assert f.rejected == 2
+    f.take(counts_subject("sp1"), encode_counts(report(at_unix_s=WALL_S - TIMEOUT_S + 0.1), key))
+    assert (counter.listening_now(0.0), f.rejected) == (2, 2)
+
+
+def test_a_replayed_report_cannot_keep_a_dead_edge_counted() -> None:
+    """The same report again, or an older one, is not believed: not while the node's last
+    report is held, and not after it lapsed either."""
+    service = FakeService("sp1")
+    config = ClusterConfig(counts_timeout_s=TIMEOUT_S, counts_report_s=REPORT_S)
+    clock, wall = Clock(), Clock()
+    wall.now = WALL_S
+    f = CountFollower(config, service.counter_of, KEY, clock=clock, wall_clock=wall)
+    key = report_key(KEY)
+    first = encode_counts(report(at_unix_s=WALL_S - 1.0), key)
+    last = encode_counts(report(at_unix_s=WALL_S), key)
+    f.take(counts_subject("sp1"), first)
+    f.take(counts_subject("sp1"), last)
+    f.take(counts_subject("sp1"), first)  # older than the last believed
+    assert f.rejected == 1
+    counter = service.counters["sp1"]
+    clock.now, wall.now = TIMEOUT_S + 0.5, WALL_S + 2.0  # the edge died; its report lapsed
+    f.take(counts_subject("sp1"), last)  # captured 2 s ago: fresh enough, but seen
+    assert f.rejected == 2
+    assert counter.listening_now(clock.now) == 0
+
+
+class FakeNats:
+    """The NATS client's side the reporter uses: the payload bound, ``publish``."""
+
+    max_payload = 1 << 20
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes]] = []
+
+    async def publish(self, subject: str, payload: bytes) -> None:
+        self.published.append((subject, payload))
+
+
+def busy_tally(spaces: int, sessions: int) -> EdgeTally:
+    tally = EdgeTally(CounterConfig(session_timeout_s=30.0), max_spaces=spaces, clock=Clock())
+    for n in range(spaces):
+        for i in range(sessions):
+            tally.seen(f"sp{n}", f"s{i}")
+    return tally
+
+
+def test_the_reporter_lets_the_loop_run_between_two_spaces() -> None:
+    """The edge's loop passes the program to the workers: it runs between two Spaces'
+    reports, not only once all are encoded."""
+    tally, nc = busy_tally(3, 10), FakeNats()
+    reporter = CountReporter(ClusterConfig(), tally, KEY, "edge")
+    seen: list[int] = []
+
+    async def program() -> None:
+        while True:
+            seen.append(len(nc.published))
+            await asyncio.sleep(0)
+
+    async def main() -> None:
+        task = asyncio.get_running_loop().create_task(program())
+        await asyncio.sleep(0)
+        await reporter._send(nc)  # type: ignore[arg-type]
+        task.cancel()
+
+    asyncio.run(main())
+    assert len(nc.published) == 3
+    assert {1, 2} <= set(seen), seen
+
+
+def test_a_report_does_not_copy_the_tuned_in_sketch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """64 KiB a Space a period: the report serialises the counter's own sketch."""
+    tally, nc = busy_tally(1, 2 * EXACT_BELOW), FakeNats()
+    reporter = CountReporter(ClusterConfig(), tally, KEY, "edge")
+
+    def refused(_: DistinctSketch) -> DistinctSketch:
+        raise AssertionError("the tuned-in sketch was copied")
+
+    monkeypatch.setattr(DistinctSketch, "copy", refused)
+    asyncio.run(reporter._send(nc))  # type: ignore[arg-type]
+    [(_, payload)] = nc.published
+    back = decode_counts(payload, report_key(KEY), 1 << 20)
+    assert abs(back.tuned_in.estimate() - 2 * EXACT_BELOW) < 0.02 * 2 * EXACT_BELOW
+
+
 # -- an edge's tally ---------------------------------------------------------------
+
+
+def reports_of(tally: EdgeTally, now: float) -> list[NodeCounts]:
+    return [report_of(s, counter, "edge", now, WALL_S) for s, counter in tally.due()]
 
 
 class Clock:
@@ -297,20 +408,20 @@ def test_the_tally_counts_per_space_and_reports_each() -> None:
     tally.stream_opened("sp1", "s1", "c1")
     tally.seen("sp1", "s2")
     tally.seen("sp2", "s3")
-    reports = {r.space_id: r for r in tally.reports("edge", clock(), 0.0)}
-    assert reports["sp1"].listening_now == 2 and reports["sp2"].listening_now == 1
+    reports = {r.space_id: r for r in reports_of(tally, clock())}
+    assert reports["sp1"].listening.estimate() == 2 and reports["sp2"].listening.estimate() == 1
     tally.stream_closed("sp1", "s1", "c1", session_ended=True)
     clock.now = 31.0  # s2's poll expired too
-    [again] = [r for r in tally.reports("edge", clock(), 0.0) if r.space_id == "sp1"]
-    assert again.listening_now == 0 and again.tuned_in.estimate() == 2
+    [again] = [r for r in reports_of(tally, clock()) if r.space_id == "sp1"]
+    assert again.listening.estimate() == 0 and again.tuned_in.estimate() == 2
 
 
 def test_an_ended_space_is_reported_once_more_then_forgotten() -> None:
     tally = EdgeTally(CounterConfig(), max_spaces=10, clock=Clock())
     tally.seen("sp1", "s1")
     tally.ended("sp1")
-    assert [r.space_id for r in tally.reports("edge", 0.0, 0.0)] == ["sp1"]
-    assert tally.reports("edge", 0.0, 0.0) == []
+    assert [r.space_id for r in reports_of(tally, 0.0)] == ["sp1"]
+    assert reports_of(tally, 0.0) == []
 
 
 def test_the_tally_counts_at_most_its_bound_of_spaces() -> None:
@@ -333,6 +444,9 @@ def test_a_key_file_holds_32_bytes_in_hex_for_its_owner_only(tmp_path: Path) -> 
     write_session_key(path, KEY)
     assert path.stat().st_mode & 0o777 == 0o600
     assert read_session_key(path) == KEY
+    path.chmod(0o644)  # a key file left readable by everyone: written again, it is not
+    write_session_key(path, KEY)
+    assert path.stat().st_mode & 0o777 == 0o600
     assert node_session_key("secret", str(path)) == KEY
     assert node_session_key("secret", "") == session_key("secret")
     path.write_text("abcd\n")

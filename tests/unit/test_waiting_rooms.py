@@ -28,8 +28,10 @@ from townhall.control.waiting import start_spread_s, waiting_counts
 from townhall.feed import ChannelEnded, HlsInit, HlsPart, OggHeader, OggPages, RoomUpdate
 from townhall.loadtest.wire import events_url
 from townhall.loadtest.worker import Mix, Swarm, WorkerPlan
+from townhall.sessions import SessionSigner
 
 HEADER = b"OggS\x00\x02" + b"\x00" * 20 + b"OpusHead"
+SIGNER = SessionSigner(bytes(range(32)))
 
 
 @pytest.fixture
@@ -283,14 +285,15 @@ async def test_the_start_window_is_in_the_waiting_rooms_snapshot(town: Town) -> 
 async def test_streams_opened_with_count_0_are_left_out_of_the_waiting_count() -> None:
     # A waiting page: its SSE stream and its held Ogg stream (count=0); a moderator's
     # SSE stream (count=0); a player's held Ogg stream. Two people wait.
-    server = AudienceServer()
+    server = AudienceServer(sessions=SIGNER)
     server.publish(RoomUpdate("s", '{"state":"scheduled"}', 0.0))
     listener, port = await serve(server)
     writers = []
+    page_sid = SIGNER.issue("s").encode()
     try:
         for target in (
             b"/events/s",
-            b"/live/s.ogg?count=0",
+            b"/live/s.ogg?sid=" + page_sid + b"&count=0",
             b"/events/s?count=0",
             b"/live/s.ogg",
         ):
@@ -308,6 +311,41 @@ async def test_streams_opened_with_count_0_are_left_out_of_the_waiting_count() -
         while server.channel_stats()[0].uncounted_ogg_listeners and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         assert waiting_counts(AudienceStats(tuple(server.channel_stats()))) == {"s": (2, 1)}
+    finally:
+        for writer in writers:
+            writer.close()
+        await server.close()
+        listener.close()
+
+
+async def test_made_up_count_0_ogg_streams_do_not_shrink_the_start_spread() -> None:
+    """Ogg streams marked count=0 without a signed session, with a made-up one, or many
+    with one session take no more than that one session's page off those starting at Go
+    live: a crowd of waiting pages keeps its spread."""
+    server = AudienceServer(sessions=SIGNER)
+    server.publish(RoomUpdate("s", '{"state":"scheduled"}', 0.0))
+    listener, port = await serve(server)
+    writers = []
+    sid = SIGNER.issue("s")
+    other_space = SIGNER.issue("t")
+    targets = [b"/events/s"] * 5 + [
+        b"/live/s.ogg?count=0",
+        b"/live/s.ogg?count=0",
+        b"/live/s.ogg?sid=made.up&count=0",
+        f"/live/s.ogg?sid={other_space}&count=0".encode(),
+        f"/live/s.ogg?sid={sid}&count=0".encode(),
+        f"/live/s.ogg?sid={sid}&count=0".encode(),
+    ]
+    try:
+        for target in targets:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await read_some(reader, 2.0)).startswith(b"HTTP/1.1 200 OK")
+            writers.append(writer)
+        stats = server.channel_stats()[0]
+        assert stats.uncounted_ogg_listeners == 1
+        # Five pages; one session holds a stream: four start at Go live.
+        assert waiting_counts(AudienceStats((stats,)))["s"][1] == 4
     finally:
         for writer in writers:
             writer.close()

@@ -71,8 +71,10 @@ class Channel:
         # fan-out once the stream's header arrives (the server releases them in slices).
         self.held: dict[int, Sink] = {}
         self.scheduled_at: float | None = None  # from the room snapshot, unix time
-        # Streams (by key) that asked not to count among the waiting (``?count=0``).
-        self.uncounted_ogg: set[int] = set()
+        # Streams (by key) that asked not to count among the waiting (``?count=0``). An
+        # Ogg stream only with a signed session id (its value): it stands for a waiting
+        # page that holds no stream to start, which one session can claim once.
+        self.uncounted_ogg: dict[int, str] = {}
         self.uncounted_events: set[int] = set()
         self._on_air: asyncio.Future[None] | None = None
 

@@ -29,7 +29,9 @@ that follows the schedule. Held requests cost no audio bytes and are bounded per
 process by ``max_held_listeners``. A stream opened with ``?count=0`` is left out of the
 waiting count (``ChannelStats.uncounted_*``): the listen page holds its Ogg stream as
 well as its SSE stream while it waits, and is one person; the stage page follows the
-events and is nobody waiting.
+events and is nobody waiting. On an Ogg stream the mark also takes a page out of those
+starting at Go live, so it is honoured there only with a signed ``sid``, once per
+session.
 
 The SSE stream is cacheable for a streaming CDN: ``s-maxage=1`` lets an edge collapse
 the requests of one second onto one origin stream and stream it to all of them (every
@@ -266,7 +268,7 @@ class AudienceServer:
                 c.ogg.interval_s,
                 c.ogg.last_pass_s,
                 len(c.held),
-                len(c.uncounted_ogg),
+                len(set(c.uncounted_ogg.values())),
                 len(c.uncounted_events),
             )
             for space_id, c in self.channels.items()
@@ -387,10 +389,10 @@ class AudienceServer:
         else:
             channel.held[key] = transport  # joins the fan-out with the header
         conn.on_lost = self._unsubscriber(channel.ogg, key, channel.held)
-        if _uncounted(req):
-            self._uncount(conn, key, channel.uncounted_ogg)
+        signed = self._signed_session(conn, channel.space_id, req.query.get("sid"))
+        if signed is not None and _uncounted(req):
+            self._uncount_page(conn, key, signed, channel.uncounted_ogg)
         if self.presence is not None:
-            signed = self._signed_session(conn, channel.space_id, req.query.get("sid"))
             # The pid keeps unnamed streams apart across the workers on one port.
             session = signed or self._anonymous(conn.peer, f"ogg-{os.getpid()}-{key}")
             self._track_stream(conn, channel.space_id, session, key, signed is None)
@@ -432,6 +434,22 @@ class AudienceServer:
 
         def closed(c: HttpConnection) -> None:
             uncounted.discard(key)
+            lost(c)
+
+        conn.on_lost = closed
+
+    def _uncount_page(
+        self, conn: HttpConnection, key: int, session: str, uncounted: dict[int, str]
+    ) -> None:
+        """A waiting page's held Ogg stream (``?count=0`` with its signed ``sid``): the
+        page is counted by its SSE stream, and does not open a stream at Go live. Each
+        session is one such page however many streams it opens, so taking pages out of
+        the start's spread costs an attacker one rate-limited sign-in each."""
+        uncounted[key] = session
+        lost = conn.on_lost
+
+        def closed(c: HttpConnection) -> None:
+            uncounted.pop(key, None)
             lost(c)
 
         conn.on_lost = closed
@@ -681,8 +699,10 @@ def _playlist_target(space_id: str) -> bytes:
 
 
 def _uncounted(req: Request) -> bool:
-    """``?count=0``: this stream is not one more person waiting. Unsigned on purpose: it
-    can only take its own connection out of the count, never add to it."""
+    """``?count=0``: this stream is not one more person waiting. Unsigned on an SSE
+    stream, where it takes only its own connection out of the count; honoured on an Ogg
+    stream only with a signed ``sid`` (``_uncount_page``), since there it also says a
+    page will not start at Go live, which moves the start's spread."""
     return req.query.get("count") == "0"
 
 

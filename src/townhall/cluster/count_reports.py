@@ -23,6 +23,7 @@ from townhall.cluster.counts import (
     counts_subject,
     decode_counts,
     encode_counts,
+    report,
 )
 from townhall.cluster.jetstream import connect
 from townhall.cluster.wire import WireError
@@ -61,8 +62,14 @@ class CountReporter:
                 log.exception("count reports failed")
 
     async def _send(self, nc: Client) -> None:
+        """One Space at a time, yielding to the loop between Spaces: this loop also
+        passes the program to the workers, and encoding a big Space's two sketches takes
+        milliseconds (all Spaces at once stalled it for most of a period)."""
         limit = min(self.config.max_count_report_bytes, nc.max_payload)
-        for counts in self.tally.reports(self.node, time.monotonic(), time.time()):
+        for space_id, counter in self.tally.due():
+            await asyncio.sleep(0)  # the loop's other work runs between two Spaces
+            counts = report(space_id, counter, self.node, time.monotonic(), time.time())
+            # At once: the tuned-in sketch is the counter's own, which listeners change.
             payload = encode_counts(counts, self._key)
             if len(payload) > limit:
                 self.oversized += 1  # cannot happen with the sketches' bounds
@@ -89,10 +96,12 @@ class CountFollower:
         counter_of: Callable[[str], ListenerCounter | None],
         session_key: bytes,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.counter_of = counter_of
         self.clock = clock
+        self.wall_clock = wall_clock
         self.received = 0
         self.rejected = 0
         self._key = report_key(session_key)
@@ -112,25 +121,36 @@ class CountFollower:
         self.take(msg.subject, msg.data)
 
     def take(self, subject: str, data: bytes) -> None:
-        """One report off the wire: believed only if signed with the cluster's key."""
+        """One report off the wire: believed only if signed with the cluster's key, sent
+        within ``counts_timeout_s`` of this node's clock, and newer than the last one
+        believed from its node for its Space. A captured report replayed is neither: it
+        cannot keep a dead edge's listeners counted."""
         self.received += 1
         try:
-            counts = decode_counts(data, self._key, self.config.max_count_report_bytes)
-            if subject != counts_subject(counts.space_id):
-                raise WireError(f"a report of {counts.space_id} on {subject}")
+            self._merge(subject, data)
         except WireError as exc:
             self.rejected += 1
             if self.rejected % 100 == 1:  # a wrong key repeats every period: say it once
                 log.warning("ignored a count report (%d so far): %s", self.rejected, exc)
-            return
+
+    def _merge(self, subject: str, data: bytes) -> None:
+        c = self.config
+        counts = decode_counts(data, self._key, c.max_count_report_bytes)
+        if subject != counts_subject(counts.space_id):
+            raise WireError(f"a report of {counts.space_id} on {subject}")
+        off_s = self.wall_clock() - counts.at_unix_s
+        if abs(off_s) > c.counts_timeout_s:
+            # An old report replayed, or a node whose clock is off by more than this.
+            raise WireError(f"a report of {counts.node} sent {off_s:.1f}s from this clock")
         counter = self.counter_of(counts.space_id)
         if counter is None:
             return  # a Space another node holds
         if counter.elsewhere is None:
-            c = self.config
             counter.elsewhere = CountedElsewhere(
                 c.counts_timeout_s, c.max_counted_nodes, c.counts_report_s
             )
+        if not counter.elsewhere.is_newer(counts.node, counts.at_unix_s):
+            raise WireError(f"a report of {counts.node} not newer than its last")
         counter.counted_elsewhere(counts.node, counts.listening, counts.tuned_in, self.clock())
 
     async def close(self) -> None:

@@ -3,8 +3,8 @@
 An edge counts its listeners exactly as the origin counts its own (``EdgeTally`` keeps a
 ``ListenerCounter`` per Space: signed session ids, anonymous slots per address, the
 session timeout, every bound), and reports each Space once per ``counts_report_s`` as a
-``NodeCounts``: its listeners now (exact), a sketch of who listens there now, and a
-sketch of everyone it ever counted. The node holding the Space merges them
+``NodeCounts``: a sketch of who listens there now, and a sketch of everyone it ever
+counted. The node holding the Space merges them
 (``ListenerCounter.counted_elsewhere``).
 
 Why a plain NATS subject (``townhall.counts.<space>``) and not a key-value bucket: a
@@ -54,10 +54,11 @@ class NodeCounts:
 
     space_id: str
     node: str
-    listening_now: int
     listening: DistinctSketch  # the sessions alive there now
-    tuned_in: DistinctSketch  # every session it counted since it began
-    at_unix_s: float
+    # Every session it counted since it began. On an edge this is the counter's own
+    # sketch, not a copy (64 KiB each period): encode it before anything else runs.
+    tuned_in: DistinctSketch
+    at_unix_s: float  # the edge's wall clock: the follower refuses old or replayed reports
 
 
 def encode_counts(counts: NodeCounts, key: bytes) -> bytes:
@@ -67,7 +68,6 @@ def encode_counts(counts: NodeCounts, key: bytes) -> bytes:
         {
             "space": counts.space_id,
             "node": counts.node,
-            "now": counts.listening_now,
             "at": counts.at_unix_s,
             "listening": len(listening),
         },
@@ -92,7 +92,6 @@ def decode_counts(data: bytes, key: bytes, max_bytes: int) -> NodeCounts:
         counts = NodeCounts(
             space_id=str(head["space"]),
             node=str(head["node"])[:MAX_NODE_CHARS],
-            listening_now=int(head["now"]),
             listening=DistinctSketch.from_bytes(sketches[:split]),
             tuned_in=DistinctSketch.from_bytes(sketches[split:]),
             at_unix_s=float(head["at"]),
@@ -104,6 +103,15 @@ def decode_counts(data: bytes, key: bytes, max_bytes: int) -> NodeCounts:
 
 def _mac(key: bytes, body: bytes) -> bytes:
     return hmac.new(key, body, hashlib.sha256).digest()[:_MAC_BYTES]
+
+
+def report(
+    space_id: str, counter: ListenerCounter, node: str, now: float, at_unix_s: float
+) -> NodeCounts:
+    """One Space's report: its tuned-in sketch is the counter's own, not a copy."""
+    return NodeCounts(
+        space_id, node, counter.listening_sketch(now), counter.tuned_in_sketch(), at_unix_s
+    )
 
 
 class EdgeTally:
@@ -146,19 +154,11 @@ class EdgeTally:
     def spaces(self) -> list[str]:
         return list(self._counters)
 
-    def reports(self, node: str, now: float, at_unix_s: float) -> list[NodeCounts]:
-        """This edge's counts of every Space it counts, as of ``now``."""
-        out = [
-            NodeCounts(
-                space_id,
-                node,
-                counter.listening_now(now),
-                counter.listening_sketch(now),
-                counter.tuned_in_sketch(),
-                at_unix_s,
-            )
-            for space_id, counter in self._counters.items()
-        ]
+    def due(self) -> list[tuple[str, ListenerCounter]]:
+        """The Spaces to report this period and their counters (read each with
+        ``report``, one at a time); a Space that ended is in it this once more, then
+        forgotten."""
+        out = list(self._counters.items())
         for space_id in self._ended:
             self._counters.pop(space_id, None)
         self._ended.clear()

@@ -14,8 +14,15 @@ waiting pages start playing at Go live (``start_spread_s``: at least
 SSE streams plus its held and open Ogg streams, summed over the workers, as their last
 report said (about once a second), less the streams opened with ``?count=0``. A player
 holds one Ogg stream; a web page holds its SSE stream and, where the browser plays
-Ogg/Opus, an Ogg stream marked ``count=0``; so each is one. The stage page's SSE stream
-is marked too: a moderator is not waiting. An LL-HLS player polls, and is not counted.
+Ogg/Opus, an Ogg stream marked ``count=0`` with its signed session id; so each is one.
+The stage page's SSE stream is marked too: a moderator is not waiting. An LL-HLS player
+polls, and is not counted.
+
+The pages that start at Go live are the SSE streams (unmarked) less the sessions holding
+a marked Ogg stream. That subtraction sets the start's spread, so the port honours the
+mark on Ogg only with a valid ``sid`` and counts each session once: a client without
+one (``curl .../live/S.ogg?count=0``) takes nothing off, and each page taken off costs a
+sign-in, which is rate-limited per address.
 
 Cost, per tick: one store query (the scheduled Spaces, soonest first, bounded), and a
 snapshot built only for a Space held in memory (cheap) or one whose count changed or
@@ -57,6 +64,7 @@ def _waiting(c: ChannelStats) -> int:
 
 
 def _pages_to_start(c: ChannelStats) -> int:
+    # ``uncounted_ogg_listeners``: distinct signed sessions, not streams (see above).
     pages = c.event_listeners - c.uncounted_event_listeners
     return max(0, pages - c.uncounted_ogg_listeners)
 

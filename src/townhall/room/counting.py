@@ -155,7 +155,9 @@ class ListenerCounter:
         return DistinctSketch.of_hashes(s.key_hash for s in self._sessions.values())
 
     def tuned_in_sketch(self) -> DistinctSketch:
-        return self._tuned_in.copy()
+        """The counter's own sketch, not a copy (64 KiB): read it at once (a report
+        encodes it), never keep or change it."""
+        return self._tuned_in
 
     def counted_elsewhere(
         self, node: str, listening: DistinctSketch, tuned_in: DistinctSketch, now: float

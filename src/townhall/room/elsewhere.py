@@ -37,6 +37,21 @@ class CountedElsewhere:
         self._nodes: OrderedDict[str, tuple[float, DistinctSketch]] = OrderedDict()
         self._extra = 0
         self._merged_at: float | None = None
+        # Per node, the send time of its last report believed, kept past the report's
+        # timeout so a copy of it is never believed again; at most ``max_nodes``.
+        self._sent_at: OrderedDict[str, float] = OrderedDict()
+
+    def is_newer(self, node: str, sent_at: float) -> bool:
+        """Whether a report ``node`` sent at ``sent_at`` (its clock) is newer than its
+        last one believed; if so it becomes the last. A replayed report is not newer."""
+        last = self._sent_at.get(node)
+        if last is not None and sent_at <= last:
+            return False
+        self._sent_at.pop(node, None)
+        self._sent_at[node] = sent_at
+        while len(self._sent_at) > self.max_nodes:
+            self._sent_at.popitem(last=False)
+        return True
 
     def put(self, node: str, listening: DistinctSketch, now: float) -> None:
         self._nodes.pop(node, None)

@@ -148,7 +148,9 @@ class DistinctSketch:
         a few KiB for a sketch of thousands, whose registers are mostly zero)."""
         if self._exact is not None:
             return _EXACT_FORM + np.array(sorted(self._exact), dtype=">u8").tobytes()
-        return _DENSE_FORM + zlib.compress(self._dense().tobytes(), 6)
+        # Level 1: 5-10 times faster than 6 on registers (about 1 ms against 3-17 ms,
+        # on the edge's loop every period) for 2-3 KiB more.
+        return _DENSE_FORM + zlib.compress(self._dense().tobytes(), 1)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> DistinctSketch:
