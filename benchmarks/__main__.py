@@ -21,6 +21,10 @@ FORWARDED = {
         "benchmarks.cluster",
         "edges and caches over a NATS cluster: origin offload, cost per listener, restart",
     ),
+    "count-reports": (
+        "benchmarks.count_reports",
+        "how long an edge's count reports hold its event loop",
+    ),
     "write-cost": (
         "benchmarks.write_cost",
         "CPU per listener write: townhall vs a bare uvloop writer",

@@ -6,7 +6,7 @@ each (every Space past the sketch's exact size, so both sketches are dense), sen
 fake NATS client while a task ticks on the same loop. Prints the period's total encode
 time and the longest the ticking task waited (the loop's longest stall):
 
-    python -m benchmarks.count_reports --spaces 50 --listeners 20000
+    python -m benchmarks count-reports --spaces 50 --listeners 20000
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ async def one_period(tally: EdgeTally) -> tuple[float, list[float], int]:
     return spent, stalls, nc.sent_bytes
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spaces", type=int, default=50)
     parser.add_argument("--listeners", type=int, default=20_000)
@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> None:
             f"stalled {len(stalls)} times, median {stalls[len(stalls) // 2] * 1000:.1f} ms, "
             f"longest {stalls[-1] * 1000:.1f} ms; {sent // 1024} KiB sent"
         )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
