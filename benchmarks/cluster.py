@@ -218,7 +218,7 @@ class ClusterResult:
                     f"{med:.2f} s median (of {len(self.restart_s)}: "
                     f"{', '.join(f'{s:.2f}' for s in self.restart_s)}); same part bytes "
                     f"{sum(self.restart_same_part)}/{len(self.restart_same_part)}",
-                    "serves, same part bytes every time (no time target in the issue)",
+                    "serves, same part bytes every time (no time bound is set)",
                     all(self.restart_same_part) and len(self.restart_same_part) > 0,
                 )
             )
