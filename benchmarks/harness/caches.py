@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import resource
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 VCL = ROOT / "deploy" / "varnish" / "townhall.vcl"
 NGINX_CONF = ROOT / "deploy" / "nginx" / "townhall-cache.conf"
 SHIPPED_BACKEND = "127.0.0.1:8001"
+CONTROL_FRONT_CONF = ROOT / "deploy" / "nginx" / "townhall-control.conf"
+SHIPPED_ORIGINS = ("127.0.0.1:8000", "127.0.0.1:9000")
 # A proxied stream holds two descriptors (client and edge): room for a crowd of them.
 CACHE_NOFILE = 65_536
 
@@ -111,6 +113,50 @@ def varnish(backend_port: int, params: Sequence[str] = ()) -> Iterator[Cache]:
 
 
 @contextlib.contextmanager
+def _nginx(
+    work: Path, port: int, site: str, http_logging: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """nginx running ``site`` from ``work`` (its pid, logs and temp files), with a
+    descriptor limit for crowds of proxied streams; stopped by pid on exit."""
+    (work / "site.conf").write_text(site)
+    (work / "nginx.conf").write_text(
+        f"""daemon off;
+pid {work}/nginx.pid;
+error_log {work}/error.log warn;
+# A proxied stream holds two connections (client and upstream).
+worker_rlimit_nofile {CACHE_NOFILE};
+events {{ worker_connections {CACHE_NOFILE - 1024}; }}
+http {{
+    client_body_temp_path {work}/body;
+    proxy_temp_path {work}/proxy;
+    fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi;
+    scgi_temp_path {work}/scgi;
+    include {work}/site.conf;
+    {http_logging}
+}}
+"""
+    )
+    proc = subprocess.Popen(
+        ["nginx", "-p", str(work), "-c", str(work / "nginx.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        preexec_fn=_more_files,
+    )
+    try:
+        wait_for_port(port, 30)
+        yield proc
+    finally:
+        stop(proc)
+
+
+# Every request the cache sends upstream, one line each: the origin's share.
+_UPSTREAM_LOG = """log_format upstream '$upstream_addr $request_uri';
+    map $upstream_addr $went_upstream {{ "" 0; default 1; }}
+    access_log {work}/upstream.log upstream if=$went_upstream;"""
+
+
+@contextlib.contextmanager
 def nginx_cache(backend_port: int) -> Iterator[Cache]:
     """nginx running deploy/nginx/townhall-cache.conf in front of ``backend_port``."""
     work = _workdir("townhall-nginx-")
@@ -121,37 +167,20 @@ def nginx_cache(backend_port: int) -> Iterator[Cache]:
         .replace("listen 8080;", f"listen 127.0.0.1:{port};")
         .replace("/var/cache/nginx/townhall", str(work / "cache"))
     )
-    (work / "site.conf").write_text(site)
-    # Every request the cache sends upstream, one line each: the origin's share.
-    (work / "nginx.conf").write_text(
-        f"""daemon off;
-pid {work}/nginx.pid;
-error_log {work}/error.log warn;
-# A proxied stream holds two connections (client and upstream).
-worker_rlimit_nofile {CACHE_NOFILE};
-events {{ worker_connections {CACHE_NOFILE - 1024}; }}
-http {{
-    log_format upstream '$upstream_addr $request_uri';
-    map $upstream_addr $went_upstream {{ "" 0; default 1; }}
-    client_body_temp_path {work}/body;
-    proxy_temp_path {work}/proxy;
-    fastcgi_temp_path {work}/fastcgi;
-    uwsgi_temp_path {work}/uwsgi;
-    scgi_temp_path {work}/scgi;
-    include {work}/site.conf;
-    access_log {work}/upstream.log upstream if=$went_upstream;
-}}
-"""
-    )
-    proc = subprocess.Popen(
-        ["nginx", "-p", str(work), "-c", str(work / "nginx.conf")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-        env={**os.environ},
-        preexec_fn=_more_files,
-    )
-    try:
-        wait_for_port(port, 30)
+    with _nginx(work, port, site, _UPSTREAM_LOG.format(work=work)) as proc:
         yield Cache("nginx", port, work, proc)
+
+
+@contextlib.contextmanager
+def nginx_control_front(port: int, control_urls: Sequence[str]) -> Iterator[str]:
+    """nginx running deploy/nginx/townhall-control.conf in front of the origin nodes'
+    control ports: the one name every link carries."""
+    work = _workdir("townhall-front-")
+    site = CONTROL_FRONT_CONF.read_text().replace("listen 8443;", f"listen 127.0.0.1:{port};")
+    for shipped, url in zip(SHIPPED_ORIGINS, control_urls, strict=True):
+        site = site.replace(shipped, url.removeprefix("http://"))
+    try:
+        with _nginx(work, port, site, "access_log off;"):
+            yield f"http://127.0.0.1:{port}"
     finally:
-        stop(proc)
+        shutil.rmtree(work, ignore_errors=True)

@@ -16,22 +16,18 @@ import contextlib
 import json
 import re
 import secrets
-import shutil
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 from websockets.sync.client import connect
 
-from benchmarks.harness.caches import ROOT
+from benchmarks.harness.caches import nginx_control_front
 from benchmarks.harness.nats import edges, nats_cluster
 from benchmarks.harness.probe import OggProbe
-from benchmarks.harness.processes import free_port, kill9, process_table, stop, wait_for_port
+from benchmarks.harness.processes import free_port, kill9, process_table, stop
 from benchmarks.harness.server import Server, running_server, townhall_command
 
 pytestmark = pytest.mark.e2e
@@ -42,47 +38,7 @@ HEARD_WITHIN_S = 15.0
 # A's lease lapses (3 s), B waits its grace (1 s) and starts the stage; the bot's
 # reconnect schedule then brings it back within its next attempt or two.
 TAKEN_OVER_WITHIN_S = 30.0
-FRONT_CONF = ROOT / "deploy" / "nginx" / "townhall-control.conf"
 _PART = re.compile(r'#EXT-X-PART:DURATION=[0-9.]+,URI="p(\d+)\.(\d+)\.m4s"')
-_SHIPPED_ORIGINS = ("127.0.0.1:8000", "127.0.0.1:9000")
-
-
-@contextlib.contextmanager
-def control_front(port: int, origins: list[Server]) -> Iterator[str]:
-    """nginx with the shipped origin configuration, in front of ``origins``."""
-    work = Path(tempfile.mkdtemp(prefix="townhall-front-"))
-    work.chmod(0o777)  # nginx's unprivileged workers write their temp files here
-    site = FRONT_CONF.read_text().replace("listen 8443;", f"listen 127.0.0.1:{port};")
-    for shipped, node in zip(_SHIPPED_ORIGINS, origins, strict=True):
-        site = site.replace(shipped, node.control_url.removeprefix("http://"))
-    (work / "site.conf").write_text(site)
-    (work / "nginx.conf").write_text(
-        f"""daemon off;
-pid {work}/nginx.pid;
-error_log {work}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {work}/body;
-    proxy_temp_path {work}/proxy;
-    fastcgi_temp_path {work}/fastcgi;
-    uwsgi_temp_path {work}/uwsgi;
-    scgi_temp_path {work}/scgi;
-    include {work}/site.conf;
-}}
-"""
-    )
-    proc = subprocess.Popen(
-        ["nginx", "-p", str(work), "-c", str(work / "nginx.conf")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_for_port(port, 30)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(proc)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def kill_tree(server: Server) -> None:
@@ -154,7 +110,9 @@ def test_a_space_taken_over_by_another_node_after_its_node_is_killed() -> None:
         ]  # fmt: skip
         node_a = stack.enter_context(running_server(server_args=args))
         node_b = stack.enter_context(running_server(server_args=args))
-        front = stack.enter_context(control_front(front_port, [node_a, node_b]))
+        front = stack.enter_context(
+            nginx_control_front(front_port, [node_a.control_url, node_b.control_url])
+        )
         [edge] = stack.enter_context(edges(cluster.urls, 1))
 
         space = node_a.create_space_sync("taken over")
