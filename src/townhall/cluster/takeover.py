@@ -92,10 +92,10 @@ def decode_copy(data: bytes) -> SpaceCopy:
             host_name=str(s.get("host_name", "Host")),
         )
         copy = SpaceCopy(space, str(raw["room"]), str(raw["node"]), float(raw["at_unix_s"]))
-        record_from_json(copy.room_json)  # a copy whose room does not read is no copy
+        room = record_from_json(copy.room_json)  # a copy whose room does not read is no copy
     except (ValueError, KeyError, TypeError, zlib.error) as exc:
         raise WireError(f"not a room copy: {exc}") from exc
-    if copy.space.id != record_from_json(copy.room_json).space_id:
+    if copy.space.id != room.space_id:
         raise WireError("a room copy whose room is another Space's")
     return copy
 
